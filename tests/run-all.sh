@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs every test of the project: formatting, lints, unit and integration tests.
+# Works on a fresh Debian 12 machine with Rust stable: installs what it needs itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "tests/run-all.sh: cargo not found; install Rust stable (https://rustup.rs) and run again" >&2
+    exit 1
+fi
+
+# Debian packages the tests use: a C compiler for aws-lc-rs, openssl for s_server peers.
+missing=()
+command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+if ((${#missing[@]})); then
+    echo "installing: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo test --all-targets --locked

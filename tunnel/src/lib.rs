@@ -1,0 +1,23 @@
+//! The TLS data path of efs-utils: a local TCP listener whose every connection is
+//! forwarded over its own verified TLS connection to an EFS mount target.
+//!
+//! One tunnel process runs per mount, started by `mount.efs` and restarted by the
+//! watchdog; `efs-tunnel` is also usable by hand in the foreground. Where to look:
+//! * [`server::run`]: the life of a tunnel, top to bottom;
+//! * [`policy`]: the TLS policy (versions, suites, groups, verification), in one place;
+//! * [`copy`]: how bytes move, and why it is fast;
+//! * [`upstream`]: reaching the mount target, and the errors it can give;
+//! * [`control`]: the status socket the watchdog and the status command read;
+//! * [`fds`]: the inherited listening socket and readiness pipe.
+
+pub mod certinfo;
+pub mod control;
+pub mod copy;
+pub mod fds;
+pub mod policy;
+pub mod server;
+pub mod shutdown;
+pub mod stats;
+pub mod upstream;
+
+pub use server::{run, TunnelConfig, TunnelError};

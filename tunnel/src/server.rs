@@ -1,0 +1,265 @@
+//! The tunnel process: accept NFS client connections on the local listener and give each
+//! its own verified TLS connection to the mount target. [`run`] is the whole life of a
+//! tunnel, top to bottom.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use log::{debug, info, warn};
+use rustls::ClientConfig;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::control::{ControlSocket, Status};
+use crate::policy::{self, HostnameCheck, PolicyError, TlsPolicy};
+use crate::shutdown::{Shutdown, ShutdownTrigger};
+use crate::stats::Stats;
+use crate::upstream::{self, Target, UpstreamError};
+use crate::{copy, fds};
+
+/// How long connections get to close cleanly after SIGTERM.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(3);
+const CLOSE_NOTIFY_DEADLINE: Duration = Duration::from_secs(1);
+
+/// Everything a tunnel needs to know, built by the `efs-tunnel` command line.
+#[derive(Debug)]
+pub struct TunnelConfig {
+    pub target: Target,
+    pub policy: TlsPolicy,
+    /// Where to answer status requests (mode 0600).
+    pub control_socket: Option<PathBuf>,
+    /// If set, complete one TLS handshake with the mount target before serving, and
+    /// report the outcome on this descriptor as one line: `ready port=N` or
+    /// `error <reason>` (then exit non-zero). `mount.efs` waits on it, so a bad
+    /// certificate or an unreachable target fails the mount at once, with the reason.
+    pub ready: Option<fds::ReadyPipe>,
+}
+
+/// Why a tunnel could not start (once serving, a tunnel only stops on a signal).
+#[derive(Debug)]
+pub enum TunnelError {
+    Policy(PolicyError),
+    Listener(std::io::Error),
+    Control(PathBuf, std::io::Error),
+    Signals(std::io::Error),
+    Probe(String, UpstreamError),
+}
+
+impl fmt::Display for TunnelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TunnelError::Policy(e) => write!(f, "{e}"),
+            TunnelError::Listener(e) => write!(f, "cannot use the listening socket: {e}"),
+            TunnelError::Control(p, e) => {
+                write!(f, "cannot create control socket {}: {e}", p.display())
+            }
+            TunnelError::Signals(e) => write!(f, "cannot install signal handlers: {e}"),
+            TunnelError::Probe(target, e) => write!(f, "cannot reach {target}: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for TunnelError {}
+
+/// What every connection task shares.
+struct Shared {
+    target: Target,
+    policy: TlsPolicy,
+    tls: RwLock<Arc<ClientConfig>>,
+    stats: Stats,
+    listen_port: u16,
+}
+
+impl Shared {
+    fn tls(&self) -> Arc<ClientConfig> {
+        match self.tls.read() {
+            Ok(cfg) => cfg.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// SIGHUP: re-read the CA file for new connections. A bad file keeps the old one.
+    fn reload(&self) {
+        match policy::client_config(&self.policy) {
+            Ok(cfg) => {
+                match self.tls.write() {
+                    Ok(mut slot) => *slot = Arc::new(cfg),
+                    Err(poisoned) => *poisoned.into_inner() = Arc::new(cfg),
+                }
+                info!("SIGHUP: reloaded trust anchors; new connections use them");
+            }
+            Err(e) => warn!("SIGHUP: keeping the previous trust anchors: {e}"),
+        }
+    }
+
+    fn status(&self) -> Status {
+        Status {
+            listen_port: self.listen_port,
+            upstream_host: self.target.host.clone(),
+            upstream_port: self.target.port,
+            check_host: self.target.check_host.to_str().into_owned(),
+            fs_id: self.target.fs_id.clone(),
+            hostname_check: self.policy.hostname == HostnameCheck::Required,
+            fips: self.policy.fips,
+            ..self.stats.snapshot()
+        }
+    }
+}
+
+/// Runs a tunnel on `listener` until SIGTERM or SIGINT.
+pub async fn run(config: TunnelConfig, listener: std::net::TcpListener) -> Result<(), TunnelError> {
+    // Signals first, so that a SIGTERM from a mount helper cleaning up is always graceful.
+    let mut sigterm = signal(SignalKind::terminate()).map_err(TunnelError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(TunnelError::Signals)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(TunnelError::Signals)?;
+
+    let tls = policy::client_config(&config.policy).map_err(TunnelError::Policy)?;
+    if config.policy.hostname == HostnameCheck::DisabledByConfig {
+        warn!(
+            "certificate hostname checking is DISABLED by configuration (stunnel_check_cert_hostname = false): \
+             any certificate from a trusted CA is accepted for {}",
+            config.target
+        );
+    }
+    listener
+        .set_nonblocking(true)
+        .map_err(TunnelError::Listener)?;
+    let listener = TcpListener::from_std(listener).map_err(TunnelError::Listener)?;
+    let listen_addr = listener.local_addr().map_err(TunnelError::Listener)?;
+    let shared = Arc::new(Shared {
+        target: config.target,
+        policy: config.policy,
+        tls: RwLock::new(Arc::new(tls)),
+        stats: Stats::default(),
+        listen_port: listen_addr.port(),
+    });
+    let trigger = ShutdownTrigger::default();
+
+    if let Some(path) = &config.control_socket {
+        let control =
+            ControlSocket::bind(path).map_err(|e| TunnelError::Control(path.clone(), e))?;
+        let for_status = shared.clone();
+        tokio::spawn(control.serve(Arc::new(move || for_status.status()), trigger.subscribe()));
+    }
+
+    if let Some(ready) = config.ready {
+        probe(&shared, ready).await?;
+    }
+    info!(
+        "listening on {listen_addr}, forwarding to {} (pid {})",
+        shared.target,
+        std::process::id()
+    );
+
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((client, _)) => {
+                    tokio::spawn(serve_connection(client, shared.clone(), trigger.subscribe()));
+                }
+                Err(e) => {
+                    // Out of descriptors or memory: back off instead of spinning.
+                    warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = sighup.recv() => shared.reload(),
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+
+    drop(listener);
+    let open = shared.stats.snapshot().connections_open;
+    info!("stopping: closing {open} connection(s)");
+    if !trigger.drain(DRAIN_DEADLINE).await {
+        warn!("some connections did not close within {DRAIN_DEADLINE:?}; exiting anyway");
+    }
+    Ok(())
+}
+
+/// One handshake with the mount target before serving; the outcome goes to the ready pipe.
+async fn probe(shared: &Shared, mut ready: fds::ReadyPipe) -> Result<(), TunnelError> {
+    match upstream::connect(&shared.target, shared.tls()).await {
+        Ok(mut tls) => {
+            record_handshake(shared, &tls);
+            let _ = tokio::time::timeout(
+                CLOSE_NOTIFY_DEADLINE,
+                tokio::io::AsyncWriteExt::shutdown(&mut tls),
+            )
+            .await;
+            ready.send(&format!("ready port={}", shared.listen_port));
+            Ok(())
+        }
+        Err(e) => {
+            let err = TunnelError::Probe(shared.target.to_string(), e);
+            ready.send(&format!("error {err}"));
+            Err(err)
+        }
+    }
+}
+
+fn record_handshake(shared: &Shared, tls: &upstream::TlsStream) {
+    let (_, conn) = tls.get_ref();
+    let version = conn
+        .protocol_version()
+        .map(|v| format!("{v:?}"))
+        .unwrap_or_default();
+    let cipher = conn
+        .negotiated_cipher_suite()
+        .map(|s| format!("{:?}", s.suite()))
+        .unwrap_or_default();
+    let resumed = matches!(conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+    let peer = conn
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .map(|c| c.as_ref());
+    shared.stats.handshake_ok(resumed, version, cipher, peer);
+}
+
+/// One NFS client connection, from accept to close.
+async fn serve_connection(mut client: TcpStream, shared: Arc<Shared>, mut shutdown: Shutdown) {
+    let _open = shared.stats.connection_opened();
+    let _ = client.set_nodelay(true);
+
+    // Open the upstream connection only once the client has sent something: a port probe
+    // that connects and closes costs no TLS handshake with the mount target.
+    let mut first = [0u8; 1];
+    tokio::select! {
+        peeked = client.peek(&mut first) => match peeked {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        },
+        _ = shutdown.recv() => return,
+    }
+
+    let connected = tokio::select! {
+        r = upstream::connect(&shared.target, shared.tls()) => r,
+        _ = shutdown.recv() => return,
+    };
+    let mut tls = match connected {
+        Ok(tls) => tls,
+        Err(e) => {
+            shared.stats.upstream_failed(format!(
+                "cannot reach {}: {e}; closed the NFS client's connection",
+                shared.target
+            ));
+            return;
+        }
+    };
+    record_handshake(&shared, &tls);
+
+    let stats = &shared.stats;
+    tokio::select! {
+        r = copy::bidirectional(&mut client, &mut tls, &stats.bytes_to_server, &stats.bytes_from_server) => {
+            if let Err(e) = r {
+                debug!("connection closed: {e}");
+            }
+        }
+        _ = shutdown.recv() => {
+            let _ = tokio::time::timeout(CLOSE_NOTIFY_DEADLINE, tokio::io::AsyncWriteExt::shutdown(&mut tls)).await;
+        }
+    }
+}
