@@ -3,8 +3,13 @@
 //!
 //! One crate owns these facts so that `mount.efs`, the tunnel, the watchdog and the status
 //! command can never drift apart (the incumbent copied its state-file naming into two
-//! programs and shipped a bug when the copies differed). Today it holds the log format;
-//! the TOML configuration, the `[paths]` table and the state-file module arrive with the
-//! mount helper.
+//! programs and shipped a bug when the copies differed):
+//! * [`config`]: the TOML configuration and its `[paths]` table;
+//! * [`state`]: state file names, mountpoint mangling, the JSON schema, atomic writes;
+//! * [`logging`]: the log line format and size-rotated log files.
 
+pub mod config;
 pub mod logging;
+pub mod state;
+
+pub use config::{Config, ConfigError};

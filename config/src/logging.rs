@@ -92,6 +92,7 @@ impl FileSink {
     }
 
     fn write_line(&mut self, line: &str) {
+        self.follow_rotation();
         let len = line.len() as u64 + 1;
         if self.spec.max_bytes > 0 && self.size > 0 && self.size + len > self.spec.max_bytes {
             self.rotate();
@@ -104,6 +105,26 @@ impl FileSink {
             buf.push('\n');
             if file.write_all(buf.as_bytes()).is_ok() {
                 self.size += len;
+            }
+        }
+    }
+
+    /// Several processes share one log file (parallel mounts, every tunnel). When another
+    /// one has rotated it, our descriptor points at `name.1`: reopen `name`.
+    fn follow_rotation(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        let ours = self
+            .file
+            .as_ref()
+            .and_then(|f| f.metadata().ok())
+            .map(|m| (m.dev(), m.ino()));
+        let on_disk = fs::metadata(&self.spec.path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        if ours.is_none() || ours != on_disk {
+            if let Ok(f) = open_append(&self.spec.path) {
+                self.size = f.metadata().map(|m| m.len()).unwrap_or(0);
+                self.file = Some(f);
             }
         }
     }
@@ -240,6 +261,14 @@ mod tests {
         }
         let last = fs::read_to_string(&path).unwrap();
         assert!(last.ends_with(&format!("{:040}\n", 9)));
+
+        // Another process rotates the file under us: we follow to the new file.
+        fs::rename(&path, numbered(&path, 1)).unwrap();
+        sink.write_line("after someone else rotated");
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            "after someone else rotated\n"
+        );
         use std::os::unix::fs::PermissionsExt;
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode & 0o002, 0, "log file must not be world-writable");

@@ -2,8 +2,10 @@
 //!
 //! Like `tokio::io::copy_bidirectional`, but tuned for this tunnel's cost model, where
 //! syscalls and copies, not crypto, are what a forwarder spends its CPU on:
-//! * each direction has one fixed buffer ([`BUF_SIZE`], 256 KiB): backpressure comes for
-//!   free and nothing is ever buffered without bound;
+//! * each direction has one bounded buffer: backpressure comes for free and nothing is
+//!   ever buffered without bound. It starts at [`BUF_START`] and grows to [`BUF_MAX`] only
+//!   when a greedy fill finds it too small, so RPC-sized traffic and idle connections stay
+//!   small while bulk streams get big writes;
 //! * reads are greedy: after a read, more reads are tried until the buffer is full or the
 //!   source has nothing ready, so the TLS side is handed big writes (full 16 KiB records,
 //!   several per `writev`) and the client side gets one `write` for many records instead
@@ -22,9 +24,10 @@ use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Bytes buffered per direction. Large enough for 16 full TLS records per write, small
-/// enough that a thousand idle connections cost little (buffers are allocated lazily).
-pub const BUF_SIZE: usize = 256 * 1024;
+/// First buffer size of a direction, allocated on its first byte.
+pub const BUF_START: usize = 16 * 1024;
+/// Largest buffer of a direction: 16 full TLS records per write.
+pub const BUF_MAX: usize = 256 * 1024;
 
 /// One direction of the copy.
 struct Direction<'c> {
@@ -66,9 +69,14 @@ impl<'c> Direction<'c> {
         loop {
             // Fill greedily.
             let mut read_pending = false;
-            while !self.read_eof && self.end < BUF_SIZE {
-                if self.buf.is_empty() {
-                    self.buf = vec![0; BUF_SIZE];
+            while !self.read_eof {
+                if self.end == self.buf.len() {
+                    if self.buf.len() >= BUF_MAX {
+                        break;
+                    }
+                    // Full and the source may have more: a bulk stream. Grow (x4).
+                    let size = (self.buf.len() * 4).clamp(BUF_START, BUF_MAX);
+                    self.buf.resize(size, 0);
                 }
                 let mut rb = ReadBuf::new(&mut self.buf[self.end..]);
                 match r.as_mut().poll_read(cx, &mut rb) {

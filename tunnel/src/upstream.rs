@@ -14,17 +14,15 @@ use std::time::Duration;
 use nix::sys::socket::{setsockopt, sockopt};
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
-use tokio::io::BufReader;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-/// The TLS stream to the mount target. Reads from the socket go through a large buffer
-/// because rustls itself asks for at most 4 KiB per read: without it, each 16 KiB record
-/// costs four or five `read` syscalls.
-pub type TlsStream = tokio_rustls::client::TlsStream<BufReader<TcpStream>>;
-
-/// Socket reads on the TLS side are this large.
-const TLS_READ_BUF: usize = 64 * 1024;
+/// The TLS stream to the mount target.
+pub type TlsStream = tokio_rustls::client::TlsStream<ReadAhead<TcpStream>>;
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -109,10 +107,7 @@ fn hint(e: &rustls::Error) -> &'static str {
 pub async fn connect(target: &Target, tls: Arc<ClientConfig>) -> Result<TlsStream, UpstreamError> {
     let tcp = connect_tcp(target).await?;
     let connector = TlsConnector::from(tls);
-    let handshake = connector.connect(
-        target.check_host.clone(),
-        BufReader::with_capacity(TLS_READ_BUF, tcp),
-    );
+    let handshake = connector.connect(target.check_host.clone(), ReadAhead::new(tcp));
     tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
         .await
         .map_err(|_| UpstreamError::Timeout("TLS handshake"))?
@@ -156,4 +151,130 @@ fn tune_upstream_socket(stream: &TcpStream) {
     let _ = setsockopt(stream, sockopt::TcpKeepIdle, &60);
     let _ = setsockopt(stream, sockopt::TcpKeepInterval, &10);
     let _ = setsockopt(stream, sockopt::TcpKeepCount, &3);
+}
+
+/// Socket reads under rustls go through this buffer, because rustls asks for at most
+/// 4 KiB per read: unbuffered, each 16 KiB record would cost four or five `read`
+/// syscalls. It starts at [`READ_AHEAD_START`] and grows to [`READ_AHEAD_MAX`] when a
+/// read fills it (a bulk stream), so RPC-sized traffic and idle connections stay small.
+/// Writes pass straight through.
+#[derive(Debug)]
+pub struct ReadAhead<IO> {
+    io: IO,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+const READ_AHEAD_START: usize = 8 * 1024;
+const READ_AHEAD_MAX: usize = 64 * 1024;
+
+impl<IO> ReadAhead<IO> {
+    pub fn new(io: IO) -> Self {
+        ReadAhead {
+            io,
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for ReadAhead<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.start == this.end {
+            if this.buf.is_empty() {
+                this.buf = vec![0; READ_AHEAD_START];
+            }
+            let mut rb = ReadBuf::new(&mut this.buf);
+            std::task::ready!(Pin::new(&mut this.io).poll_read(cx, &mut rb))?;
+            let n = rb.filled().len();
+            if n == this.buf.len() && n < READ_AHEAD_MAX {
+                this.buf.resize(n * 2, 0);
+            }
+            this.start = 0;
+            this.end = n;
+            if n == 0 {
+                return Poll::Ready(Ok(()));
+            }
+        }
+        let n = out.remaining().min(this.end - this.start);
+        out.put_slice(&this.buf[this.start..this.start + n]);
+        this.start += n;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for ReadAhead<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn read_ahead_passes_every_byte_and_grows_for_bulk() {
+        let (mut far, near) = tokio::io::duplex(1 << 20);
+        let data: Vec<u8> = (0..500_000u32).map(|i| (i % 251) as u8).collect();
+        far.write_all(&data).await.unwrap();
+        far.shutdown().await.unwrap();
+        let mut ra = ReadAhead::new(near);
+        let mut got = Vec::new();
+        let mut small = [0u8; 4096]; // rustls' read size
+        loop {
+            let n = ra.read(&mut small).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&small[..n]);
+        }
+        assert_eq!(got, data);
+        assert_eq!(ra.buf.len(), READ_AHEAD_MAX);
+    }
+
+    #[tokio::test]
+    async fn read_ahead_stays_small_for_small_messages() {
+        let (mut far, near) = tokio::io::duplex(1 << 20);
+        let mut ra = ReadAhead::new(near);
+        let mut small = [0u8; 4096];
+        for _ in 0..100 {
+            far.write_all(&[1u8; 300]).await.unwrap();
+            let n = ra.read(&mut small).await.unwrap();
+            assert_eq!(n, 300);
+        }
+        assert_eq!(ra.buf.len(), READ_AHEAD_START);
+    }
 }

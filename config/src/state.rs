@@ -1,0 +1,284 @@
+//! The state directory: one JSON file per TLS mount, read and written by `mount.efs`,
+//! the watchdog and the status command. This module is the only place that knows a state
+//! file's name, the mountpoint mangling inside it, and its schema (the incumbent copied
+//! its mangling into two programs and shipped bug #218 when the copies drifted).
+//!
+//! * Name: `<fs_id>.<mangled mountpoint>.<port>`, as amazon-efs-utils names it, so that
+//!   operators' and tools' habits carry over. Mangling: the absolute, lexically normalised
+//!   path with `/` replaced by `.` and leading dots stripped (`/mnt/efs` -> `mnt.efs`,
+//!   `/.efs` -> `efs`); spaces are kept.
+//! * Written atomically: a temporary file in the same directory, fsync, rename, fsync of
+//!   the directory. Files are 0640 in a 0750 directory.
+//! * Fields another version wrote that this one does not know are kept on rewrite.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// `service_type` of EFS mounts (the incumbent also has S3 Files).
+pub const SERVICE_TYPE_EFS: &str = "elasticfilesystem";
+
+/// One TLS mount, as recorded in its state file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MountState {
+    /// The tunnel's pid.
+    pub pid: i32,
+    /// The tunnel's command line, without the descriptors it inherits: whoever starts
+    /// it appends `--listen-fd N` (and may add `--ready-fd N`).
+    pub cmd: Vec<String>,
+    /// Files to delete when the mount's tunnel is torn down.
+    pub files: Vec<PathBuf>,
+    /// Seconds since the epoch.
+    pub mount_time: f64,
+    /// As given to `mount.efs`.
+    pub mountpoint: String,
+    pub service_type: String,
+    pub fs_id: String,
+    /// The local port the tunnel listens on (127.0.0.1).
+    pub port: u16,
+    /// The file system's DNS name.
+    pub dns_name: String,
+    /// The name the server certificate must match.
+    pub check_host: String,
+    /// What the tunnel dials: `host:2049`.
+    pub connect: String,
+    /// The tunnel's control socket.
+    pub control_socket: PathBuf,
+    /// Set by the watchdog when the mount is gone, seconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unmount_time: Option<f64>,
+    /// Anything else (fields of other versions), kept as it was.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// `/mnt/efs` -> `mnt.efs`, the incumbent's `get_file_safe_mountpoint_name`.
+pub fn mangle_mountpoint(mountpoint: &Path) -> String {
+    let abs = absolute(mountpoint);
+    let text = abs.to_string_lossy().replace('/', ".");
+    text.trim_start_matches('.').to_string()
+}
+
+/// The absolute path with `.` and `..` resolved lexically (Python's `os.path.abspath`).
+fn absolute(p: &Path) -> PathBuf {
+    let joined = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .unwrap_or_else(|_| PathBuf::from("/"))
+            .join(p)
+    };
+    let mut out = PathBuf::from("/");
+    for c in joined.components() {
+        match c {
+            Component::Normal(s) => out.push(s),
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    out
+}
+
+/// `<fs_id>.<mangled mountpoint>.<port>`.
+pub fn state_file_name(fs_id: &str, mountpoint: &Path, port: u16) -> String {
+    format!("{fs_id}.{}.{port}", mangle_mountpoint(mountpoint))
+}
+
+/// A tunnel's control socket: short and unique per port (a Unix socket path is limited to
+/// 108 bytes, which a mangled mountpoint could exceed).
+pub fn control_socket_path(state_dir: &Path, port: u16) -> PathBuf {
+    state_dir.join(format!("tunnel-{port}.sock"))
+}
+
+/// Creates the state directory with `mode` if it does not exist.
+pub fn ensure_state_dir(dir: &Path, mode: u32) -> io::Result<()> {
+    match fs::DirBuilder::new().recursive(true).mode(mode).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    // The umask may have narrowed the mode; state must not be world-accessible either way.
+    let current = fs::metadata(dir)?.permissions().mode() & 0o777;
+    if current & 0o002 != 0 || current != mode {
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
+impl MountState {
+    /// Writes the state atomically as `dir/name`, mode 0640.
+    pub fn write(&self, dir: &Path, name: &str) -> io::Result<PathBuf> {
+        let path = dir.join(name);
+        let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+        let json = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
+        let result = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o640)
+                .open(&tmp)?;
+            f.write_all(&json)?;
+            f.write_all(b"\n")?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)?;
+            File::open(dir)?.sync_all()
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result.map(|()| path)
+    }
+
+    /// Reads one state file.
+    pub fn read(path: &Path) -> Result<MountState, StateError> {
+        let text = fs::read(path)
+            .map_err(|e| StateError::Unreadable(path.to_path_buf(), e.to_string()))?;
+        serde_json::from_slice(&text)
+            .map_err(|e| StateError::Corrupt(path.to_path_buf(), e.to_string()))
+    }
+}
+
+/// Why a state file could not be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateError {
+    Unreadable(PathBuf, String),
+    Corrupt(PathBuf, String),
+}
+
+impl std::fmt::Display for StateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StateError::Unreadable(p, e) => {
+                write!(f, "cannot read state file {}: {e}", p.display())
+            }
+            StateError::Corrupt(p, e) => write!(
+                f,
+                "state file {} is not a valid mount state: {e}",
+                p.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for StateError {}
+
+/// True if `name` looks like a state file (`fs-…`, not a temporary or other file).
+pub fn is_state_file_name(name: &str) -> bool {
+    name.starts_with("fs-") && !name.ends_with(".sock") && !name.contains(".tmp")
+}
+
+/// True if any state file in `dir` records this port (a second guard, next to the bound
+/// socket itself, against reusing the port of a mount whose tunnel is down).
+pub fn port_in_use_by_state(dir: &Path, port: u16) -> bool {
+    let suffix = format!(".{port}");
+    fs::read_dir(dir)
+        .map(|entries| {
+            entries.flatten().any(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                is_state_file_name(&name) && name.ends_with(&suffix)
+            })
+        })
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mangles_like_the_incumbent() {
+        assert_eq!(mangle_mountpoint(Path::new("/mnt/efs")), "mnt.efs");
+        assert_eq!(mangle_mountpoint(Path::new("/.efs")), "efs");
+        assert_eq!(mangle_mountpoint(Path::new("/")), "");
+        assert_eq!(
+            mangle_mountpoint(Path::new("/.hidden/.secret/data")),
+            "hidden..secret.data"
+        );
+        assert_eq!(mangle_mountpoint(Path::new("/mnt/my efs")), "mnt.my efs");
+        assert_eq!(mangle_mountpoint(Path::new("/mnt/./a/../efs/")), "mnt.efs");
+        assert_eq!(
+            state_file_name("fs-deadbeef", Path::new("/mnt/efs"), 20123),
+            "fs-deadbeef.mnt.efs.20123"
+        );
+    }
+
+    fn sample() -> MountState {
+        MountState {
+            pid: 1234,
+            cmd: vec![
+                "/usr/bin/efs-tunnel".into(),
+                "--connect".into(),
+                "x:2049".into(),
+            ],
+            files: vec![],
+            mount_time: 1_700_000_000.5,
+            mountpoint: "/mnt/efs".into(),
+            service_type: SERVICE_TYPE_EFS.into(),
+            fs_id: "fs-deadbeef".into(),
+            port: 20123,
+            dns_name: "fs-deadbeef.efs.us-east-1.amazonaws.com".into(),
+            check_host: "fs-deadbeef.efs.us-east-1.amazonaws.com".into(),
+            connect: "fs-deadbeef.efs.us-east-1.amazonaws.com:2049".into(),
+            control_socket: "/var/run/efs/tunnel-20123.sock".into(),
+            unmount_time: None,
+            extra: Default::default(),
+        }
+    }
+
+    #[test]
+    fn writes_atomically_privately_and_round_trips_unknown_fields() {
+        let dir = std::env::temp_dir().join(format!("efs-state-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        ensure_state_dir(&dir, 0o750).unwrap();
+        assert_eq!(
+            fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o750
+        );
+
+        let mut st = sample();
+        st.extra
+            .insert("certificate".into(), serde_json::json!("/x/cert.pem"));
+        let path = st.write(&dir, "fs-deadbeef.mnt.efs.20123").unwrap();
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+        let back = MountState::read(&path).unwrap();
+        assert_eq!(back, st);
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"certificate\""), "{text}");
+        // Only the state file is left: no temporary.
+        let names: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        assert!(port_in_use_by_state(&dir, 20123));
+        assert!(!port_in_use_by_state(&dir, 20124));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn corrupt_files_are_errors_not_panics() {
+        let dir = std::env::temp_dir().join(format!("efs-state-corrupt-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("fs-1.mnt.20049");
+        fs::write(&p, "{not json").unwrap();
+        assert!(matches!(MountState::read(&p), Err(StateError::Corrupt(..))));
+        fs::write(&p, "{\"pid\": 1}").unwrap();
+        assert!(matches!(MountState::read(&p), Err(StateError::Corrupt(..))));
+        assert!(matches!(
+            MountState::read(&dir.join("missing")),
+            Err(StateError::Unreadable(..))
+        ));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
