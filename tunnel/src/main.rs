@@ -57,6 +57,10 @@ struct Args {
     /// `error <reason>` on this inherited descriptor.
     #[arg(long, value_name = "N")]
     ready_fd: Option<i32>,
+    /// Start a new session (setsid), detached from the caller's terminal and process
+    /// group, so that `mount` and a shell's job control never signal the tunnel.
+    #[arg(long)]
+    detach: bool,
     /// Log to this file (size-rotated) instead of stderr.
     #[arg(long, value_name = "PATH")]
     log_file: Option<PathBuf>,
@@ -82,6 +86,10 @@ fn version_text() -> &'static str {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.detach {
+        // Fails only for a process group leader, which a freshly spawned child is not.
+        let _ = nix::unistd::setsid();
+    }
     // Everything the tunnel creates (its control socket, its log) is private to root.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o027));
     let Some(level) = logging::parse_level(&args.log_level) else {

@@ -1,0 +1,353 @@
+//! `mount.efs`: the helper util-linux runs for `mount -t efs`, a drop-in for
+//! amazon-efs-utils' Python helper.
+//!
+//! [`run`] is a whole mount, top to bottom. Where to look:
+//! * [`args`]: the command line util-linux passes;
+//! * [`options`]: every `-o` option, its validation and error text, and the options
+//!   `mount.nfs4` gets;
+//! * [`target`]: file system id, region, DNS name and certificate name;
+//! * [`launch`]: choosing the port and starting the tunnel;
+//! * [`nfs`]: running `mount.nfs4`, with retries;
+//! * [`watchdog`]: starting the watchdog.
+//!
+//! Exit codes follow mount(8): 1 for usage and invalid options, `mount.nfs4`'s own code
+//! when it fails, 32 for any other failure. A failure after the tunnel started stops the
+//! tunnel and removes its state: a failed mount leaves nothing behind.
+
+pub mod args;
+pub mod imds;
+pub mod launch;
+pub mod nfs;
+pub mod options;
+pub mod target;
+pub mod watchdog;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use efs_config::state::{self, MountState};
+use efs_config::{logging, Config};
+use log::{info, warn};
+
+use crate::args::Invocation;
+use crate::launch::{RunningTunnel, TunnelSpec};
+
+/// Why a mount did not happen; [`MountError::exit_code`] follows mount(8).
+#[derive(Debug)]
+pub enum MountError {
+    /// Bad command line, invalid option or configuration: exit 1.
+    Invalid(String),
+    /// Anything else that stopped the mount: exit 32.
+    Failed(String),
+    /// `mount.nfs4` failed: its code and what it printed.
+    Nfs { code: i32, stderr: String },
+}
+
+impl MountError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            MountError::Invalid(_) => 1,
+            MountError::Failed(_) => 32,
+            MountError::Nfs { code, .. } => {
+                u8::try_from(*code).ok().filter(|c| *c != 0).unwrap_or(32)
+            }
+        }
+    }
+}
+
+impl fmt::Display for MountError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MountError::Invalid(m) | MountError::Failed(m) => f.write_str(m),
+            MountError::Nfs { code, stderr } => {
+                let text = stderr.trim();
+                if text.is_empty() {
+                    write!(f, "mount.nfs4 failed with exit code {code}")
+                } else {
+                    f.write_str(text)
+                }
+            }
+        }
+    }
+}
+
+impl std::error::Error for MountError {}
+
+impl From<options::OptionError> for MountError {
+    fn from(e: options::OptionError) -> Self {
+        MountError::Invalid(e.0)
+    }
+}
+
+/// Mounts what `inv` describes.
+pub fn run(inv: &Invocation) -> Result<(), MountError> {
+    let cfg = Config::load().map_err(|e| MountError::Invalid(e.to_string()))?;
+    if logging::init(cfg.log_spec("mount.log", false)).is_err() {
+        eprintln!(
+            "mount.efs: cannot write {}; continuing without a log",
+            cfg.paths.log_dir.join("mount.log").display()
+        );
+    }
+    for w in &cfg.warnings {
+        warn!("{w}");
+        eprintln!("mount.efs: {w}");
+    }
+    info!(
+        "version={} spec={} mountpoint={} options={}",
+        env!("CARGO_PKG_VERSION"),
+        inv.spec,
+        inv.mountpoint,
+        inv.options
+    );
+
+    let opts = options::validate(&inv.options)?;
+    if opts.stunnel {
+        eprintln!(
+            "mount.efs: the \"stunnel\" option is ignored: this efs-utils has its own TLS tunnel"
+        );
+    }
+    if opts.tls && cfg.mount.stunnel_check_cert_validity && !inv.options.has("noocsp") {
+        return Err(MountError::Invalid(
+            "OCSP (stunnel_check_cert_validity = true) is not supported yet; set it to false in the config or mount with -o noocsp"
+                .into(),
+        ));
+    }
+    let device = target::parse_device(&inv.spec).map_err(MountError::Invalid)?;
+    let az = opts.az.clone().or(device.az.clone());
+    let needs_region = ["{region}", "{dns_name_suffix}"]
+        .iter()
+        .any(|f| cfg.mount.dns_name_format.contains(f));
+    let region = if needs_region {
+        target::resolve_region(opts.region.as_deref(), &device, &cfg)
+            .map_err(MountError::Invalid)?
+    } else {
+        opts.region.clone().unwrap_or_default()
+    };
+    let dns_name = target::dns_name(&cfg, &device.fs_id, &region, az.as_deref())
+        .map_err(MountError::Invalid)?;
+    if let Some(ns) = opts.netns.as_deref().or(inv.namespace.as_deref()) {
+        enter_netns(Path::new(ns))?;
+    }
+
+    let mount = Mount {
+        cfg: &cfg,
+        inv,
+        fs_id: &device.fs_id,
+        path: &device.path,
+        dns_name: &dns_name,
+        region: &region,
+        opts: &opts,
+    };
+    if opts.tls {
+        mount.tls()
+    } else {
+        mount.plain()
+    }
+}
+
+/// Everything one mount needs, resolved.
+struct Mount<'a> {
+    cfg: &'a Config,
+    inv: &'a Invocation,
+    fs_id: &'a str,
+    path: &'a str,
+    dns_name: &'a str,
+    region: &'a str,
+    opts: &'a options::EfsOptions,
+}
+
+impl Mount<'_> {
+    /// Straight to the mount target: no tunnel, no state, no watchdog.
+    fn plain(&self) -> Result<(), MountError> {
+        let host = match self.opts.mounttargetip.as_deref() {
+            Some(ip) if ip.contains(':') => format!("[{ip}]"),
+            Some(ip) => ip.to_string(),
+            None => self.dns_name.to_string(),
+        };
+        let source = format!("{host}:{}", self.path);
+        let nfs_opts = options::nfs_options(&self.inv.options, None);
+        self.mount_nfs(&source, &nfs_opts)?;
+        info!(
+            "Successfully mounted {} at {}",
+            self.dns_name, self.inv.mountpoint
+        );
+        Ok(())
+    }
+
+    /// Through a tunnel on 127.0.0.1.
+    fn tls(&self) -> Result<(), MountError> {
+        let cfg = self.cfg;
+        let paths = &cfg.paths;
+        let cafile = self
+            .opts
+            .cafile
+            .as_deref()
+            .map(PathBuf::from)
+            .or_else(|| cfg.cafile(self.region).map(Path::to_path_buf));
+        if let Some(ca) = &cafile {
+            if !ca.is_file() {
+                return Err(MountError::Invalid(format!(
+                    "Failed to find certificate authority file for verification: {} does not exist; fix the cafile option or stunnel_cafile in the config",
+                    ca.display()
+                )));
+            }
+        }
+        state::ensure_state_dir(&paths.state_dir, cfg.state_file_dir_mode).map_err(|e| {
+            MountError::Failed(format!("cannot create {}: {e}", paths.state_dir.display()))
+        })?;
+
+        let listener = launch::bind_port(
+            cfg.mount.port_range.clone(),
+            self.opts.tlsport,
+            &paths.state_dir,
+        )
+        .map_err(|e| MountError::Failed(e.to_string()))?;
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+        info!("binding {port}");
+        let connect_host = self.opts.mounttargetip.as_deref().unwrap_or(self.dns_name);
+        let connect = if connect_host.contains(':') {
+            format!("[{connect_host}]:2049")
+        } else {
+            format!("{connect_host}:2049")
+        };
+        let spec = TunnelSpec {
+            binary: paths.tunnel.clone(),
+            connect,
+            check_host: target::check_host(self.dns_name, self.fs_id),
+            fs_id: self.fs_id.to_string(),
+            cafile,
+            fips: cfg.mount.fips_mode_enabled,
+            hostname_check: cfg.mount.stunnel_check_cert_hostname,
+            control: state::control_socket_path(&paths.state_dir, port),
+            log_file: paths.log_dir.join("efs-tunnel.log"),
+            log_max_bytes: cfg.logging_max_bytes,
+            log_file_count: cfg.logging_file_count,
+            log_level: cfg.logging_level.to_string().to_lowercase(),
+        };
+        info!("Starting TLS tunnel: \"{}\"", spec.command().join(" "));
+        let tunnel =
+            launch::start(&spec, listener).map_err(|e| MountError::Failed(e.to_string()))?;
+        info!("Started TLS tunnel, pid: {}", tunnel.pid());
+        let mut guard = Undo {
+            tunnel: Some(tunnel),
+            state_file: None,
+        };
+
+        let name = state::state_file_name(self.fs_id, Path::new(&self.inv.mountpoint), port);
+        let record = MountState {
+            pid: guard
+                .tunnel
+                .as_ref()
+                .map(RunningTunnel::pid)
+                .unwrap_or_default(),
+            cmd: spec.command(),
+            files: Vec::new(),
+            mount_time: unix_now(),
+            mountpoint: self.inv.mountpoint.clone(),
+            service_type: state::SERVICE_TYPE_EFS.into(),
+            fs_id: self.fs_id.to_string(),
+            port,
+            dns_name: self.dns_name.to_string(),
+            check_host: spec.check_host.clone(),
+            connect: spec.connect.clone(),
+            control_socket: spec.control.clone(),
+            unmount_time: None,
+            extra: Default::default(),
+        };
+        guard.state_file = Some(
+            record
+                .write(&paths.state_dir, &name)
+                .map_err(|e| MountError::Failed(format!("cannot write state file {name}: {e}")))?,
+        );
+
+        let source = format!("127.0.0.1:{}", self.path);
+        let nfs_opts = options::nfs_options(&self.inv.options, Some(port));
+        self.mount_nfs(&source, &nfs_opts)?;
+        if self.inv.fake {
+            return Ok(()); // the guard stops the tunnel and removes the state
+        }
+        guard.keep();
+        info!(
+            "Successfully mounted {} at {}",
+            self.dns_name, self.inv.mountpoint
+        );
+        watchdog::ensure_running(cfg);
+        Ok(())
+    }
+
+    /// Runs `mount.nfs4`, or with `-f` only says it would.
+    fn mount_nfs(&self, source: &str, nfs_opts: &str) -> Result<(), MountError> {
+        let mount_nfs = &self.cfg.paths.mount_nfs;
+        if self.inv.verbose {
+            println!(
+                "{} {source} {} -o {nfs_opts}",
+                mount_nfs.display(),
+                self.inv.mountpoint
+            );
+        }
+        if self.inv.fake {
+            info!("Fake mount mode enabled (-f), skipping actual mount");
+            return Ok(());
+        }
+        let m = &self.cfg.mount;
+        let retry = nfs::Retry {
+            enabled: m.retry_nfs_mount_command,
+            count: m.retry_nfs_mount_command_count,
+            timeout: Duration::from_secs(m.retry_nfs_mount_command_timeout_sec),
+        };
+        nfs::mount(mount_nfs, source, &self.inv.mountpoint, nfs_opts, retry).map_err(|e| match e {
+            nfs::NfsError::Spawn(msg) => MountError::Failed(msg),
+            nfs::NfsError::Failed { code, stderr } => MountError::Nfs { code, stderr },
+        })
+    }
+}
+
+/// What a failed TLS mount must undo: stop the tunnel, remove the state file.
+struct Undo {
+    tunnel: Option<RunningTunnel>,
+    state_file: Option<PathBuf>,
+}
+
+impl Undo {
+    /// The mount succeeded: keep everything.
+    fn keep(&mut self) {
+        self.tunnel = None;
+        self.state_file = None;
+    }
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        if let Some(t) = self.tunnel.take() {
+            t.stop();
+        }
+        if let Some(p) = self.state_file.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Moves this process (and so the tunnel and `mount.nfs4` it starts) into a network
+/// namespace.
+fn enter_netns(path: &Path) -> Result<(), MountError> {
+    let file = std::fs::File::open(path).map_err(|e| {
+        MountError::Invalid(format!(
+            "cannot open network namespace {}: {e}",
+            path.display()
+        ))
+    })?;
+    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
+        MountError::Failed(format!(
+            "cannot enter network namespace {}: {e}",
+            path.display()
+        ))
+    })
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}

@@ -1,0 +1,498 @@
+//! `mount.efs` as util-linux runs it: what it passes to mount.nfs4, what it records, what
+//! it logs, and that a failure leaves nothing behind.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::*;
+
+const WILDCARD: &str = "*.efs.us-east-1.amazonaws.com";
+
+async fn server(root: &Root, name: &str) -> (TlsServer, String) {
+    let addr = target_addr();
+    let s = TlsServer::start_on(addr, &root.ca.issue(name), Behaviour::Echo).await;
+    (s, addr.ip().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tls_mount_goes_through_a_verified_tunnel_and_is_recorded() {
+    let root = Root::new("");
+    let (_server, ip) = server(&root, WILDCARD).await;
+    let mp = root.mountpoint("efs");
+    let run = root.mount(&[
+        "fs-12345678:/",
+        &mp,
+        "-o",
+        &format!("rw,tls,mounttargetip={ip}"),
+    ]);
+    run.assert_ok();
+
+    // mount.nfs4 got the tunnel, the path, and the defaults after the user's options.
+    let calls = root.nfs_calls();
+    assert_eq!(calls.len(), 1);
+    let argv = &calls[0];
+    assert_eq!(argv[0], "127.0.0.1:/");
+    assert_eq!(argv[1], mp);
+    assert_eq!(argv[2], "-o");
+    let port = port_of(&argv[3]);
+    assert_eq!(
+        argv[3],
+        format!("rw,nfsvers=4.1,rsize=1048576,wsize=1048576,hard,timeo=600,retrans=2,noresvport,port={port}")
+    );
+    assert!((20049..21049).contains(&port));
+
+    // The tunnel is up on that port and forwards to the mount target over TLS.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"NULL RPC").unwrap();
+    let mut back = [0u8; 8];
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"NULL RPC");
+
+    // One state file, named as the incumbent names it, private, with what the watchdog needs.
+    let name = format!(
+        "{FS_ID}.{}.{port}",
+        mp.trim_start_matches('/').replace('/', ".")
+    );
+    let state_path = root.state_dir().join(&name);
+    assert!(state_path.exists(), "state files: {:?}", root.state_files());
+    assert_eq!(file_mode(&state_path), 0o640);
+    assert_eq!(file_mode(&root.state_dir()), 0o750);
+    let st = efs_config::state::MountState::read(&state_path).unwrap();
+    assert_eq!(st.fs_id, FS_ID);
+    assert_eq!(st.port, port);
+    assert_eq!(st.mountpoint, mp);
+    assert_eq!(st.dns_name, DNS_NAME);
+    assert_eq!(st.check_host, DNS_NAME);
+    assert_eq!(st.connect, format!("{ip}:2049"));
+    assert_eq!(root.tunnel_pids(), vec![st.pid]);
+    assert!(st.cmd.iter().any(|a| a == "--check-host"));
+    assert!(!st
+        .cmd
+        .iter()
+        .any(|a| a == "--listen-fd" || a == "--ready-fd"));
+
+    // The tunnel's own account agrees.
+    let status =
+        efs_tunnel::control::query_status(&st.control_socket, Duration::from_secs(2)).unwrap();
+    assert_eq!(status.pid as i32, st.pid);
+    assert_eq!(status.listen_port, port);
+    assert!(status.tls.is_some() && status.hostname_check);
+    assert_eq!(file_mode(&st.control_socket), 0o600);
+
+    assert!(
+        root.log()
+            .contains(&format!("Successfully mounted {DNS_NAME} at {mp}")),
+        "{}",
+        root.log()
+    );
+    assert!(root
+        .systemctl_calls()
+        .contains("start --no-block amazon-efs-mount-watchdog"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn user_and_fstab_options_pass_through_and_win() {
+    let root = Root::new("");
+    let (_server, ip) = server(&root, WILDCARD).await;
+    let mp = root.mountpoint("a");
+    let opts = format!(
+        "rw,noresvport,tls,mounttargetip={ip},soft,vers=4.0,rsize=65536,noac,nofail,x-systemd.automount,_netdev"
+    );
+    root.mount(&["fs-12345678:/sub/dir", &mp, "-o", &opts])
+        .assert_ok();
+    let argv = &root.nfs_calls()[0];
+    assert_eq!(argv[0], "127.0.0.1:/sub/dir");
+    let port = port_of(&argv[3]);
+    assert_eq!(
+        argv[3],
+        format!(
+            "rw,noresvport,soft,vers=4.0,rsize=65536,noac,nofail,x-systemd.automount,_netdev,wsize=1048576,timeo=600,retrans=2,port={port}"
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tlsport_pins_the_port_and_a_busy_one_is_a_clear_error() {
+    let root = Root::new("");
+    let (_server, ip) = server(&root, WILDCARD).await;
+    let port = free_port();
+    let mp = root.mountpoint("pinned");
+    root.mount(&[
+        "fs-12345678",
+        &mp,
+        "-o",
+        &format!("tls,tlsport={port},mounttargetip={ip}"),
+    ])
+    .assert_ok();
+    assert_eq!(port_of(&root.nfs_calls()[0][3]), port);
+
+    let other = Root::new("");
+    let mp2 = other.mountpoint("again");
+    let run = other.mount(&[
+        "fs-12345678",
+        &mp2,
+        "-o",
+        &format!("tls,tlsport={port},mounttargetip={ip}"),
+    ]);
+    assert_eq!(run.code(), Some(32));
+    assert_eq!(
+        run.stderr().trim(),
+        format!("Specified port [{port}] is unavailable. Try selecting a different port.")
+    );
+    other.assert_nothing_left();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wrong_certificate_fails_fast_with_the_reason_and_leaves_nothing() {
+    let root = Root::new("");
+    let (server, ip) = server(&root, "*.efs.eu-west-1.amazonaws.com").await;
+    let mp = root.mountpoint("bad");
+    let run = root.mount(&[
+        "fs-12345678:/",
+        &mp,
+        "-o",
+        &format!("tls,mounttargetip={ip}"),
+    ]);
+    assert_eq!(run.code(), Some(32));
+    assert!(run.took < Duration::from_secs(5), "took {:?}", run.took);
+    let err = run.stderr();
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains("not valid for name") && err.contains(DNS_NAME),
+        "{err}"
+    );
+    assert!(root.nfs_calls().is_empty(), "mount.nfs4 must not run");
+    assert_eq!(
+        server.received.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    root.assert_nothing_left();
+    assert!(root.log().contains("not valid for name"));
+}
+
+#[test]
+fn an_unreachable_mount_target_fails_within_5_seconds() {
+    let root = Root::new("");
+    let ip = target_addr().ip().to_string(); // nothing listens there
+    let mp = root.mountpoint("down");
+    let run = root.mount(&["fs-12345678", &mp, "-o", &format!("tls,mounttargetip={ip}")]);
+    assert_eq!(run.code(), Some(32));
+    assert!(run.took < Duration::from_secs(6), "took {:?}", run.took);
+    assert!(
+        run.stderr().contains("Connection refused"),
+        "{}",
+        run.stderr()
+    );
+    root.assert_nothing_left();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thirty_parallel_mounts_all_succeed_on_distinct_ports() {
+    let root = std::sync::Arc::new(Root::new(""));
+    let (_server, ip) = server(&root, WILDCARD).await;
+    let mut handles = Vec::new();
+    for i in 0..30 {
+        let root = root.clone();
+        let ip = ip.clone();
+        handles.push(std::thread::spawn(move || {
+            let mp = root.mountpoint(&format!("p{i}"));
+            root.mount(&["fs-12345678", &mp, "-o", &format!("tls,mounttargetip={ip}")])
+        }));
+    }
+    for h in handles {
+        h.join().unwrap().assert_ok();
+    }
+    let mut ports: Vec<u16> = root.nfs_calls().iter().map(|c| port_of(&c[3])).collect();
+    ports.sort();
+    ports.dedup();
+    assert_eq!(ports.len(), 30, "distinct ports");
+    assert_eq!(
+        root.state_files()
+            .iter()
+            .filter(|n| n.starts_with("fs-"))
+            .count(),
+        30
+    );
+    assert_eq!(root.tunnel_pids().len(), 30);
+}
+
+#[test]
+fn invalid_options_are_refused_with_the_incumbents_words() {
+    let root = Root::new("");
+    let mp = root.mountpoint("x");
+    let cases = [
+        (
+            "tls,port=2049",
+            "The \"port\" and \"tls\" options are mutually exclusive",
+        ),
+        ("tls,tlsport=abc", "tlsport option [abc] is not an integer"),
+        (
+            "accesspoint=fsap-0123456789abcdef0",
+            "The \"tls\" option is required when mounting via \"accesspoint\"",
+        ),
+        (
+            "tls,capath=/etc/ssl",
+            "Unsupported mount options detected: \"capath\"",
+        ),
+        ("tls,iam", "The \"iam\" option is not supported yet"),
+        (
+            "region=Not_A_Region",
+            "Invalid \"region\" mount option specified: 'Not_A_Region'",
+        ),
+        (
+            "tls,cafile=/nonexistent/ca.pem",
+            "Failed to find certificate authority file for verification",
+        ),
+    ];
+    for (opts, want) in cases {
+        let run = root.mount(&["fs-12345678", &mp, "-o", opts]);
+        assert_eq!(run.code(), Some(1), "-o {opts}: {}", run.stderr());
+        assert!(run.stderr().contains(want), "-o {opts}: {}", run.stderr());
+        assert_eq!(
+            run.stderr().trim().lines().count(),
+            1,
+            "-o {opts}: {}",
+            run.stderr()
+        );
+    }
+    assert!(root.nfs_calls().is_empty());
+    root.assert_nothing_left();
+}
+
+#[test]
+fn bad_devices_and_command_lines() {
+    let root = Root::new("");
+    let mp = root.mountpoint("x");
+    let run = root.mount(&["10.0.0.1:/", &mp, "-o", "tls"]);
+    assert_eq!(run.code(), Some(1));
+    assert!(
+        run.stderr().contains("did not resolve to a valid DNS name"),
+        "{}",
+        run.stderr()
+    );
+    let run = root.mount(&["fs-12345678"]);
+    assert_eq!(run.code(), Some(1));
+    assert!(run.stderr().contains("Usage: mount.efs"));
+    let run = root.mount(&["fs-12345678", &mp, "--help"]);
+    run.assert_ok();
+    assert!(run.stdout().contains("Usage: mount.efs"));
+    let run = root.mount(&["--version"]);
+    run.assert_ok();
+    assert!(run.stdout().starts_with("mount.efs Version: "));
+}
+
+#[test]
+fn a_plain_mount_goes_straight_to_the_file_system_with_no_tunnel() {
+    let root = Root::new("");
+    let mp = root.mountpoint("plain");
+    root.mount(&["fs-12345678:/", &mp, "-o", "rw,_netdev"])
+        .assert_ok();
+    let argv = &root.nfs_calls()[0];
+    assert_eq!(argv[0], format!("{DNS_NAME}:/"));
+    assert_eq!(
+        argv[3],
+        "rw,_netdev,nfsvers=4.1,rsize=1048576,wsize=1048576,hard,timeo=600,retrans=2,noresvport"
+    );
+    assert!(root.state_files().is_empty());
+    assert!(root.tunnel_pids().is_empty());
+    assert!(
+        root.systemctl_calls().is_empty(),
+        "no watchdog for plain mounts"
+    );
+
+    root.mount(&["fs-12345678:/", &mp, "-o", "mounttargetip=fd00::5"])
+        .assert_ok();
+    assert_eq!(root.nfs_calls()[1][0], "[fd00::5]:/");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fake_mode_checks_everything_then_cleans_up() {
+    let root = Root::new("");
+    let (server, ip) = server(&root, WILDCARD).await;
+    let mp = root.mountpoint("fake");
+    let run = root.mount(&[
+        "fs-12345678",
+        &mp,
+        "-f",
+        "-v",
+        "-o",
+        &format!("tls,mounttargetip={ip}"),
+    ]);
+    run.assert_ok();
+    assert!(
+        run.stdout().contains("127.0.0.1:/") && run.stdout().contains("port="),
+        "{}",
+        run.stdout()
+    );
+    assert!(root.nfs_calls().is_empty());
+    assert_eq!(
+        server.handshakes.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "the tunnel was really tried"
+    );
+    root.assert_nothing_left();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mount_nfs4_failure_passes_its_code_through_and_cleans_up() {
+    let root = Root::new("");
+    let (_server, ip) = server(&root, WILDCARD).await;
+    root.script_nfs(&["32 mount.nfs4: access denied by server while mounting 127.0.0.1:/"]);
+    let mp = root.mountpoint("denied");
+    let run = root.mount(&["fs-12345678", &mp, "-o", &format!("tls,mounttargetip={ip}")]);
+    assert_eq!(run.code(), Some(32));
+    assert!(
+        run.stderr().contains("access denied by server"),
+        "{}",
+        run.stderr()
+    );
+    assert_eq!(root.nfs_calls().len(), 1, "not retried");
+    root.assert_nothing_left();
+
+    root.script_nfs(&["17 mount.nfs4: something else"]);
+    let run = root.mount(&["fs-12345678", &mp, "-o", &format!("tls,mounttargetip={ip}")]);
+    assert_eq!(run.code(), Some(17), "mount.nfs4's own code");
+    root.assert_nothing_left();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reset_by_peer_is_retried() {
+    let root = Root::new("");
+    let (_server, ip) = server(&root, WILDCARD).await;
+    root.script_nfs(&["32 mount.nfs4: Connection reset by peer"]);
+    let mp = root.mountpoint("retry");
+    let run = root.mount(&["fs-12345678", &mp, "-o", &format!("tls,mounttargetip={ip}")]);
+    run.assert_ok();
+    assert_eq!(root.nfs_calls().len(), 2);
+    assert!(
+        run.stderr().contains("Mount attempt 1/3 failed due to"),
+        "{}",
+        run.stderr()
+    );
+    assert_eq!(
+        root.state_files()
+            .iter()
+            .filter(|n| n.starts_with("fs-"))
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn the_region_comes_from_instance_metadata_when_nothing_else_names_it() {
+    let imds = fake_imds("eu-central-1");
+    let root = Root::new(&format!("instance_metadata_url = \"http://{imds}\""));
+    let mp = root.mountpoint("imds");
+    root.mount_env(&["fs-12345678", &mp], &[]).assert_ok();
+    assert_eq!(
+        root.nfs_calls()[0][0],
+        "fs-12345678.efs.eu-central-1.amazonaws.com:/"
+    );
+
+    // The option and the environment come first.
+    root.mount_env(
+        &["fs-12345678", &mp],
+        &[("AWS_DEFAULT_REGION", "ap-south-1")],
+    )
+    .assert_ok();
+    assert_eq!(
+        root.nfs_calls()[1][0],
+        "fs-12345678.efs.ap-south-1.amazonaws.com:/"
+    );
+    root.mount_env(
+        &["fs-12345678", &mp, "-o", "region=cn-north-1"],
+        &[("AWS_REGION", "ap-south-1")],
+    )
+    .assert_ok();
+    assert_eq!(
+        root.nfs_calls()[2][0],
+        "fs-12345678.efs.cn-north-1.amazonaws.com.cn:/"
+    );
+}
+
+#[test]
+fn no_region_anywhere_is_a_clear_error() {
+    // Metadata at an address where nothing listens: refused at once.
+    let root = Root::new(&format!(
+        "instance_metadata_url = \"http://127.0.0.1:{}\"",
+        free_port()
+    ));
+    let mp = root.mountpoint("noregion");
+    let run = root.mount_env(&["fs-12345678", &mp], &[]);
+    assert_eq!(run.code(), Some(1));
+    assert!(
+        run.stderr().contains("Error retrieving region"),
+        "{}",
+        run.stderr()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mountpoints_with_spaces_and_hidden_directories_are_named_like_the_incumbent() {
+    let root = Root::new("");
+    let (_server, ip) = server(&root, WILDCARD).await;
+    let mp = root.mountpoint("my efs");
+    root.mount(&["fs-12345678", &mp, "-o", &format!("tls,mounttargetip={ip}")])
+        .assert_ok();
+    let port = port_of(&root.nfs_calls()[0][3]);
+    let want = format!(
+        "{FS_ID}.{}.{port}",
+        mp.trim_start_matches('/').replace('/', ".")
+    );
+    assert!(want.contains("my efs"));
+    assert!(
+        root.state_files().contains(&want),
+        "{:?}",
+        root.state_files()
+    );
+}
+
+#[test]
+fn only_root_may_mount_but_anyone_may_ask_for_help() {
+    let root = Root::new("");
+    let mp = root.mountpoint("x");
+    let as_nobody = |args: &[&str]| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(mount_efs_bin())
+            .args(args)
+            .env("EFS_UTILS_CONFIG", &root.config)
+            .output()
+            .unwrap()
+    };
+    let out = as_nobody(&["fs-12345678", &mp, "-o", "tls"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "only root can run this command"
+    );
+    assert!(as_nobody(&["--version"]).status.success());
+    assert!(as_nobody(&["--help"]).status.success());
+}
+
+#[test]
+fn a_missing_tunnel_binary_is_a_clear_error_and_leaves_nothing() {
+    let root = Root::new("");
+    let text = std::fs::read_to_string(&root.config).unwrap();
+    std::fs::write(
+        &root.config,
+        text.replace(
+            &tunnel_bin().display().to_string(),
+            "/nonexistent/efs-tunnel",
+        ),
+    )
+    .unwrap();
+    let mp = root.mountpoint("x");
+    let run = root.mount(&["fs-12345678", &mp, "-o", "tls,mounttargetip=127.0.0.9"]);
+    assert_eq!(run.code(), Some(32));
+    assert!(
+        run.stderr().contains("/nonexistent/efs-tunnel") && run.stderr().contains("reinstall"),
+        "{}",
+        run.stderr()
+    );
+    root.assert_nothing_left();
+}
