@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test of the project: formatting, lints, unit and integration tests.
+# Runs every test of the project: formatting, lints, unit and integration tests, and the
+# end-to-end cases with a real kernel NFS client and server.
 # Works on a fresh Debian 12 machine with Rust stable: installs what it needs itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,3 +23,7 @@ fi
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --all-targets --locked
+
+# Real-kernel end-to-end cases in a User-Mode Linux guest (builds its image once, cached
+# under /var/cache/efs-e2e). Ends with "e2e: N passed, N failed".
+tests/e2e/run.sh

@@ -1,0 +1,34 @@
+# e2e-mode: fast
+# e2e-timeout: 240
+# Case 1: `mount -t efs -o tls fs-12345678:/ /mnt/efs` through our tunnel, with a real
+# kernel NFS client and server; data bit-identical both ways; logged.
+. /opt/efs/lib.sh
+efs_side_up
+
+mkdir -p /mnt/efs
+check "mount -t efs -o tls exits 0" mount -t efs -o tls $FS:/ /mnt/efs
+line=$(mountinfo_of /mnt/efs)
+info "mountinfo: $line"
+port=$(port_of /mnt/efs)
+check "mounted from 127.0.0.1:/" sh -c "echo '$line' | grep -q ' 127.0.0.1:/ '"
+check "port=$port is in 20049-21049" test "${port:-0}" -ge 20049 -a "${port:-0}" -lt 21049
+check "NFS version 4.1" sh -c "echo '$line' | grep -q 'vers=4.1'"
+check "hard mount" sh -c "echo '$line' | grep -q ',hard,'"
+# The kernel's NFS sockets have no owning process; every connection to a port 2049 must
+# be a process's (the tunnel's, or the test's TLS terminator's): none goes around the tunnel.
+check "the kernel client connects only to the tunnel" sh -c \
+    "ss -tn state established '( dport = :$port )' | grep -q 127.0.0.1:$port && \
+     ! ss -tnp state established '( dport = :2049 )' | tail -n +2 | grep -v users:"
+check "the tunnel is a real efs-tunnel process" pgrep -x efs-tunnel
+
+dd if=/dev/urandom of=/tmp/src bs=1M count=64 status=none
+cp /tmp/src /mnt/efs/file64
+sync
+check "64 MiB written through the mount is bit-identical in the export" test "$(sha /tmp/src)" = "$(sha /srv/efs/file64)"
+drop_caches
+check "and bit-identical read back through the mount" test "$(sha /tmp/src)" = "$(sha /mnt/efs/file64)"
+echo "written on the server" >/srv/efs/from-server
+check "a file written on the server is readable through the mount" grep -q "written on the server" /mnt/efs/from-server
+check "mount.log says Successfully mounted" grep -q "Successfully mounted $DNS at /mnt/efs" /var/log/amazon/efs/mount.log
+check "umount works" umount /mnt/efs
+finish

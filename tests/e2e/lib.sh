@@ -1,0 +1,111 @@
+# Sourced by every e2e case, inside the guest. Sets up "EFS" on the guest's loopback and
+# installs our side as a package would; provides check helpers.
+#
+#   kernel NFS client ──▶ 127.0.0.1:PORT  efs-tunnel (ours)
+#                          ──TLS──▶ 127.0.0.2:2049  stunnel server, cert *.efs.us-east-1.amazonaws.com (throwaway CA)
+#                                   ──▶ 127.0.0.3:2049  knfsd, NFSv4.1 only, export /srv/efs as "/"
+#   /etc/hosts: 127.0.0.2 fs-12345678.efs.us-east-1.amazonaws.com
+
+set -u
+FS=fs-12345678
+DNS=fs-12345678.efs.us-east-1.amazonaws.com
+CASE=$(basename "$0" .sh)
+FAILS=0
+
+pass() { echo "PASS $CASE: $*"; }
+fail() { echo "FAIL $CASE: $*"; FAILS=$((FAILS + 1)); }
+info() { echo "INFO $CASE: $*"; }
+# check "what a user would check" command...: PASS or FAIL with the command's output.
+check() {
+    local what=$1
+    shift
+    local out
+    if out=$("$@" 2>&1); then pass "$what"; else fail "$what: $(echo "$out" | tail -3 | tr '\n' ' ')"; fi
+}
+finish() {
+    [ "$FAILS" = 0 ]
+}
+
+# Our side, installed where the package installs it.
+install_efs_utils() {
+    install -m 0755 /opt/efs/mount.efs /sbin/mount.efs
+    install -m 0755 /opt/efs/efs-tunnel /usr/bin/efs-tunnel
+    install -m 0755 /opt/efs/amazon-efs-mount-watchdog /usr/bin/amazon-efs-mount-watchdog
+    if [ -f /opt/efs/amazon-efs-mount-watchdog.service ]; then
+        install -m 0644 /opt/efs/amazon-efs-mount-watchdog.service /etc/systemd/system/
+    fi
+    mkdir -p /etc/amazon/efs /var/log/amazon/efs
+    sed -e 's|^#stunnel_cafile = .*|stunnel_cafile = "/etc/amazon/efs/e2e-ca.pem"|' \
+        -e 's|^#region = .*|region = "us-east-1"|' \
+        -e 's|^unmount_grace_period_sec = .*|unmount_grace_period_sec = 3|' \
+        /opt/efs/efs-utils.toml >/etc/amazon/efs/efs-utils.toml
+}
+
+make_certs() {
+    local d=/etc/e2e-tls
+    mkdir -p $d
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $d/ca.key -out $d/ca.pem -days 2 \
+        -subj "/CN=E2E throwaway test CA" -addext basicConstraints=critical,CA:TRUE \
+        -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $d/server.key -out $d/server.csr \
+        -subj "/CN=*.efs.us-east-1.amazonaws.com" 2>/dev/null
+    printf 'subjectAltName=DNS:*.efs.us-east-1.amazonaws.com\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n' >$d/ext.cnf
+    openssl x509 -req -in $d/server.csr -CA $d/ca.pem -CAkey $d/ca.key -CAcreateserial -days 2 \
+        -extfile $d/ext.cnf -out $d/server.pem 2>/dev/null
+    mkdir -p /etc/amazon/efs
+    cp $d/ca.pem /etc/amazon/efs/e2e-ca.pem
+}
+
+start_knfsd() {
+    modprobe nfsd
+    mountpoint -q /proc/fs/nfsd || mount -t nfsd nfsd /proc/fs/nfsd
+    echo 1048576 >/proc/fs/nfsd/max_block_size
+    mountpoint -q /run/rpc_pipefs || mount -t rpc_pipefs rpc_pipefs /run/rpc_pipefs
+    mkdir -p /var/lib/nfs/nfsdcld
+    # With nfsdcld up first, knfsd skips the 90 s grace period when it has no clients.
+    nfsdcld
+    sleep 0.5
+    echo "/srv/efs 127.0.0.0/8(rw,sync,fsid=0,insecure,no_subtree_check,no_root_squash)" >/etc/exports
+    exportfs -ra
+    rpc.mountd -N 3
+    rpc.nfsd 8
+}
+
+start_tls_terminator() {
+    cat >/etc/e2e-tls/stunnel-server.conf <<EOT
+pid = /run/stunnel-server.pid
+foreground = no
+output = /var/log/stunnel-server.log
+[efs]
+accept = 127.0.0.2:2049
+connect = 127.0.0.3:2049
+cert = /etc/e2e-tls/server.pem
+key = /etc/e2e-tls/server.key
+EOT
+    stunnel4 /etc/e2e-tls/stunnel-server.conf
+}
+
+efs_side_up() {
+    make_certs
+    start_knfsd
+    start_tls_terminator
+    install_efs_utils
+}
+
+# The mountinfo line of a mountpoint.
+mountinfo_of() {
+    awk -v mp="$1" '$5 == mp' /proc/self/mountinfo
+}
+
+# The port= option of a mounted NFS mountpoint.
+port_of() {
+    mountinfo_of "$1" | tr ',' '\n' | sed -n 's/^port=//p' | head -1
+}
+
+state_files() {
+    ls /var/run/efs 2>/dev/null | grep '^fs-' || true
+}
+
+sha() { sha256sum "$1" | cut -d' ' -f1; }
+
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }

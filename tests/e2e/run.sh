@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# End-to-end tests with a real kernel: boots a User-Mode Linux guest (a Linux kernel
+# running as an ordinary process, with knfsd and the NFS client as modules) from a
+# cached image, installs our release binaries in it, and runs case scripts there.
+# Everything stays on the guest's loopback: the guest has no network device.
+#
+#   tests/e2e/run.sh [CASE ...]     (default: every case in tests/e2e/cases)
+#
+# Prints each case's PASS/FAIL line as it comes and ends with "N passed, N failed".
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(cd "$here/../.." && pwd)
+
+cases=("$@")
+if ((${#cases[@]} == 0)); then
+    for f in "$here"/cases/*.sh; do cases+=("$(basename "$f" .sh)"); done
+fi
+
+(cd "$top" && cargo build --release --locked -p efs-tunnel -p efs-mount-helper -p efs-watchdog >&2)
+img_dir=$("$here/build-image.sh")
+
+work=$(mktemp -d /tmp/efs-e2e.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+# What the guest installs, as a package would: binaries, unit, config, and the cases.
+stage="$work/opt"
+mkdir -p "$stage"
+install -m 0755 "$top/target/release/mount-efs" "$stage/mount.efs"
+install -m 0755 "$top/target/release/efs-tunnel" "$stage/efs-tunnel"
+install -m 0755 "$top/target/release/amazon-efs-mount-watchdog" "$stage/amazon-efs-mount-watchdog"
+cp "$top/config/efs-utils.toml" "$stage/"
+cp "$top"/systemd/*.service "$stage/" 2>/dev/null || true
+cp -r "$here/cases" "$here/lib.sh" "$stage/"
+
+passed=0
+failed=0
+for case in "${cases[@]}"; do
+    [ -f "$here/cases/$case.sh" ] || { echo "FAIL $case: no such case" ; failed=$((failed + 1)); continue; }
+    run="$work/run-$case"
+    mkdir -p "$run"
+    mode=$(sed -n 's/^# e2e-mode: *//p' "$here/cases/$case.sh" | head -1)
+    timeout=$(sed -n 's/^# e2e-timeout: *//p' "$here/cases/$case.sh" | head -1)
+    printf '#!/bin/sh\nexec /bin/bash /opt/efs/cases/%s.sh\n' "$case" >"$run/cmd"
+    chmod +x "$run/cmd"
+    : >"$run/out.log"
+    init="init=/usr/local/sbin/e2e-init"
+    [ "$mode" = systemd ] && init="systemd.unit=multi-user.target systemd.show_status=0"
+    echo "== $case (${mode:-fast} boot)"
+    start=$(date +%s)
+    # The guest's processes are host processes: run it in its own session, under a
+    # timeout, and kill the whole group if it overruns.
+    TMPDIR=/dev/shm setsid timeout --kill-after=5 "${timeout:-300}" \
+        linux.uml mem=1536M "ubd0=$run/root.cow,$img_dir/rootfs.img" root=/dev/ubda rw \
+        con=null con0=null,fd:1 quiet $init "e2e_run=$run" "e2e_bin=$stage" \
+        >"$run/console.log" 2>&1 </dev/null &
+    guest=$!
+    tail -n +1 -f --pid="$guest" "$run/out.log" 2>/dev/null | grep --line-buffered -E '^(PASS|FAIL|INFO)' || true
+    wait "$guest" || true
+    rc=$(cat "$run/rc" 2>/dev/null || echo "none")
+    p=$(grep -c '^PASS' "$run/out.log" || true)
+    f=$(grep -c '^FAIL' "$run/out.log" || true)
+    if [ "$rc" != 0 ] && [ "$f" = 0 ]; then
+        echo "FAIL $case: the guest ended without a verdict (rc=$rc); last console lines:"
+        tail -20 "$run/console.log" | sed 's/^/    /'
+        tail -20 "$run/out.log" | sed 's/^/    /'
+        f=1
+    fi
+    passed=$((passed + p))
+    failed=$((failed + f))
+    echo "   $case: $p passed, $f failed in $(( $(date +%s) - start )) s"
+done
+echo "e2e: $passed passed, $failed failed"
+[ "$failed" = 0 ]
