@@ -168,9 +168,11 @@ impl std::fmt::Display for StateError {
 
 impl std::error::Error for StateError {}
 
-/// True if `name` looks like a state file (`fs-…`, not a temporary or other file).
+/// True if `name` looks like a state file: `fs-…`. Temporary files start with a dot and
+/// control sockets with `tunnel-`, so neither matches; a mountpoint under `/tmp` mangles
+/// to `…tmp…` and must still match.
 pub fn is_state_file_name(name: &str) -> bool {
-    name.starts_with("fs-") && !name.ends_with(".sock") && !name.contains(".tmp")
+    name.starts_with("fs-")
 }
 
 /// True if any state file in `dir` records this port (a second guard, next to the bound
@@ -262,6 +264,12 @@ mod tests {
             .collect();
         assert_eq!(names.len(), 1, "{names:?}");
         assert!(port_in_use_by_state(&dir, 20123));
+        assert!(
+            is_state_file_name("fs-1.tmp.mnt.efs.20049"),
+            "a mountpoint under /tmp"
+        );
+        assert!(!is_state_file_name(".fs-1.mnt.20049.tmp42"));
+        assert!(!is_state_file_name("tunnel-20049.sock"));
         assert!(!port_in_use_by_state(&dir, 20124));
         fs::remove_dir_all(&dir).unwrap();
     }

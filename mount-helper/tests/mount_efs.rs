@@ -9,8 +9,6 @@ use std::time::Duration;
 
 use common::*;
 
-const WILDCARD: &str = "*.efs.us-east-1.amazonaws.com";
-
 async fn server(root: &Root, name: &str) -> (TlsServer, String) {
     let addr = target_addr();
     let s = TlsServer::start_on(addr, &root.ca.issue(name), Behaviour::Echo).await;

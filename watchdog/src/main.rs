@@ -1,9 +1,69 @@
-//! `amazon-efs-mount-watchdog`: restarts dead tunnels and tears them down after unmount.
-//! Built in issue #4; until then it refuses loudly rather than pretending to watch.
+//! `amazon-efs-mount-watchdog`: a thin shell around [`efs_watchdog::daemon`].
 
 use std::process::ExitCode;
 
+use efs_config::{logging, Config};
+use log::{error, info, warn};
+
+const USAGE: &str = "Usage: amazon-efs-mount-watchdog [--version] [-h|--help]";
+
 fn main() -> ExitCode {
-    eprintln!("amazon-efs-mount-watchdog: this build has no watchdog yet");
-    ExitCode::from(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!(
+            "{USAGE}\nRestarts dead TLS tunnels of EFS mounts and removes them after unmount."
+        );
+        return ExitCode::SUCCESS;
+    }
+    if args.iter().any(|a| a == "--version") {
+        println!(
+            "amazon-efs-mount-watchdog Version: {}",
+            env!("CARGO_PKG_VERSION")
+        );
+        return ExitCode::SUCCESS;
+    }
+    if let Some(other) = args.first() {
+        eprintln!("unexpected argument \"{other}\"\n{USAGE}");
+        return ExitCode::from(1);
+    }
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("only root can run amazon-efs-mount-watchdog");
+        return ExitCode::from(1);
+    }
+    let cfg = match Config::load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("amazon-efs-mount-watchdog: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Err(e) = logging::init(cfg.log_spec("mount-watchdog.log", true)) {
+        eprintln!("amazon-efs-mount-watchdog: cannot open its log: {e}; logging to stderr only");
+        let _ = logging::init(logging::LogSpec {
+            level: cfg.logging_level,
+            file: None,
+            stderr: true,
+        });
+    }
+    for w in &cfg.warnings {
+        warn!("{w}");
+    }
+    if !cfg.watchdog.enabled {
+        info!(
+            "amazon-efs-mount-watchdog is not enabled ([mount-watchdog] enabled = false); exiting"
+        );
+        efs_watchdog::notify::send("READY=1\nSTATUS=disabled by configuration");
+        return ExitCode::SUCCESS;
+    }
+    info!(
+        "amazon-efs-mount-watchdog, version {}, is enabled and started",
+        env!("CARGO_PKG_VERSION")
+    );
+    match efs_watchdog::daemon::Daemon::new(cfg).and_then(|d| d.run()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            ExitCode::from(1)
+        }
+    }
 }

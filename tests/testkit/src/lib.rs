@@ -3,6 +3,8 @@
 //! temporary directories, and child processes that cannot outlive a failed test.
 //! Dev-only: no product crate depends on it.
 
+pub mod root;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpStream as StdTcpStream};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,440 @@
+//! The watchdog's main loop. It sleeps in one `poll` on:
+//! * each tunnel's pidfd: a tunnel's death is known at once, and it is restarted on the
+//!   same listening socket (after backoff if it keeps dying);
+//! * `/proc/self/mountinfo` (POLLPRI when the mount table changes): an unmount is known
+//!   at once, and the tunnel is torn down after `unmount_grace_period_sec` if no mount
+//!   references its port any more (re-read to confirm, never on a single read);
+//! * inotify on the state directory: a new mount is adopted at once;
+//! * signal pipes (SIGTERM: exit, tunnels untouched; SIGHUP: re-read the config) and the
+//!   health checker's pipe;
+//!
+//! and wakes on its own for deadlines and a sweep every `poll_interval_sec` (a safety net,
+//! and how a mount table in a plain file, as in tests, is followed). Nothing on this thread
+//! touches an NFS mountpoint or reads memory of another process.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use efs_config::state::{self, MountState};
+use efs_config::Config;
+use log::{info, warn};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+
+use crate::mounts;
+use crate::notify;
+use crate::tunnels::{Phase, Tunnel};
+
+/// A tunnel whose control socket did not answer: (state file, pid at the time).
+type HealthReport = (PathBuf, i32);
+type HealthTargets = Arc<Mutex<Vec<(PathBuf, PathBuf, i32)>>>;
+
+pub struct Daemon {
+    cfg: Config,
+    tunnels: BTreeMap<PathBuf, Tunnel>,
+    /// State files that could not be read, already logged.
+    skipped: BTreeSet<PathBuf>,
+    term: UnixStream,
+    hup: UnixStream,
+    inotify: Option<Inotify>,
+    mountinfo: Option<std::fs::File>,
+    health_rx: Receiver<HealthReport>,
+    health_wake: UnixStream,
+    health_targets: HealthTargets,
+    last_sweep: Instant,
+    next_ping: Option<Instant>,
+}
+
+impl Daemon {
+    pub fn new(cfg: Config) -> Result<Daemon, String> {
+        let (term, term_tx) = UnixStream::pair().map_err(|e| e.to_string())?;
+        let (hup, hup_tx) = UnixStream::pair().map_err(|e| e.to_string())?;
+        for (sig, tx) in [
+            (signal_hook::consts::SIGTERM, &term_tx),
+            (signal_hook::consts::SIGINT, &term_tx),
+            (signal_hook::consts::SIGHUP, &hup_tx),
+        ] {
+            let tx = tx.try_clone().map_err(|e| e.to_string())?;
+            signal_hook::low_level::pipe::register(sig, tx)
+                .map_err(|e| format!("signal handler: {e}"))?;
+        }
+        for s in [&term, &hup] {
+            s.set_nonblocking(true).map_err(|e| e.to_string())?;
+        }
+        state::ensure_state_dir(&cfg.paths.state_dir, cfg.state_file_dir_mode)
+            .map_err(|e| format!("cannot create {}: {e}", cfg.paths.state_dir.display()))?;
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+            .and_then(|i| {
+                i.add_watch(
+                    &cfg.paths.state_dir,
+                    AddWatchFlags::IN_MOVED_TO
+                        | AddWatchFlags::IN_CLOSE_WRITE
+                        | AddWatchFlags::IN_DELETE
+                        | AddWatchFlags::IN_MOVED_FROM,
+                )
+                .map(|_| i)
+            })
+            .map_err(|e| {
+                warn!("no inotify on the state directory ({e}); new mounts are found by the sweep")
+            })
+            .ok();
+        let mountinfo = std::fs::File::open(&cfg.paths.mountinfo).ok();
+        let (health_tx, health_rx) = mpsc::channel();
+        let (health_wake, health_wake_tx) = UnixStream::pair().map_err(|e| e.to_string())?;
+        health_wake
+            .set_nonblocking(true)
+            .map_err(|e| e.to_string())?;
+        let health_targets: HealthTargets = Arc::default();
+        crate::health::spawn(&cfg, health_targets.clone(), health_tx, health_wake_tx);
+        Ok(Daemon {
+            cfg,
+            tunnels: BTreeMap::new(),
+            skipped: BTreeSet::new(),
+            term,
+            hup,
+            inotify,
+            mountinfo,
+            health_rx,
+            health_wake,
+            health_targets,
+            last_sweep: Instant::now(),
+            next_ping: notify::watchdog_interval().map(|i| Instant::now() + i),
+        })
+    }
+
+    /// Adopts every tunnel, tells systemd it is ready, and serves until SIGTERM.
+    pub fn run(mut self) -> Result<(), String> {
+        self.rescan();
+        self.check_mounts();
+        self.tick();
+        info!("watching {} tunnel(s)", self.tunnels.len());
+        notify::send(&format!(
+            "READY=1\nSTATUS=watching {} tunnel(s)",
+            self.tunnels.len()
+        ));
+        loop {
+            let timeout = self.next_wakeup().saturating_duration_since(Instant::now());
+            let ready = self.wait(timeout);
+            if ready.term {
+                info!("SIGTERM: exiting; tunnels keep running");
+                notify::send("STOPPING=1");
+                return Ok(());
+            }
+            if ready.hup {
+                self.reload();
+            }
+            for path in &ready.exited {
+                if let Some(t) = self.tunnels.get_mut(path) {
+                    t.on_exit();
+                }
+            }
+            if ready.health {
+                while let Ok((path, pid)) = self.health_rx.try_recv() {
+                    if let Some(t) = self.tunnels.get_mut(&path).filter(|t| t.pid() == Some(pid)) {
+                        t.kill_unresponsive("did not answer its health check");
+                    }
+                }
+            }
+            if ready.state_dir {
+                self.rescan();
+            }
+            let sweep_due = self.last_sweep.elapsed()
+                >= Duration::from_secs(self.cfg.watchdog.poll_interval_sec);
+            if ready.mounts || sweep_due {
+                if sweep_due {
+                    self.rescan();
+                    self.last_sweep = Instant::now();
+                }
+                self.check_mounts();
+            }
+            self.tick();
+            self.ping();
+        }
+    }
+
+    fn grace(&self) -> Duration {
+        Duration::from_secs(self.cfg.watchdog.unmount_grace_period_sec)
+    }
+
+    fn next_wakeup(&self) -> Instant {
+        let sweep = self.last_sweep + Duration::from_secs(self.cfg.watchdog.poll_interval_sec);
+        let grace = self.grace();
+        self.tunnels
+            .values()
+            .filter_map(|t| t.deadline(grace))
+            .chain(self.next_ping)
+            .fold(sweep, Instant::min)
+    }
+
+    /// Sleeps until something happens or `timeout` passes.
+    fn wait(&mut self, timeout: Duration) -> Ready {
+        let mut ready = Ready::default();
+        let keys: Vec<PathBuf> = self
+            .tunnels
+            .iter()
+            .filter(|(_, t)| t.pidfd().is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut fds: Vec<PollFd> = vec![
+            PollFd::new(self.term.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.hup.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.health_wake.as_fd(), PollFlags::POLLIN),
+        ];
+        let inotify_at = self.inotify.as_ref().map(|i| {
+            fds.push(PollFd::new(i.as_fd(), PollFlags::POLLIN));
+            fds.len() - 1
+        });
+        let mountinfo_at = self.mountinfo.as_ref().map(|m| {
+            fds.push(PollFd::new(m.as_fd(), PollFlags::POLLPRI));
+            fds.len() - 1
+        });
+        let first_pidfd = fds.len();
+        for k in &keys {
+            if let Some(p) = self.tunnels.get(k).and_then(Tunnel::pidfd) {
+                fds.push(PollFd::new(borrow(p), PollFlags::POLLIN));
+            }
+        }
+        let ms = timeout.as_millis().min(60_000) as u16;
+        if poll(&mut fds, PollTimeout::from(ms.max(1))).is_err() {
+            return ready; // EINTR: go round again
+        }
+        let fired = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+        ready.term = fired(&fds[0]);
+        ready.hup = fired(&fds[1]);
+        ready.health = fired(&fds[2]);
+        ready.state_dir = inotify_at.is_some_and(|i| fired(&fds[i]));
+        ready.mounts = mountinfo_at.is_some_and(|i| fired(&fds[i]));
+        for (i, k) in keys.iter().enumerate() {
+            if fds.get(first_pidfd + i).is_some_and(fired) {
+                ready.exited.push(k.clone());
+            }
+        }
+        drop(fds);
+        drain(&mut self.term);
+        drain(&mut self.hup);
+        drain(&mut self.health_wake);
+        if ready.state_dir {
+            if let Some(i) = &self.inotify {
+                while let Ok(events) = i.read_events() {
+                    if events.is_empty() {
+                        break;
+                    }
+                }
+            }
+        }
+        ready
+    }
+
+    /// Picks up new state files and forgets removed ones.
+    fn rescan(&mut self) {
+        let dir = &self.cfg.paths.state_dir;
+        let present: BTreeSet<PathBuf> = match std::fs::read_dir(dir) {
+            Ok(entries) => entries
+                .flatten()
+                .filter(|e| state::is_state_file_name(&e.file_name().to_string_lossy()))
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                .map(|e| e.path())
+                .collect(),
+            Err(e) => {
+                warn!("cannot read {}: {e}", dir.display());
+                return;
+            }
+        };
+        self.skipped.retain(|p| present.contains(p));
+        let gone: Vec<PathBuf> = self
+            .tunnels
+            .keys()
+            .filter(|p| !present.contains(*p))
+            .cloned()
+            .collect();
+        for p in gone {
+            if let Some(t) = self.tunnels.remove(&p) {
+                if !matches!(t.phase, Phase::Gone) {
+                    info!(
+                        "{} was removed; no longer watching {}",
+                        p.display(),
+                        t.name()
+                    );
+                }
+            }
+        }
+        for p in present {
+            if self.tunnels.contains_key(&p) || self.skipped.contains(&p) {
+                continue;
+            }
+            match MountState::read(&p) {
+                Ok(st) => {
+                    let t = Tunnel::adopt(p.clone(), st);
+                    self.tunnels.insert(p, t);
+                }
+                Err(e) => {
+                    warn!("skipping {e}");
+                    self.skipped.insert(p);
+                }
+            }
+        }
+        self.publish_health_targets();
+    }
+
+    /// Marks tunnels whose port no mount references, and clears marks of those back in use.
+    fn check_mounts(&mut self) {
+        let Some(ports) = self.read_mounts() else {
+            return;
+        };
+        let mut maybe_unused = Vec::new();
+        for (k, t) in self.tunnels.iter_mut() {
+            if !matches!(t.phase, Phase::Running | Phase::RestartAt(_)) {
+                continue;
+            }
+            if ports.contains_key(&t.state.port) {
+                t.seen_mounted = true;
+                if t.unmounted_since.is_some() {
+                    info!("{} is mounted again; keeping its tunnel", t.name());
+                    t.set_unmounted(None);
+                }
+            } else if t.unmounted_since.is_none()
+                && (t.seen_mounted || t.mount_age() > Duration::from_secs(30))
+            {
+                maybe_unused.push(k.clone());
+            }
+        }
+        if maybe_unused.is_empty() {
+            return;
+        }
+        // Never act on one read: mountinfo can be read torn while mounts change.
+        std::thread::sleep(Duration::from_millis(50));
+        let Some(again) = self.read_mounts() else {
+            return;
+        };
+        let grace = self.grace().as_secs();
+        for k in maybe_unused {
+            if let Some(t) = self.tunnels.get_mut(&k) {
+                if !again.contains_key(&t.state.port) {
+                    info!("No mount found for {}; its tunnel stops in {grace} s unless a mount uses it again", t.name());
+                    t.set_unmounted(Some(Instant::now()));
+                }
+            }
+        }
+    }
+
+    fn read_mounts(&mut self) -> Option<mounts::PortsInUse> {
+        // Re-arm POLLPRI: a change is reported until the file is read from the start.
+        if let Some(m) = self.mountinfo.as_mut() {
+            use std::io::Seek;
+            let _ = m.seek(std::io::SeekFrom::Start(0));
+            let mut sink = Vec::new();
+            let _ = m.read_to_end(&mut sink);
+        }
+        match mounts::read(&self.cfg.paths.mountinfo) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                warn!(
+                    "cannot read {}: {e}; no tunnel is torn down meanwhile",
+                    self.cfg.paths.mountinfo.display()
+                );
+                None
+            }
+        }
+    }
+
+    /// Acts on every deadline that has passed.
+    fn tick(&mut self) {
+        let now = Instant::now();
+        let grace = self.grace();
+        let mut confirm_teardown = Vec::new();
+        for (k, t) in self.tunnels.iter_mut() {
+            match t.phase {
+                Phase::RestartAt(at) if at <= now => {
+                    if let Err(e) = t.start() {
+                        warn!(
+                            "cannot restart the tunnel of {}: {e}; trying again",
+                            t.name()
+                        );
+                        t.phase = Phase::RestartAt(now + Duration::from_secs(1));
+                    }
+                }
+                Phase::Stopping { deadline, .. } if deadline <= now => t.on_stop_deadline(),
+                Phase::Running if t.unmounted_since.is_some_and(|s| s + grace <= now) => {
+                    confirm_teardown.push(k.clone())
+                }
+                _ => {}
+            }
+        }
+        if !confirm_teardown.is_empty() {
+            if let Some(ports) = self.read_mounts() {
+                for k in confirm_teardown {
+                    if let Some(t) = self.tunnels.get_mut(&k) {
+                        if ports.contains_key(&t.state.port) {
+                            t.set_unmounted(None);
+                        } else {
+                            info!("Unmount grace period expired for {}", t.name());
+                            t.begin_teardown();
+                        }
+                    }
+                }
+            }
+        }
+        self.tunnels.retain(|_, t| !matches!(t.phase, Phase::Gone));
+        self.publish_health_targets();
+    }
+
+    fn ping(&mut self) {
+        if let (Some(at), Some(interval)) = (self.next_ping, notify::watchdog_interval()) {
+            if Instant::now() >= at {
+                notify::send("WATCHDOG=1");
+                self.next_ping = Some(Instant::now() + interval);
+            }
+        }
+    }
+
+    fn reload(&mut self) {
+        match Config::load() {
+            Ok(cfg) => {
+                for w in &cfg.warnings {
+                    warn!("{w}");
+                }
+                info!("SIGHUP: configuration re-read");
+                self.cfg = cfg;
+            }
+            Err(e) => warn!("SIGHUP: keeping the previous configuration: {e}"),
+        }
+    }
+
+    fn publish_health_targets(&self) {
+        if let Ok(mut targets) = self.health_targets.lock() {
+            *targets = self
+                .tunnels
+                .iter()
+                .filter_map(|(k, t)| {
+                    t.pid()
+                        .map(|pid| (k.clone(), t.state.control_socket.clone(), pid))
+                })
+                .collect();
+        }
+    }
+}
+
+#[derive(Default)]
+struct Ready {
+    term: bool,
+    hup: bool,
+    health: bool,
+    state_dir: bool,
+    mounts: bool,
+    exited: Vec<PathBuf>,
+}
+
+fn borrow(p: &crate::sys::Pidfd) -> BorrowedFd<'_> {
+    p.as_fd()
+}
+
+fn drain(s: &mut UnixStream) {
+    let mut buf = [0u8; 64];
+    while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+}

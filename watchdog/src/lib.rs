@@ -1,0 +1,18 @@
+//! `amazon-efs-mount-watchdog`: keeps every TLS mount's tunnel alive, and tears it down
+//! after unmount. One daemon per host, run by systemd (`systemd/`), started on demand by
+//! `mount.efs`. Tunnels are separate processes: they survive the watchdog's stop and
+//! restart, and a new watchdog adopts them.
+//!
+//! Where to look:
+//! * [`daemon`]: the main loop: what it waits on, and what it does for each event;
+//! * [`tunnels`]: adopting, restarting and tearing down one tunnel;
+//! * [`mounts`]: which tunnel ports the mount table references;
+//! * [`health`]: the health check thread;
+//! * [`sys`]: pidfd syscalls (the crate's only `unsafe`); [`notify`]: sd_notify.
+
+pub mod daemon;
+pub mod health;
+pub mod mounts;
+pub mod notify;
+pub mod sys;
+pub mod tunnels;

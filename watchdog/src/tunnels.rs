@@ -1,0 +1,388 @@
+//! One mount's tunnel as the watchdog keeps it, and how a tunnel is restarted.
+//!
+//! The watchdog holds a duplicate of each tunnel's listening socket. When a tunnel dies,
+//! the socket stays open, so the NFS client's reconnects wait in its backlog instead of
+//! being refused, and a new tunnel is started on that same socket at once (then with
+//! backoff if it keeps dying, never giving up while the mount exists). A tunnel the
+//! watchdog did not start (mount.efs did, or an earlier watchdog) is adopted: its pid is
+//! checked against pid reuse (process name, then its command line must name this mount's
+//! control socket), and its socket is copied out of it with `pidfd_getfd`.
+//!
+//! Nothing here blocks: stopping is a phase with a deadline, driven by the main loop.
+
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use efs_config::state::MountState;
+use log::{info, warn};
+use nix::sys::signal::Signal;
+
+use crate::sys::Pidfd;
+
+/// How long a tunnel gets to exit after SIGTERM before SIGKILL.
+pub const TERM_GRACE: Duration = Duration::from_secs(3);
+/// A tunnel that lived this long is healthy again: its next death restarts at once.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+pub enum Phase {
+    Running,
+    /// Dead; start again at this time.
+    RestartAt(Instant),
+    /// Being torn down: SIGTERM sent (then SIGKILL at the deadline).
+    Stopping {
+        deadline: Instant,
+        killed: bool,
+    },
+    /// Torn down; the daemon drops it.
+    Gone,
+}
+
+#[derive(Debug)]
+struct Process {
+    pidfd: Pidfd,
+    /// Set when this watchdog started it, so that it can reap it and read its status.
+    child: Option<Child>,
+}
+
+#[derive(Debug)]
+pub struct Tunnel {
+    pub state_path: PathBuf,
+    pub state: MountState,
+    listener: Option<OwnedFd>,
+    process: Option<Process>,
+    pub phase: Phase,
+    started: Instant,
+    quick_deaths: u32,
+    pub restarts: u64,
+    /// A mount has referenced this port since the watchdog started watching.
+    pub seen_mounted: bool,
+    /// When the mount table was first seen without this port.
+    pub unmounted_since: Option<Instant>,
+}
+
+impl Tunnel {
+    /// Takes over the tunnel a state file describes, restarting it if it is not running.
+    pub fn adopt(state_path: PathBuf, state: MountState) -> Tunnel {
+        let mut t = Tunnel {
+            state_path,
+            state,
+            listener: None,
+            process: None,
+            phase: Phase::Running,
+            started: Instant::now(),
+            quick_deaths: 0,
+            restarts: 0,
+            seen_mounted: false,
+            unmounted_since: None,
+        };
+        match running_tunnel(&t.state) {
+            Ok((pidfd, listen_fd)) => {
+                match pidfd.get_fd(listen_fd) {
+                    Ok(fd) => t.listener = Some(fd),
+                    Err(e) => warn!("{}: cannot hold the tunnel's listening socket ({e}); a restart will re-bind the port", t.name()),
+                }
+                info!("adopted the tunnel of {} (pid {})", t.name(), pidfd.pid);
+                t.process = Some(Process { pidfd, child: None });
+            }
+            Err(why) => {
+                warn!(
+                    "the tunnel of {} is not running ({why}); starting it",
+                    t.name()
+                );
+                t.phase = Phase::RestartAt(Instant::now());
+            }
+        }
+        t
+    }
+
+    /// `fs-… at /mnt/efs, port 20123`, for log lines.
+    pub fn name(&self) -> String {
+        format!(
+            "{} at {}, port {}",
+            self.state.fs_id, self.state.mountpoint, self.state.port
+        )
+    }
+
+    pub fn pidfd(&self) -> Option<&Pidfd> {
+        self.process.as_ref().map(|p| &p.pidfd)
+    }
+
+    pub fn pid(&self) -> Option<i32> {
+        self.pidfd().map(|p| p.pid)
+    }
+
+    /// Starts a tunnel on our copy of the listening socket (binding the port again only
+    /// if we have none) with the recorded command line.
+    pub fn start(&mut self) -> Result<(), String> {
+        if self.listener.is_none() {
+            let l = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, self.state.port))
+                .map_err(|e| format!("cannot bind 127.0.0.1:{}: {e}", self.state.port))?;
+            self.listener = Some(OwnedFd::from(l));
+        }
+        let Some(listener) = self.listener.as_ref() else {
+            return Err("no listening socket".into());
+        };
+        // dup() gives a descriptor without close-on-exec: exactly the one the child inherits.
+        let inherited = nix::unistd::dup(listener).map_err(|e| format!("dup: {e}"))?;
+        let Some((program, args)) = self.state.cmd.split_first() else {
+            return Err("the state file has no tunnel command".into());
+        };
+        let child = Command::new(program)
+            .args(args)
+            .arg("--listen-fd")
+            .arg(inherited.as_raw_fd().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {program}: {e}"))?;
+        drop(inherited);
+        let pid = child.id() as i32;
+        let pidfd = Pidfd::open(pid).map_err(|e| format!("pidfd_open({pid}): {e}"))?;
+        self.process = Some(Process {
+            pidfd,
+            child: Some(child),
+        });
+        self.phase = Phase::Running;
+        self.started = Instant::now();
+        self.restarts += 1;
+        self.state.pid = pid;
+        self.save();
+        info!("started the tunnel of {} (pid {pid})", self.name());
+        Ok(())
+    }
+
+    /// The process exited: reap it if it is ours, say how it ended, and schedule what
+    /// comes next.
+    pub fn on_exit(&mut self) {
+        let how = match self.process.take() {
+            Some(Process {
+                child: Some(mut c), ..
+            }) => match c.wait() {
+                Ok(s) => match (s.code(), s.signal()) {
+                    (Some(code), _) => format!("exited with status {code}"),
+                    (_, Some(sig)) => format!(
+                        "was killed by signal {}",
+                        Signal::try_from(sig).map(|s| s.as_str()).unwrap_or("?")
+                    ),
+                    _ => "exited".into(),
+                },
+                Err(e) => format!("exited (wait failed: {e})"),
+            },
+            Some(Process { pidfd, child: None }) => {
+                format!(
+                    "(pid {}) exited; its status is unknown (it was not started by this watchdog)",
+                    pidfd.pid
+                )
+            }
+            None => "exited".into(),
+        };
+        match self.phase {
+            Phase::Stopping { .. } => self.finish_teardown(),
+            _ => {
+                let lived = self.started.elapsed();
+                self.quick_deaths = if lived >= STABLE_AFTER {
+                    1
+                } else {
+                    self.quick_deaths + 1
+                };
+                let delay = backoff(self.quick_deaths);
+                warn!(
+                    "the tunnel of {} {how} after {:.1} s; restarting it{}",
+                    self.name(),
+                    lived.as_secs_f64(),
+                    if delay.is_zero() {
+                        String::new()
+                    } else {
+                        format!(" in {:.1} s", delay.as_secs_f64())
+                    }
+                );
+                self.phase = Phase::RestartAt(Instant::now() + delay);
+            }
+        }
+    }
+
+    /// Kills a tunnel that stopped answering (the health check); its death restarts it.
+    pub fn kill_unresponsive(&mut self, why: &str) {
+        if let (Phase::Running, Some(p)) = (&self.phase, &self.process) {
+            warn!(
+                "the tunnel of {} (pid {}) {why}; killing it so it restarts",
+                self.name(),
+                p.pidfd.pid
+            );
+            let _ = p.pidfd.signal(Signal::SIGKILL);
+        }
+    }
+
+    /// Starts tearing the tunnel down: SIGTERM now, SIGKILL after [`TERM_GRACE`].
+    pub fn begin_teardown(&mut self) {
+        match &self.process {
+            Some(p) => {
+                info!(
+                    "stopping the tunnel of {} (pid {}): no mount uses it",
+                    self.name(),
+                    p.pidfd.pid
+                );
+                let _ = p.pidfd.signal(Signal::SIGTERM);
+                self.phase = Phase::Stopping {
+                    deadline: Instant::now() + TERM_GRACE,
+                    killed: false,
+                };
+            }
+            None => self.finish_teardown(),
+        }
+    }
+
+    /// The stopping deadline passed.
+    pub fn on_stop_deadline(&mut self) {
+        if let Phase::Stopping { killed, .. } = self.phase {
+            if killed {
+                // SIGKILL was not enough in time (a process stuck in the kernel): clean
+                // up anyway; it dies when the kernel lets it.
+                warn!(
+                    "the tunnel of {} did not exit after SIGKILL; removing its state anyway",
+                    self.name()
+                );
+                self.process = None;
+                self.finish_teardown();
+            } else if let Some(p) = &self.process {
+                warn!(
+                    "the tunnel of {} (pid {}) ignored SIGTERM; sending SIGKILL",
+                    self.name(),
+                    p.pidfd.pid
+                );
+                let _ = p.pidfd.signal(Signal::SIGKILL);
+                self.phase = Phase::Stopping {
+                    deadline: Instant::now() + Duration::from_secs(2),
+                    killed: true,
+                };
+            }
+        }
+    }
+
+    fn finish_teardown(&mut self) {
+        for f in &self.state.files {
+            remove(f);
+        }
+        remove(&self.state.control_socket);
+        remove(&self.state_path);
+        self.listener = None;
+        self.phase = Phase::Gone;
+        info!("removed the tunnel and state of {}", self.name());
+    }
+
+    /// Records the time the mount disappeared (or clears it), in memory and on disk.
+    pub fn set_unmounted(&mut self, since: Option<Instant>) {
+        self.unmounted_since = since;
+        self.state.unmount_time = since.map(|_| unix_now());
+        self.save();
+    }
+
+    /// Rewrites the state file (only called when something in it changed).
+    fn save(&self) {
+        let (Some(dir), Some(name)) = (self.state_path.parent(), self.state_path.file_name())
+        else {
+            return;
+        };
+        if let Err(e) = self.state.write(dir, &name.to_string_lossy()) {
+            warn!("cannot update {}: {e}", self.state_path.display());
+        }
+    }
+
+    /// When the main loop must next look at this tunnel, if at a set time.
+    pub fn deadline(&self, grace: Duration) -> Option<Instant> {
+        match self.phase {
+            Phase::RestartAt(t) => Some(t),
+            Phase::Stopping { deadline, .. } => Some(deadline),
+            Phase::Running => self.unmounted_since.map(|t| t + grace),
+            Phase::Gone => None,
+        }
+    }
+
+    /// Seconds since the helper mounted it.
+    pub fn mount_age(&self) -> Duration {
+        Duration::from_secs_f64((unix_now() - self.state.mount_time).max(0.0))
+    }
+}
+
+/// 0 for a first death, then 0.2, 0.4, 0.8 ... seconds, at most 5.
+fn backoff(quick_deaths: u32) -> Duration {
+    if quick_deaths <= 1 {
+        return Duration::ZERO;
+    }
+    let ms = 200u64.saturating_mul(1 << (quick_deaths - 2).min(10));
+    Duration::from_millis(ms).min(MAX_BACKOFF)
+}
+
+/// The running tunnel a state file names, checked against pid reuse, and the number its
+/// listening socket has in it.
+fn running_tunnel(state: &MountState) -> Result<(Pidfd, i32), String> {
+    if state.pid <= 0 {
+        return Err("no pid recorded".into());
+    }
+    let pidfd = Pidfd::open(state.pid).map_err(|_| format!("pid {} is gone", state.pid))?;
+    // comm comes from the task, not its memory: reading it cannot hang on a process
+    // stuck in an NFS call, as reading cmdline can (aws/efs-utils #374). Only an
+    // efs-tunnel (which never touches NFS) has its cmdline read.
+    let comm = std::fs::read_to_string(format!("/proc/{}/comm", state.pid)).unwrap_or_default();
+    if comm.trim() != "efs-tunnel" {
+        return Err(format!(
+            "pid {} is now {:?}, not a tunnel",
+            state.pid,
+            comm.trim()
+        ));
+    }
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", state.pid)).unwrap_or_default();
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let after = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+    };
+    if after("--control").map(PathBuf::from).as_deref() != Some(state.control_socket.as_path()) {
+        return Err(format!("pid {} is another mount's tunnel", state.pid));
+    }
+    let fd = after("--listen-fd")
+        .and_then(|n| n.parse::<i32>().ok())
+        .ok_or_else(|| format!("pid {} has no --listen-fd", state.pid))?;
+    Ok((pidfd, fd))
+}
+
+fn remove(p: &Path) {
+    if let Err(e) = std::fs::remove_file(p) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            warn!("cannot remove {}: {e}", p.display());
+        }
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert_eq!(backoff(1), Duration::ZERO);
+        assert_eq!(backoff(2), Duration::from_millis(200));
+        assert_eq!(backoff(3), Duration::from_millis(400));
+        assert_eq!(backoff(6), Duration::from_millis(3200));
+        assert_eq!(backoff(7), MAX_BACKOFF);
+        assert_eq!(backoff(1000), MAX_BACKOFF);
+    }
+}

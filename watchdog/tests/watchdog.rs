@@ -1,0 +1,387 @@
+//! The real watchdog, with real tunnels started by the real `mount.efs`, a real TLS server,
+//! and a mount table in a file the test edits (the kernel's is exercised in the e2e guest).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use efs_config::state::MountState;
+use efs_testkit::root::*;
+use efs_testkit::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+const WATCHDOG_CONFIG: &str =
+    "[mount-watchdog]\nunmount_grace_period_sec = 1\npoll_interval_sec = 1\n";
+
+struct Mounted {
+    mountpoint: String,
+    port: u16,
+    state_path: PathBuf,
+}
+
+impl Mounted {
+    fn state(&self) -> MountState {
+        MountState::read(&self.state_path).unwrap()
+    }
+    fn pid(&self) -> i32 {
+        self.state().pid
+    }
+}
+
+/// Mounts with the real mount.efs (mount.nfs4 is a stand-in) and returns what it recorded.
+fn mount(root: &Root, name: &str, ip: &str) -> Mounted {
+    let mp = root.mountpoint(name);
+    root.mount(&["fs-12345678", &mp, "-o", &format!("tls,mounttargetip={ip}")])
+        .assert_ok();
+    let calls = root.nfs_calls();
+    let call = calls
+        .iter()
+        .rev()
+        .find(|c| c[1] == mp)
+        .expect("mount.nfs4 was called");
+    let port = port_of(&call[3]);
+    let state_path = root.state_dir().join(efs_config::state::state_file_name(
+        FS_ID,
+        std::path::Path::new(&mp),
+        port,
+    ));
+    Mounted {
+        mountpoint: mp,
+        port,
+        state_path,
+    }
+}
+
+/// Writes the mount table the watchdog reads: one NFS line per (mountpoint, port).
+fn set_mounts(root: &Root, mounts: &[(&str, u16)]) {
+    let mut text = String::from("22 1 0:21 / / rw,relatime - ext4 /dev/root rw\n");
+    for (i, (mp, port)) in mounts.iter().enumerate() {
+        text.push_str(&format!(
+            "{} 22 0:{} / {} rw,relatime - nfs4 127.0.0.1:/ rw,vers=4.1,rsize=1048576,wsize=1048576,hard,noresvport,proto=tcp,port={port},timeo=600,retrans=2,addr=127.0.0.1\n",
+            40 + i,
+            50 + i,
+            mp.replace(' ', "\\040")
+        ));
+    }
+    let tmp = root.dir.path("mountinfo.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(tmp, root.dir.path("mountinfo")).unwrap();
+}
+
+fn watchdog_log(root: &Root) -> String {
+    std::fs::read_to_string(root.dir.path("log").join("mount-watchdog.log")).unwrap_or_default()
+}
+
+/// Starts the real watchdog and waits until it has adopted what is there.
+fn start_watchdog(root: &Root) -> KillOnDrop {
+    let before = watchdog_log(root).matches("watching ").count();
+    let child = Command::new(watchdog_bin())
+        .env("EFS_UTILS_CONFIG", &root.config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stdio_file(&root.dir, "watchdog.stderr"))
+        .spawn()
+        .unwrap();
+    let child = KillOnDrop(child);
+    assert!(
+        wait_until(Duration::from_secs(10), || watchdog_log(root)
+            .matches("watching ")
+            .count()
+            > before),
+        "watchdog did not start: {}",
+        watchdog_log(root)
+    );
+    child
+}
+
+fn alive(pid: i32) -> bool {
+    kill(Pid::from_raw(pid), None).is_ok()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+}
+
+/// One echo round trip through the tunnel on `port`.
+fn round_trip(port: u16, payload: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(payload)?;
+    let mut back = vec![0u8; payload.len()];
+    s.read_exact(&mut back)?;
+    Ok(back)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_tunnel_is_restarted_on_the_same_socket_and_the_client_carries_on() {
+    let root = Root::with_sections("", WATCHDOG_CONFIG);
+    let addr = target_addr();
+    let _server = TlsServer::start_on(addr, &root.ca.issue(WILDCARD), Behaviour::Echo).await;
+    let m = mount(&root, "efs", &addr.ip().to_string());
+    set_mounts(&root, &[(&m.mountpoint, m.port)]);
+    let _wd = start_watchdog(&root);
+
+    // A client streams RPC-sized messages through the tunnel...
+    let first_pid = m.pid();
+    let mut s = TcpStream::connect(("127.0.0.1", m.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let msg = pseudo_random(64 * 1024, 1);
+    let mut back = vec![0u8; msg.len()];
+    s.write_all(&msg).unwrap();
+    s.read_exact(&mut back).unwrap();
+
+    // ... the tunnel is killed ...
+    let t0 = Instant::now();
+    kill(Pid::from_raw(first_pid), Signal::SIGKILL).unwrap();
+    // ... its connection breaks, as a TCP connection through a dead process does ...
+    let broken = s.write_all(&msg).and_then(|_| s.read_exact(&mut back));
+    assert!(broken.is_err(), "the old connection should break");
+    // ... and the client's very next connect is accepted, not refused, and carries on.
+    let reply = round_trip(m.port, &msg).expect("reconnect after the kill");
+    assert_eq!(reply, msg);
+    let restarted = wait_until(Duration::from_secs(5), || {
+        m.pid() != first_pid && alive(m.pid())
+    });
+    assert!(restarted, "state still names pid {}", m.pid());
+    eprintln!("restart observed {:?} after the kill", t0.elapsed());
+    let log = watchdog_log(&root);
+    assert!(
+        log.contains("was killed by signal SIGKILL") || log.contains("exited"),
+        "{log}"
+    );
+    assert!(log.contains("started the tunnel of fs-12345678"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_unmount_the_tunnel_and_its_state_are_removed_after_the_grace_period() {
+    let root = Root::with_sections("", WATCHDOG_CONFIG);
+    let addr = target_addr();
+    let _server = TlsServer::start_on(addr, &root.ca.issue(WILDCARD), Behaviour::Echo).await;
+    let m = mount(&root, "efs", &addr.ip().to_string());
+    set_mounts(&root, &[(&m.mountpoint, m.port)]);
+    let _wd = start_watchdog(&root);
+    let pid = m.pid();
+    let control = m.state().control_socket;
+
+    set_mounts(&root, &[]);
+    let gone = wait_until(Duration::from_secs(10), || {
+        !alive(pid) && !m.state_path.exists()
+    });
+    assert!(
+        gone,
+        "tunnel alive: {}, state: {}\n{}",
+        alive(pid),
+        m.state_path.exists(),
+        watchdog_log(&root)
+    );
+    assert!(!control.exists(), "control socket left behind");
+    assert!(
+        std::net::TcpListener::bind(("127.0.0.1", m.port)).is_ok(),
+        "port still held"
+    );
+    assert!(root.state_files().is_empty(), "{:?}", root.state_files());
+    assert!(watchdog_log(&root).contains("Unmount grace period expired"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tunnel_another_mount_still_uses_is_never_torn_down() {
+    let root = Root::with_sections("", WATCHDOG_CONFIG);
+    let addr = target_addr();
+    let _server = TlsServer::start_on(addr, &root.ca.issue(WILDCARD), Behaviour::Echo).await;
+    let a = mount(&root, "a", &addr.ip().to_string());
+    let b = mount(&root, "b", &addr.ip().to_string());
+    // As the kernel does for a second mount of the same server: both lines name a's port.
+    set_mounts(&root, &[(&a.mountpoint, a.port), (&b.mountpoint, a.port)]);
+    let _wd = start_watchdog(&root);
+
+    set_mounts(&root, &[(&b.mountpoint, a.port)]);
+    std::thread::sleep(Duration::from_secs(4)); // grace is 1 s
+    assert!(alive(a.pid()), "the tunnel /mnt/b still uses was torn down");
+    assert!(a.state_path.exists());
+    assert_eq!(round_trip(a.port, b"still here").unwrap(), b"still here");
+
+    // When the last mount goes, it goes.
+    set_mounts(&root, &[]);
+    let pid = a.pid();
+    assert!(wait_until(Duration::from_secs(10), || !alive(pid)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tunnel_that_ignores_sigterm_is_killed() {
+    let root = Root::with_sections("", WATCHDOG_CONFIG);
+    let addr = target_addr();
+    let _server = TlsServer::start_on(addr, &root.ca.issue(WILDCARD), Behaviour::Echo).await;
+    let m = mount(&root, "stuck", &addr.ip().to_string());
+    set_mounts(&root, &[(&m.mountpoint, m.port)]);
+    let _wd = start_watchdog(&root);
+    let pid = m.pid();
+    // A stopped process cannot act on SIGTERM.
+    kill(Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
+    set_mounts(&root, &[]);
+    let gone = wait_until(Duration::from_secs(15), || {
+        !alive(pid) && !m.state_path.exists()
+    });
+    assert!(gone, "still alive: {}", alive(pid));
+    assert!(watchdog_log(&root).contains("ignored SIGTERM; sending SIGKILL"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn corrupt_and_foreign_state_files_are_skipped_not_fatal() {
+    let root = Root::with_sections("", WATCHDOG_CONFIG);
+    let addr = target_addr();
+    let _server = TlsServer::start_on(addr, &root.ca.issue(WILDCARD), Behaviour::Echo).await;
+    efs_config::state::ensure_state_dir(&root.state_dir(), 0o750).unwrap();
+    std::fs::write(root.state_dir().join("fs-bad.mnt.x.20001"), "{ not json").unwrap();
+    std::fs::write(
+        root.state_dir().join("fs-foreign.mnt.y.20002"),
+        r#"{"pid": 17200, "cmd": ["/usr/bin/stunnel5", "/var/run/efs/stunnel-config.fs-foreign"], "files": []}"#,
+    )
+    .unwrap();
+    let m = mount(&root, "good", &addr.ip().to_string());
+    set_mounts(&root, &[(&m.mountpoint, m.port)]);
+    let _wd = start_watchdog(&root);
+    let log = watchdog_log(&root);
+    assert!(
+        log.contains("skipping state file") && log.contains("fs-bad.mnt.x.20001"),
+        "{log}"
+    );
+    assert!(log.contains("fs-foreign.mnt.y.20002"), "{log}");
+
+    let pid = m.pid();
+    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || m.pid() != pid && alive(m.pid())));
+    assert_eq!(round_trip(m.port, b"ok").unwrap(), b"ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_watchdog_adopts_running_tunnels_and_revives_dead_ones() {
+    let root = Root::with_sections("", WATCHDOG_CONFIG);
+    let addr = target_addr();
+    let _server = TlsServer::start_on(addr, &root.ca.issue(WILDCARD), Behaviour::Echo).await;
+    let a = mount(&root, "a", &addr.ip().to_string());
+    let b = mount(&root, "b", &addr.ip().to_string());
+    set_mounts(&root, &[(&a.mountpoint, a.port), (&b.mountpoint, b.port)]);
+
+    let mut wd = start_watchdog(&root);
+    let (pa, pb) = (a.pid(), b.pid());
+    kill(Pid::from_raw(wd.id() as i32), Signal::SIGTERM).unwrap();
+    let status = wd.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        alive(pa) && alive(pb),
+        "tunnels must survive the watchdog's exit"
+    );
+
+    // While no watchdog runs, b's tunnel dies (its port closes with it).
+    kill(Pid::from_raw(pb), Signal::SIGKILL).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || !alive(pb)));
+
+    let _wd = start_watchdog(&root);
+    assert_eq!(a.pid(), pa, "a running tunnel is adopted, not replaced");
+    assert!(wait_until(Duration::from_secs(5), || b.pid() != pb && alive(b.pid())));
+    assert_eq!(round_trip(b.port, b"revived").unwrap(), b"revived");
+
+    // The adopted tunnel is watched too.
+    kill(Pid::from_raw(pa), Signal::SIGKILL).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || a.pid() != pa && alive(a.pid())));
+    assert_eq!(round_trip(a.port, b"adopted").unwrap(), b"adopted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_mounts_at_once_all_restarted_after_a_mass_kill() {
+    let root = std::sync::Arc::new(Root::with_sections("", WATCHDOG_CONFIG));
+    let addr = target_addr();
+    let _server = TlsServer::start_on(addr, &root.ca.issue(WILDCARD), Behaviour::Echo).await;
+    let ip = addr.ip().to_string();
+    let handles: Vec<_> = (0..50)
+        .map(|i| {
+            let (root, ip) = (root.clone(), ip.clone());
+            std::thread::spawn(move || {
+                let mp = root.mountpoint(&format!("m{i}"));
+                root.mount(&["fs-12345678", &mp, "-o", &format!("tls,mounttargetip={ip}")])
+                    .assert_ok();
+                mp
+            })
+        })
+        .collect();
+    let mps: Vec<String> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let mounted: Vec<Mounted> = root
+        .nfs_calls()
+        .iter()
+        .map(|c| Mounted {
+            mountpoint: c[1].clone(),
+            port: port_of(&c[3]),
+            state_path: root.state_dir().join(efs_config::state::state_file_name(
+                FS_ID,
+                std::path::Path::new(&c[1]),
+                port_of(&c[3]),
+            )),
+        })
+        .collect();
+    assert_eq!(mounted.len(), 50);
+    assert_eq!(mps.len(), 50);
+    let table: Vec<(&str, u16)> = mounted
+        .iter()
+        .map(|m| (m.mountpoint.as_str(), m.port))
+        .collect();
+    set_mounts(&root, &table);
+    let _wd = start_watchdog(&root);
+    assert!(
+        watchdog_log(&root).contains("watching 50 tunnel(s)"),
+        "{}",
+        watchdog_log(&root)
+    );
+
+    let old: Vec<i32> = mounted.iter().map(Mounted::pid).collect();
+    for pid in &old {
+        kill(Pid::from_raw(*pid), Signal::SIGKILL).unwrap();
+    }
+    let all_back = wait_until(Duration::from_secs(20), || {
+        mounted
+            .iter()
+            .zip(&old)
+            .all(|(m, old)| m.pid() != *old && alive(m.pid()))
+    });
+    assert!(all_back, "not every tunnel was restarted");
+    for m in &mounted {
+        assert_eq!(round_trip(m.port, b"x").unwrap(), b"x", "port {}", m.port);
+    }
+}
+
+#[test]
+fn disabled_by_configuration_it_exits_0_and_says_so() {
+    let root = Root::with_sections("", "[mount-watchdog]\nenabled = false\n");
+    let out = Command::new(watchdog_bin())
+        .env("EFS_UTILS_CONFIG", &root.config)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(watchdog_log(&root).contains("is not enabled"));
+}
+
+#[test]
+fn it_tells_systemd_when_it_is_ready() {
+    let root = Root::with_sections("", WATCHDOG_CONFIG);
+    let sock_path = root.dir.path("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let child = Command::new(watchdog_bin())
+        .env("EFS_UTILS_CONFIG", &root.config)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut wd = KillOnDrop(child);
+    let mut buf = [0u8; 512];
+    let n = sock.recv(&mut buf).expect("no sd_notify message");
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(msg.contains("READY=1"), "{msg}");
+    kill(Pid::from_raw(wd.id() as i32), Signal::SIGTERM).unwrap();
+    let status = wd.wait().unwrap();
+    assert!(status.success());
+}
