@@ -4,6 +4,8 @@
 # the User-Mode Linux kernel's modules, as an ext4 image. It is rebuilt only when its
 # recipe (this script and guest/) changes. Prints the image's directory.
 set -euo pipefail
+# Only the image's directory goes to stdout (run.sh captures it); everything else to stderr.
+exec 3>&1 1>&2
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${E2E_CACHE:-/var/cache/efs-e2e}
 
@@ -12,19 +14,19 @@ command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v linux.uml >/dev/null || need+=(user-mode-linux)
 command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 if ((${#need[@]})); then
-    apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >&2
+    apt-get update -qq 
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" 
 fi
 
 uml_version=$(ls /usr/lib/uml/modules | sort -V | tail -1)
 recipe=$(cat "$0" "$here"/guest/* | sha256sum | cut -c1-16)
 out="$cache/$recipe"
 if [ -f "$out/rootfs.img" ]; then
-    echo "$out"
+    echo "$out" >&3
     exit 0
 fi
 
-echo "building the e2e guest image in $out (once per recipe change)" >&2
+echo "building the e2e guest image in $out (once per recipe change)" 
 mkdir -p "$cache"
 stage=$(mktemp -d "$cache/stage.XXXXXX")
 trap 'rm -rf "$stage"' EXIT
@@ -33,7 +35,7 @@ base="$cache/rootfs-base-bookworm.tar"
 if [ ! -f "$base" ]; then
     debootstrap --variant=minbase \
         --include=systemd-sysv,nfs-kernel-server,nfs-common,stunnel4,openssl,ca-certificates,iproute2,kmod,util-linux,procps,psmisc \
-        bookworm "$stage/root" http://deb.debian.org/debian >&2
+        bookworm "$stage/root" http://deb.debian.org/debian 
     tar -C "$stage/root" -cf "$base.tmp" . && mv "$base.tmp" "$base"
 else
     mkdir -p "$stage/root" && tar -C "$stage/root" -xf "$base"
@@ -72,4 +74,4 @@ mkdir -p "$out.tmp"
 mkfs.ext4 -q -F -L e2e-root -d "$root" "$out.tmp/rootfs.img" 2G
 echo "$uml_version" >"$out.tmp/uml-version"
 rm -rf "$out" && mv "$out.tmp" "$out"
-echo "$out"
+echo "$out" >&3

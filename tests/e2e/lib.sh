@@ -109,3 +109,48 @@ state_files() {
 sha() { sha256sum "$1" | cut -d' ' -f1; }
 
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+
+# wait_for SECONDS COMMAND...: until the command succeeds.
+wait_for() {
+    local limit=$1
+    shift
+    local end=$(($(date +%s) + limit))
+    until "$@" >/dev/null 2>&1; do
+        [ "$(date +%s)" -ge "$end" ] && return 1
+        sleep 0.1
+    done
+}
+
+# The tunnel process serving a port (its control socket is named after the port).
+tunnel_pid() {
+    pgrep -f "tunnel-$1.sock" | head -1
+}
+
+# The boot number of a multi-boot case (1, 2, ...).
+boot_number() {
+    cat /e2e/run/boot 2>/dev/null || echo 1
+}
+
+# Makes the "EFS" side a unit that starts at boot before remote file systems, so fstab
+# _netdev mounts find it (for cases that reboot).
+efs_side_at_boot() {
+    cp /opt/efs/lib.sh /usr/local/lib/e2e-lib.sh
+    cat >/etc/systemd/system/e2e-efs.service <<EOT
+[Unit]
+Description=e2e stand-in for EFS (knfsd behind a TLS terminator)
+DefaultDependencies=no
+After=local-fs.target
+Before=remote-fs-pre.target
+Wants=remote-fs-pre.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/bash -c '. /usr/local/lib/e2e-lib.sh; start_knfsd; start_tls_terminator'
+
+[Install]
+WantedBy=remote-fs.target
+EOT
+    systemctl daemon-reload
+    systemctl enable --quiet e2e-efs.service
+}

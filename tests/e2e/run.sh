@@ -20,7 +20,8 @@ fi
 img_dir=$("$here/build-image.sh")
 
 work=$(mktemp -d /tmp/efs-e2e.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+# E2E_KEEP=1 keeps the run folders (console logs, case output) for a post-mortem.
+if [ -z "${E2E_KEEP:-}" ]; then trap 'rm -rf "$work"' EXIT; else echo "keeping $work" >&2; fi
 # What the guest installs, as a package would: binaries, unit, config, and the cases.
 stage="$work/opt"
 mkdir -p "$stage"
@@ -42,19 +43,28 @@ for case in "${cases[@]}"; do
     printf '#!/bin/sh\nexec /bin/bash /opt/efs/cases/%s.sh\n' "$case" >"$run/cmd"
     chmod +x "$run/cmd"
     : >"$run/out.log"
+    boots=$(sed -n 's/^# e2e-boots: *//p' "$here/cases/$case.sh" | head -1)
     init="init=/usr/local/sbin/e2e-init"
     [ "$mode" = systemd ] && init="systemd.unit=multi-user.target systemd.show_status=0"
-    echo "== $case (${mode:-fast} boot)"
+    echo "== $case (${mode:-fast} boot x${boots:-1})"
     start=$(date +%s)
-    # The guest's processes are host processes: run it in its own session, under a
-    # timeout, and kill the whole group if it overruns.
-    TMPDIR=/dev/shm setsid timeout --kill-after=5 "${timeout:-300}" \
-        linux.uml mem=1536M "ubd0=$run/root.cow,$img_dir/rootfs.img" root=/dev/ubda rw \
-        con=null con0=null,fd:1 quiet $init "e2e_run=$run" "e2e_bin=$stage" \
-        >"$run/console.log" 2>&1 </dev/null &
-    guest=$!
-    tail -n +1 -f --pid="$guest" "$run/out.log" 2>/dev/null | grep --line-buffered -E '^(PASS|FAIL|INFO)' || true
-    wait "$guest" || true
+    # Every boot of a case uses the same copy-on-write disk, so a later boot sees what an
+    # earlier one left (fstab, enabled units): a reboot.
+    for boot in $(seq "${boots:-1}"); do
+        echo "$boot" >"$run/boot"
+        rm -f "$run/rc"
+        offset=$(($(stat -c %s "$run/out.log") + 1))
+        # The guest's processes are host processes: run it in its own session, under a
+        # timeout, and kill the whole group if it overruns.
+        TMPDIR=/dev/shm setsid timeout --kill-after=5 "${timeout:-300}" \
+            linux.uml mem=1536M "ubd0=$run/root.cow,$img_dir/rootfs.img" root=/dev/ubda rw \
+            con=null con0=null,fd:1 quiet $init "e2e_run=$run" "e2e_bin=$stage" \
+            >>"$run/console.log" 2>&1 </dev/null &
+        guest=$!
+        tail -c "+$offset" -f --pid="$guest" "$run/out.log" 2>/dev/null | grep --line-buffered -E '^(PASS|FAIL|INFO)' || true
+        wait "$guest" || true
+        [ "$(cat "$run/rc" 2>/dev/null)" = 0 ] || break
+    done
     rc=$(cat "$run/rc" 2>/dev/null || echo "none")
     p=$(grep -c '^PASS' "$run/out.log" || true)
     f=$(grep -c '^FAIL' "$run/out.log" || true)

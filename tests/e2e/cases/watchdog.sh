@@ -1,0 +1,72 @@
+# e2e-mode: systemd
+# e2e-timeout: 200
+# Cases 4, 5 and 7: kill -9 of the tunnel during a 256 MiB write (dd finishes, data
+# intact, the stall is measured); umount (tunnel, state and port gone after the grace
+# period, no zombie); restarting the watchdog during I/O (tunnel and I/O untouched).
+. /opt/efs/lib.sh
+efs_side_up
+systemctl daemon-reload
+mkdir -p /mnt/efs
+
+check "mount -t efs -o tls" mount -t efs -o tls $FS:/ /mnt/efs
+check "mount.efs started the watchdog unit" wait_for 15 systemctl is-active --quiet amazon-efs-mount-watchdog
+port=$(port_of /mnt/efs)
+old=$(tunnel_pid "$port")
+info "tunnel pid $old on port $port"
+
+# --- case 4: kill -9 during a large write --------------------------------------------
+dd if=/dev/urandom of=/tmp/src bs=1M count=256 status=none
+rm -f /tmp/dd.rc
+(dd if=/tmp/src of=/mnt/efs/big bs=1M conv=fsync status=none; echo $? >/tmp/dd.rc) &
+wait_for 60 sh -c '[ $(stat -c %s /srv/efs/big 2>/dev/null || echo 0) -ge 67108864 ]'
+kill -9 "$old"
+t_kill=$(date +%s%N)
+# Progress is the export growing; the stall is the longest time without growth from the
+# kill until the write is done.
+last=$(stat -c %s /srv/efs/big)
+last_t=$t_kill
+stall=0
+while [ ! -f /tmp/dd.rc ]; do
+    now=$(date +%s%N)
+    size=$(stat -c %s /srv/efs/big)
+    if [ "$size" != "$last" ]; then
+        gap=$(( (now - last_t) / 1000000 ))
+        [ $gap -gt $stall ] && stall=$gap
+        last=$size
+        last_t=$now
+    fi
+    [ $(( (now - t_kill) / 1000000000 )) -gt 120 ] && break
+    sleep 0.02
+done
+wait
+check "dd finished successfully after the kill" test "$(cat /tmp/dd.rc 2>/dev/null)" = 0
+check "the 256 MiB file in the export is bit-identical" test "$(sha /tmp/src)" = "$(sha /srv/efs/big)"
+drop_caches
+check "and reads back bit-identical through the mount" test "$(sha /tmp/src)" = "$(sha /mnt/efs/big)"
+new=$(tunnel_pid "$port")
+check "a new tunnel serves the same port" sh -c "[ -n '$new' ] && [ '$new' != '$old' ]"
+info "stall after kill -9 of the tunnel: ${stall} ms (target under 1000 ms; incumbent about 6500 ms)"
+journalctl -u amazon-efs-mount-watchdog --no-pager 2>/dev/null | grep -E "restart|killed" | head -3 | sed 's/^/INFO watchdog: /'
+
+# --- case 7: restarting the watchdog during I/O --------------------------------------
+pid_before=$(tunnel_pid "$port")
+rm -f /tmp/dd.rc
+dd if=/dev/urandom of=/tmp/src2 bs=1M count=64 status=none
+(dd if=/tmp/src2 of=/mnt/efs/during-restart bs=1M conv=fsync status=none; echo $? >/tmp/dd.rc) &
+check "systemctl restart amazon-efs-mount-watchdog" systemctl restart amazon-efs-mount-watchdog
+wait
+check "I/O during the watchdog restart completed" test "$(cat /tmp/dd.rc)" = 0
+check "and is intact" test "$(sha /tmp/src2)" = "$(sha /srv/efs/during-restart)"
+check "the tunnel was untouched by the restart" test "$(tunnel_pid "$port")" = "$pid_before"
+check "the watchdog is active again" systemctl is-active --quiet amazon-efs-mount-watchdog
+
+# --- case 5: umount ------------------------------------------------------------------
+tpid=$(tunnel_pid "$port")
+check "umount" umount /mnt/efs
+# grace is 3 s in the test config
+check "the tunnel is gone after the grace period" wait_for 20 sh -c "! kill -0 $tpid"
+check "its state file is gone" wait_for 5 sh -c "[ -z \"\$(ls /var/run/efs | grep '^fs-')\" ]"
+check "its port is free" sh -c "! ss -ltn | grep -q ':$port '"
+check "nothing is left in the state directory" test -z "$(ls -A /var/run/efs)"
+check "no zombie" sh -c "! ps -eo stat= | grep -q '^Z'"
+finish
