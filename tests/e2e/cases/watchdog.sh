@@ -69,4 +69,23 @@ check "its state file is gone" wait_for 5 sh -c "[ -z \"\$(ls /var/run/efs | gre
 check "its port is free" sh -c "! ss -ltn | grep -q ':$port '"
 check "nothing is left in the state directory" test -z "$(ls -A /var/run/efs)"
 check "no zombie" sh -c "! ps -eo stat= | grep -q '^Z'"
+
+# --- case 3 (rest): two mounts of one file system; unmount either, the other lives on --
+# The kernel gives the second mount the first one's NFS client, so both use the first
+# mount's tunnel; the grace period is 3 s, so waiting 8 s proves the survivor is safe.
+mkdir -p /mnt/one /mnt/two
+for first_gone in one two; do
+    check "mount /mnt/one" mount -t efs -o tls $FS:/ /mnt/one
+    check "mount /mnt/two" mount -t efs -o tls $FS:/ /mnt/two
+    info "ports: one=$(port_of /mnt/one) two=$(port_of /mnt/two)"
+    survivor=$([ $first_gone = one ] && echo two || echo one)
+    umount /mnt/$first_gone
+    sleep 8
+    echo "still here $first_gone" >/mnt/$survivor/after-$first_gone
+    sync
+    check "unmounting /mnt/$first_gone leaves /mnt/$survivor usable after the grace period" \
+        grep -q "still here $first_gone" /srv/efs/after-$first_gone
+    check "and its tunnel alive" test -n "$(tunnel_pid "$(port_of /mnt/$survivor)")"
+    umount /mnt/$survivor
+done
 finish
