@@ -28,17 +28,14 @@ finish() {
 
 # Our side, installed where the package installs it.
 install_efs_utils() {
-    install -m 0755 /opt/efs/mount.efs /sbin/mount.efs
-    install -m 0755 /opt/efs/efs-tunnel /usr/bin/efs-tunnel
-    install -m 0755 /opt/efs/amazon-efs-mount-watchdog /usr/bin/amazon-efs-mount-watchdog
-    if [ -f /opt/efs/amazon-efs-mount-watchdog.service ]; then
-        install -m 0644 /opt/efs/amazon-efs-mount-watchdog.service /etc/systemd/system/
-    fi
-    mkdir -p /etc/amazon/efs /var/log/amazon/efs
-    sed -e 's|^#stunnel_cafile = .*|stunnel_cafile = "/etc/amazon/efs/e2e-ca.pem"|' \
+    # Merged /usr: /sbin and /lib are symlinks here; keep them while unpacking.
+    tar -C /opt/efs/root -cf - . | tar -C / -xf - --keep-directory-symlink --no-same-owner
+    # Test settings: trust the throwaway CA, a fixed region, a short unmount grace period.
+    sed -i -e 's|^#stunnel_cafile = .*|stunnel_cafile = "/etc/amazon/efs/e2e-ca.pem"|' \
         -e 's|^#region = .*|region = "us-east-1"|' \
         -e 's|^unmount_grace_period_sec = .*|unmount_grace_period_sec = 3|' \
-        /opt/efs/efs-utils.toml >/etc/amazon/efs/efs-utils.toml
+        /etc/amazon/efs/efs-utils.toml
+    systemctl daemon-reload 2>/dev/null || true
 }
 
 make_certs() {

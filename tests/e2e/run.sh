@@ -16,20 +16,15 @@ if ((${#cases[@]} == 0)); then
     for f in "$here"/cases/*.sh; do cases+=("$(basename "$f" .sh)"); done
 fi
 
-(cd "$top" && cargo build --release --locked -p efs-tunnel -p efs-mount-helper -p efs-watchdog >&2)
 img_dir=$("$here/build-image.sh")
 
 work=$(mktemp -d /tmp/efs-e2e.XXXXXX)
 # E2E_KEEP=1 keeps the run folders (console logs, case output) for a post-mortem.
 if [ -z "${E2E_KEEP:-}" ]; then trap 'rm -rf "$work"' EXIT; else echo "keeping $work" >&2; fi
-# What the guest installs, as a package would: binaries, unit, config, and the cases.
+# What the guest installs: exactly what `make install` puts in a root, and the cases.
 stage="$work/opt"
-mkdir -p "$stage"
-install -m 0755 "$top/target/release/mount-efs" "$stage/mount.efs"
-install -m 0755 "$top/target/release/efs-tunnel" "$stage/efs-tunnel"
-install -m 0755 "$top/target/release/amazon-efs-mount-watchdog" "$stage/amazon-efs-mount-watchdog"
-cp "$top/config/efs-utils.toml" "$stage/"
-cp "$top"/systemd/*.service "$stage/" 2>/dev/null || true
+mkdir -p "$stage/root"
+make -C "$top" --no-print-directory install DESTDIR="$stage/root" >&2
 cp -r "$here/cases" "$here/lib.sh" "$stage/"
 
 passed=0
@@ -44,6 +39,9 @@ for case in "${cases[@]}"; do
     chmod +x "$run/cmd"
     : >"$run/out.log"
     boots=$(sed -n 's/^# e2e-boots: *//p' "$here/cases/$case.sh" | head -1)
+    show='^(PASS|FAIL|INFO)'
+    grep -q '^# e2e-show: all' "$here/cases/$case.sh" && show=''
+
     init="init=/usr/local/sbin/e2e-init"
     [ "$mode" = systemd ] && init="systemd.unit=multi-user.target systemd.show_status=0"
     echo "== $case (${mode:-fast} boot x${boots:-1})"
@@ -61,7 +59,7 @@ for case in "${cases[@]}"; do
             con=null con0=null,fd:1 quiet $init "e2e_run=$run" "e2e_bin=$stage" \
             >>"$run/console.log" 2>&1 </dev/null &
         guest=$!
-        tail -c "+$offset" -f --pid="$guest" "$run/out.log" 2>/dev/null | grep --line-buffered -E '^(PASS|FAIL|INFO)' || true
+        tail -c "+$offset" -f --pid="$guest" "$run/out.log" 2>/dev/null | grep --line-buffered -E "$show" || true
         wait "$guest" || true
         [ "$(cat "$run/rc" 2>/dev/null)" = 0 ] || break
     done

@@ -1,0 +1,37 @@
+# Build and install efs-utils. `make install` puts files where the Debian package will:
+#   /sbin/mount.efs, $(PREFIX)/bin/{efs-tunnel,amazon-efs-mount-watchdog,efs-utils},
+#   the systemd unit, /etc/amazon/efs/efs-utils.toml (kept if it exists), /var/log/amazon/efs.
+# DESTDIR installs into a staging root (the e2e guest is installed this way).
+
+PREFIX ?= /usr
+SBINDIR ?= /sbin
+UNITDIR ?= /lib/systemd/system
+SYSCONFDIR ?= /etc
+DESTDIR ?=
+CARGO ?= cargo
+BINS := efs-tunnel amazon-efs-mount-watchdog efs-utils
+
+.PHONY: build install uninstall test
+
+build:
+	$(CARGO) build --release --locked -p efs-tunnel -p efs-mount-helper -p efs-watchdog -p efs-utils
+
+install: build
+	install -D -m 0755 target/release/mount-efs $(DESTDIR)$(SBINDIR)/mount.efs
+	for b in $(BINS); do install -D -m 0755 target/release/$$b $(DESTDIR)$(PREFIX)/bin/$$b; done
+	install -d -m 0755 $(DESTDIR)$(UNITDIR)
+	sed 's|/usr/bin/|$(PREFIX)/bin/|' systemd/amazon-efs-mount-watchdog.service \
+		>$(DESTDIR)$(UNITDIR)/amazon-efs-mount-watchdog.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/amazon-efs-mount-watchdog.service
+	install -d -m 0755 $(DESTDIR)$(SYSCONFDIR)/amazon/efs
+	test -e $(DESTDIR)$(SYSCONFDIR)/amazon/efs/efs-utils.toml || \
+		sed 's|"/usr/bin/efs-tunnel"|"$(PREFIX)/bin/efs-tunnel"|' config/efs-utils.toml \
+		>$(DESTDIR)$(SYSCONFDIR)/amazon/efs/efs-utils.toml
+	install -d -m 0750 $(DESTDIR)/var/log/amazon/efs
+
+uninstall:
+	rm -f $(DESTDIR)$(SBINDIR)/mount.efs $(DESTDIR)$(UNITDIR)/amazon-efs-mount-watchdog.service
+	for b in $(BINS); do rm -f $(DESTDIR)$(PREFIX)/bin/$$b; done
+
+test:
+	tests/run-all.sh
