@@ -93,6 +93,8 @@ pub struct Paths {
     pub systemd_run_dir: PathBuf,
     pub mountinfo: PathBuf,
     pub tunnel: PathBuf,
+    /// Backing-device settings (`read_ahead_kb`) of mounts.
+    pub sysfs_bdi: PathBuf,
 }
 
 impl Default for Config {
@@ -139,6 +141,7 @@ impl Default for Config {
                 systemd_run_dir: "/run/systemd/system".into(),
                 mountinfo: "/proc/self/mountinfo".into(),
                 tunnel: "/usr/bin/efs-tunnel".into(),
+                sysfs_bdi: "/sys/class/bdi".into(),
             },
             warnings: Vec::new(),
         }
@@ -501,6 +504,7 @@ impl Reader<'_> {
                 "systemd_run_dir" => p.systemd_run_dir = path()?,
                 "mountinfo" => p.mountinfo = path()?,
                 "tunnel" => p.tunnel = path()?,
+                "sysfs_bdi" => p.sysfs_bdi = path()?,
                 _ => self.unknown(&key),
             }
         }
@@ -604,7 +608,8 @@ mod tests {
     fn paths_can_all_be_moved() {
         let cfg = parse(
             "[paths]\nstate_dir = \"/t/run\"\nlog_dir = \"/t/log\"\nmount_nfs = \"/t/mount.nfs4\"\n\
-             systemctl = \"/t/systemctl\"\nsystemd_run_dir = \"/t/systemd\"\nmountinfo = \"/t/mountinfo\"\ntunnel = \"/t/efs-tunnel\"\n",
+             systemctl = \"/t/systemctl\"\nsystemd_run_dir = \"/t/systemd\"\nmountinfo = \"/t/mountinfo\"\ntunnel = \"/t/efs-tunnel\"\n\
+             sysfs_bdi = \"/t/bdi\"\n",
         )
         .unwrap();
         assert!(cfg.warnings.is_empty());
@@ -616,6 +621,7 @@ mod tests {
             &cfg.paths.systemd_run_dir,
             &cfg.paths.mountinfo,
             &cfg.paths.tunnel,
+            &cfg.paths.sysfs_bdi,
         ] {
             assert!(p.starts_with("/t"), "{p:?}");
         }

@@ -37,7 +37,14 @@ pub fn parse_device(spec: &str) -> Result<Device, String> {
             region: None,
         });
     }
-    match parse_efs_dns_name(remote) {
+    // A full EFS DNS name, or a name (CNAME, /etc/hosts alias) whose canonical name is one.
+    let parsed = match parse_efs_dns_name(remote) {
+        Some(p) => Some(p),
+        None => canonical_names(remote)?
+            .iter()
+            .find_map(|n| parse_efs_dns_name(n)),
+    };
+    match parsed {
         Some((az, fs_id, region)) => Ok(Device {
             fs_id,
             path: path.to_string(),
@@ -50,6 +57,21 @@ pub fn parse_device(spec: &str) -> Result<Device, String> {
              https://docs.aws.amazon.com/efs/latest/ug/mounting-fs-mount-cmd-dns-name.html"
         )),
     }
+}
+
+/// The canonical names `getaddrinfo(AI_CANONNAME)` gives for `host`.
+fn canonical_names(host: &str) -> Result<Vec<String>, String> {
+    let hints = dns_lookup::AddrInfoHints {
+        flags: nix::libc::AI_CANONNAME,
+        socktype: nix::libc::SOCK_STREAM,
+        ..dns_lookup::AddrInfoHints::default()
+    };
+    let answers = dns_lookup::getaddrinfo(Some(host), None, Some(hints)).map_err(|_| {
+        format!(
+            "Failed to resolve \"{host}\" - check that the specified DNS name is a CNAME record resolving to a valid EFS DNS name"
+        )
+    })?;
+    Ok(answers.flatten().filter_map(|a| a.canonname).collect())
 }
 
 /// `^fs-[0-9a-f]+$`

@@ -494,3 +494,30 @@ fn a_missing_tunnel_binary_is_a_clear_error_and_leaves_nothing() {
     );
     root.assert_nothing_left();
 }
+
+#[test]
+fn optimize_readahead_sets_15_times_rsize_on_the_mounts_backing_device() {
+    use std::os::unix::fs::MetadataExt;
+    let root = Root::new("optimize_readahead = true");
+    let mp = root.mountpoint("ra");
+    // The stand-in mount.nfs4 mounts nothing, so the "mount" is the directory's own
+    // device; its bdi folder stands in for /sys/class/bdi/MAJ:MIN.
+    let dev = std::fs::metadata(&mp).unwrap().dev();
+    let bdi = root.dir.path("bdi").join(format!(
+        "{}:{}",
+        nix::sys::stat::major(dev),
+        nix::sys::stat::minor(dev)
+    ));
+    std::fs::create_dir_all(&bdi).unwrap();
+    root.mount(&["fs-12345678", &mp, "-o", "rsize=65536"])
+        .assert_ok();
+    assert_eq!(
+        std::fs::read_to_string(bdi.join("read_ahead_kb")).unwrap(),
+        "960\n"
+    );
+    root.mount(&["fs-12345678", &mp]).assert_ok();
+    assert_eq!(
+        std::fs::read_to_string(bdi.join("read_ahead_kb")).unwrap(),
+        "15360\n"
+    );
+}

@@ -20,6 +20,14 @@ info "mountinfo: $line"
 check "rsize/wsize/timeo as the user asked" sh -c "echo '$line' | grep -q 'rsize=65536,wsize=65536' && echo '$line' | grep -q 'timeo=300'"
 umount /mnt/sub /mnt/pinned /mnt/opts
 
+# A DNS alias of the file system's name as the device (here an /etc/hosts alias, which
+# getaddrinfo reports with the EFS name as canonical name, as it would a CNAME).
+sed -i 's/^127.0.0.2 .*/& myefs.example.internal/' /etc/hosts
+mkdir -p /mnt/alias
+check "an alias of the EFS name mounts" mount -t efs -o tls,nosharecache myefs.example.internal:/ /mnt/alias
+check "through a tunnel" sh -c "mountinfo_of /mnt/alias >/dev/null; grep -q ' /mnt/alias .* 127.0.0.1:/ ' /proc/self/mountinfo"
+umount /mnt/alias
+
 for i in $(seq 10); do mkdir -p /mnt/par$i; done
 for i in $(seq 10); do
     (mount -t efs -o tls,nosharecache $FS:/ /mnt/par$i >/tmp/par$i.log 2>&1; echo $? >/tmp/par$i.rc) &

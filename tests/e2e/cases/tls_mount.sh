@@ -21,6 +21,8 @@ check "the kernel client connects only to the tunnel" sh -c \
      ! ss -tnp state established '( dport = :2049 )' | tail -n +2 | grep -v users:"
 check "the tunnel is a real efs-tunnel process" pgrep -x efs-tunnel
 
+dev=$(mountinfo_of /mnt/efs | cut -d' ' -f3)
+check "read-ahead is 15 x rsize (optimize_readahead)" test "$(cat /sys/class/bdi/$dev/read_ahead_kb)" = 15360
 dd if=/dev/urandom of=/tmp/src bs=1M count=64 status=none
 cp /tmp/src /mnt/efs/file64
 sync

@@ -69,7 +69,7 @@ impl Root {
     /// `[mount-watchdog]` table).
     pub fn with_sections(extra_mount: &str, extra_sections: &str) -> Root {
         let dir = TempDir::new("mount");
-        for d in ["run", "log", "bin", "systemd", "mnt"] {
+        for d in ["run", "log", "bin", "systemd", "mnt", "bdi"] {
             std::fs::create_dir_all(dir.path(d)).unwrap();
         }
         let ca = TestCa::new("Mount test CA");
@@ -102,7 +102,8 @@ impl Root {
             format!(
                 "logging_level = \"debug\"\n[mount]\nstunnel_cafile = \"{ca}\"\nretry_nfs_mount_command_timeout_sec = 5\n{extra_mount}\n\
                  [paths]\nstate_dir = \"{d}/run\"\nlog_dir = \"{d}/log\"\nmount_nfs = \"{mn}\"\nsystemctl = \"{sc}\"\n\
-                 systemd_run_dir = \"{d}/systemd\"\nmountinfo = \"{d}/mountinfo\"\ntunnel = \"{t}\"\n{extra_sections}\n",
+                 systemd_run_dir = \"{d}/systemd\"\nmountinfo = \"{d}/mountinfo\"\ntunnel = \"{t}\"\n\
+                 sysfs_bdi = \"{d}/bdi\"\n{extra_sections}\n",
                 ca = dir.path("ca.pem").display(),
                 mn = mount_nfs.display(),
                 sc = systemctl.display(),
