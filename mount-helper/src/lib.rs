@@ -331,12 +331,14 @@ impl Undo {
 }
 
 impl Drop for Undo {
+    /// State first: a watchdog that already adopted the tunnel then forgets it instead of
+    /// restarting it when it dies.
     fn drop(&mut self) {
-        if let Some(t) = self.tunnel.take() {
-            t.stop();
-        }
         if let Some(p) = self.state_file.take() {
             let _ = std::fs::remove_file(p);
+        }
+        if let Some(t) = self.tunnel.take() {
+            t.stop();
         }
     }
 }

@@ -40,6 +40,10 @@ pub struct Daemon {
     tunnels: BTreeMap<PathBuf, Tunnel>,
     /// State files that could not be read, already logged.
     skipped: BTreeSet<PathBuf>,
+    /// Tunnels we started and let go of; reaped when they exit.
+    released: Vec<std::process::Child>,
+    /// The mount table could not be read last time (logged once, not every sweep).
+    mountinfo_unreadable: bool,
     term: UnixStream,
     hup: UnixStream,
     inotify: Option<Inotify>,
@@ -96,6 +100,8 @@ impl Daemon {
             cfg,
             tunnels: BTreeMap::new(),
             skipped: BTreeSet::new(),
+            released: Vec::new(),
+            mountinfo_unreadable: false,
             term,
             hup,
             inotify,
@@ -253,6 +259,11 @@ impl Daemon {
             .filter(|p| !present.contains(*p))
             .cloned()
             .collect();
+        let ports = if gone.is_empty() {
+            None
+        } else {
+            self.read_mounts()
+        };
         for p in gone {
             if let Some(t) = self.tunnels.remove(&p) {
                 if !matches!(t.phase, Phase::Gone) {
@@ -262,6 +273,9 @@ impl Daemon {
                         t.name()
                     );
                 }
+                // Unreadable mount table: assume in use, never kill blindly.
+                let in_use = ports.as_ref().is_none_or(|m| m.contains_key(&t.state.port));
+                self.released.extend(t.release(in_use));
             }
         }
         for p in present {
@@ -332,12 +346,21 @@ impl Daemon {
             let _ = m.read_to_end(&mut sink);
         }
         match mounts::read(&self.cfg.paths.mountinfo) {
-            Ok(p) => Some(p),
+            Ok(p) => {
+                if self.mountinfo_unreadable {
+                    info!("{} is readable again", self.cfg.paths.mountinfo.display());
+                    self.mountinfo_unreadable = false;
+                }
+                Some(p)
+            }
             Err(e) => {
-                warn!(
-                    "cannot read {}: {e}; no tunnel is torn down meanwhile",
-                    self.cfg.paths.mountinfo.display()
-                );
+                if !self.mountinfo_unreadable {
+                    warn!(
+                        "cannot read {}: {e}; no tunnel is torn down until it can be read",
+                        self.cfg.paths.mountinfo.display()
+                    );
+                    self.mountinfo_unreadable = true;
+                }
                 None
             }
         }
@@ -381,6 +404,8 @@ impl Daemon {
             }
         }
         self.tunnels.retain(|_, t| !matches!(t.phase, Phase::Gone));
+        self.released
+            .retain_mut(|c| matches!(c.try_wait(), Ok(None)));
         self.publish_health_targets();
     }
 

@@ -117,9 +117,38 @@ impl Tunnel {
         self.pidfd().map(|p| p.pid)
     }
 
+    /// Lets go of the tunnel because its state file was removed (by mount.efs undoing a
+    /// failed mount, or by hand). A tunnel no mount uses is an orphan nobody will ever
+    /// stop, so it gets SIGTERM; one a mount still uses keeps running, since killing it
+    /// would hang that mount. Returns the process if it is our child, to be reaped.
+    pub fn release(mut self, in_use: bool) -> Option<Child> {
+        let p = self.process.take()?;
+        if in_use {
+            warn!("{} was removed while a mount still uses port {}; leaving its tunnel (pid {}) running", self.state_path.display(), self.state.port, p.pidfd.pid);
+        } else {
+            info!(
+                "stopping the tunnel of {} (pid {}): its state file was removed",
+                self.name(),
+                p.pidfd.pid
+            );
+            let _ = p.pidfd.signal(Signal::SIGTERM);
+        }
+        p.child
+    }
+
     /// Starts a tunnel on our copy of the listening socket (binding the port again only
     /// if we have none) with the recorded command line.
     pub fn start(&mut self) -> Result<(), String> {
+        if !self.state_path.exists() {
+            // mount.efs removed it (a failed mount): nothing to restart.
+            info!(
+                "{} is gone; not restarting the tunnel of {}",
+                self.state_path.display(),
+                self.name()
+            );
+            self.phase = Phase::Gone;
+            return Ok(());
+        }
         if self.listener.is_none() {
             let l = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, self.state.port))
                 .map_err(|e| format!("cannot bind 127.0.0.1:{}: {e}", self.state.port))?;

@@ -387,3 +387,75 @@ fn it_tells_systemd_when_it_is_ready() {
     let status = wd.wait().unwrap();
     assert!(status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_mount_leaves_no_tunnel_even_after_the_watchdog_adopted_it() {
+    let root = Root::with_sections("", WATCHDOG_CONFIG);
+    let addr = target_addr();
+    let _server = TlsServer::start_on(addr, &root.ca.issue(WILDCARD), Behaviour::Echo).await;
+    let _wd = start_watchdog(&root);
+    // mount.nfs4 takes 2 s and then fails: the watchdog adopts the tunnel meanwhile.
+    std::fs::write(root.dir.path("mount-nfs.delay"), "2").unwrap();
+    root.script_nfs(&["32 mount.nfs4: access denied by server"]);
+    let mp = root.mountpoint("fails");
+    let run = root.mount(&[
+        "fs-12345678",
+        &mp,
+        "-o",
+        &format!("tls,mounttargetip={}", addr.ip()),
+    ]);
+    assert_eq!(run.code(), Some(32));
+    assert!(
+        watchdog_log(&root).contains("adopted the tunnel"),
+        "{}",
+        watchdog_log(&root)
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let left: Vec<String> = root
+        .tunnel_pids()
+        .iter()
+        .map(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            format!(
+                "{p} (parent {})",
+                stat.rsplit(") ")
+                    .next()
+                    .unwrap_or("")
+                    .split(' ')
+                    .nth(1)
+                    .unwrap_or("?")
+            )
+        })
+        .collect();
+    assert!(
+        left.is_empty(),
+        "a tunnel outlived its failed mount: {left:?}\n{}",
+        watchdog_log(&root)
+    );
+    assert!(root.state_files().is_empty(), "{:?}", root.state_files());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_removed_state_file_stops_an_unused_tunnel_but_never_a_used_one() {
+    let root = Root::with_sections("", WATCHDOG_CONFIG);
+    let addr = target_addr();
+    let _server = TlsServer::start_on(addr, &root.ca.issue(WILDCARD), Behaviour::Echo).await;
+    let used = mount(&root, "used", &addr.ip().to_string());
+    let unused = mount(&root, "unused", &addr.ip().to_string());
+    set_mounts(&root, &[(&used.mountpoint, used.port)]);
+    let _wd = start_watchdog(&root);
+    let (pu, pn) = (used.pid(), unused.pid());
+    std::fs::remove_file(&used.state_path).unwrap();
+    std::fs::remove_file(&unused.state_path).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || !alive(pn)),
+        "the orphan kept running"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(alive(pu), "a tunnel a mount uses was stopped");
+    assert!(
+        watchdog_log(&root).contains("leaving its tunnel"),
+        "{}",
+        watchdog_log(&root)
+    );
+}

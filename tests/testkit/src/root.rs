@@ -86,7 +86,7 @@ impl Root {
         let mount_nfs = stand_in(
             "mount.nfs4-stand-in",
             &format!(
-                "#!/bin/sh\nmkdir -p {d}/calls\nprintf '%s\\n' \"$@\" > {d}/calls/$(date +%s%N)-$$\n\
+                "#!/bin/sh\n[ -f {d}/mount-nfs.delay ] && sleep $(cat {d}/mount-nfs.delay)\nmkdir -p {d}/calls\nprintf '%s\\n' \"$@\" > {d}/calls/$(date +%s%N)-$$\n\
                  if [ -s {d}/mount-nfs.script ]; then\n  line=$(head -n1 {d}/mount-nfs.script)\n  sed -i 1d {d}/mount-nfs.script\n  \
                  code=${{line%% *}}\n  msg=${{line#* }}\n  echo \"$msg\" >&2\n  exit $code\nfi\nexit 0\n"
             ),
