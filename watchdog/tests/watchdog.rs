@@ -55,6 +55,31 @@ fn mount(root: &Root, name: &str, ip: &str) -> Mounted {
     }
 }
 
+/// A temporary root with the watchdog's test config and a TLS "mount target" on its own
+/// loopback address.
+struct Scene {
+    root: Root,
+    ip: String,
+    _server: TlsServer,
+}
+
+impl Scene {
+    async fn new() -> Scene {
+        let root = Root::with_sections("", WATCHDOG_CONFIG);
+        let addr = target_addr();
+        let server = TlsServer::start_on(addr, &root.ca.issue(WILDCARD), Behaviour::Echo).await;
+        Scene {
+            root,
+            ip: addr.ip().to_string(),
+            _server: server,
+        }
+    }
+
+    fn mount(&self, name: &str) -> Mounted {
+        mount(&self.root, name, &self.ip)
+    }
+}
+
 /// Writes the mount table the watchdog reads: one NFS line per (mountpoint, port).
 fn set_mounts(root: &Root, mounts: &[(&str, u16)]) {
     let mut text = String::from("22 1 0:21 / / rw,relatime - ext4 /dev/root rw\n");
@@ -117,12 +142,11 @@ fn round_trip(port: u16, payload: &[u8]) -> std::io::Result<Vec<u8>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_tunnel_is_restarted_on_the_same_socket_and_the_client_carries_on() {
-    let root = Root::with_sections("", WATCHDOG_CONFIG);
-    let addr = target_addr();
-    let _server = TlsServer::start_on(addr, &root.ca.issue(WILDCARD), Behaviour::Echo).await;
-    let m = mount(&root, "efs", &addr.ip().to_string());
-    set_mounts(&root, &[(&m.mountpoint, m.port)]);
-    let _wd = start_watchdog(&root);
+    let scene = Scene::new().await;
+    let root = &scene.root;
+    let m = scene.mount("efs");
+    set_mounts(root, &[(&m.mountpoint, m.port)]);
+    let _wd = start_watchdog(root);
 
     // A client streams RPC-sized messages through the tunnel...
     let first_pid = m.pid();
@@ -147,7 +171,7 @@ async fn a_killed_tunnel_is_restarted_on_the_same_socket_and_the_client_carries_
     });
     assert!(restarted, "state still names pid {}", m.pid());
     eprintln!("restart observed {:?} after the kill", t0.elapsed());
-    let log = watchdog_log(&root);
+    let log = watchdog_log(root);
     assert!(
         log.contains("was killed by signal SIGKILL") || log.contains("exited"),
         "{log}"
@@ -157,16 +181,15 @@ async fn a_killed_tunnel_is_restarted_on_the_same_socket_and_the_client_carries_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn after_unmount_the_tunnel_and_its_state_are_removed_after_the_grace_period() {
-    let root = Root::with_sections("", WATCHDOG_CONFIG);
-    let addr = target_addr();
-    let _server = TlsServer::start_on(addr, &root.ca.issue(WILDCARD), Behaviour::Echo).await;
-    let m = mount(&root, "efs", &addr.ip().to_string());
-    set_mounts(&root, &[(&m.mountpoint, m.port)]);
-    let _wd = start_watchdog(&root);
+    let scene = Scene::new().await;
+    let root = &scene.root;
+    let m = scene.mount("efs");
+    set_mounts(root, &[(&m.mountpoint, m.port)]);
+    let _wd = start_watchdog(root);
     let pid = m.pid();
     let control = m.state().control_socket;
 
-    set_mounts(&root, &[]);
+    set_mounts(root, &[]);
     let gone = wait_until(Duration::from_secs(10), || {
         !alive(pid) && !m.state_path.exists()
     });
@@ -175,7 +198,7 @@ async fn after_unmount_the_tunnel_and_its_state_are_removed_after_the_grace_peri
         "tunnel alive: {}, state: {}\n{}",
         alive(pid),
         m.state_path.exists(),
-        watchdog_log(&root)
+        watchdog_log(root)
     );
     assert!(!control.exists(), "control socket left behind");
     // Freed: bindable again. (Other tests' mount.efs scan the same port range and may
@@ -185,56 +208,53 @@ async fn after_unmount_the_tunnel_and_its_state_are_removed_after_the_grace_peri
     });
     assert!(free, "port {} still held", m.port);
     assert!(root.state_files().is_empty(), "{:?}", root.state_files());
-    assert!(watchdog_log(&root).contains("Unmount grace period expired"));
+    assert!(watchdog_log(root).contains("Unmount grace period expired"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tunnel_another_mount_still_uses_is_never_torn_down() {
-    let root = Root::with_sections("", WATCHDOG_CONFIG);
-    let addr = target_addr();
-    let _server = TlsServer::start_on(addr, &root.ca.issue(WILDCARD), Behaviour::Echo).await;
-    let a = mount(&root, "a", &addr.ip().to_string());
-    let b = mount(&root, "b", &addr.ip().to_string());
+    let scene = Scene::new().await;
+    let root = &scene.root;
+    let a = scene.mount("a");
+    let b = scene.mount("b");
     // As the kernel does for a second mount of the same server: both lines name a's port.
-    set_mounts(&root, &[(&a.mountpoint, a.port), (&b.mountpoint, a.port)]);
-    let _wd = start_watchdog(&root);
+    set_mounts(root, &[(&a.mountpoint, a.port), (&b.mountpoint, a.port)]);
+    let _wd = start_watchdog(root);
 
-    set_mounts(&root, &[(&b.mountpoint, a.port)]);
+    set_mounts(root, &[(&b.mountpoint, a.port)]);
     std::thread::sleep(Duration::from_secs(4)); // grace is 1 s
     assert!(alive(a.pid()), "the tunnel /mnt/b still uses was torn down");
     assert!(a.state_path.exists());
     assert_eq!(round_trip(a.port, b"still here").unwrap(), b"still here");
 
     // When the last mount goes, it goes.
-    set_mounts(&root, &[]);
+    set_mounts(root, &[]);
     let pid = a.pid();
     assert!(wait_until(Duration::from_secs(10), || !alive(pid)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tunnel_that_ignores_sigterm_is_killed() {
-    let root = Root::with_sections("", WATCHDOG_CONFIG);
-    let addr = target_addr();
-    let _server = TlsServer::start_on(addr, &root.ca.issue(WILDCARD), Behaviour::Echo).await;
-    let m = mount(&root, "stuck", &addr.ip().to_string());
-    set_mounts(&root, &[(&m.mountpoint, m.port)]);
-    let _wd = start_watchdog(&root);
+    let scene = Scene::new().await;
+    let root = &scene.root;
+    let m = scene.mount("stuck");
+    set_mounts(root, &[(&m.mountpoint, m.port)]);
+    let _wd = start_watchdog(root);
     let pid = m.pid();
     // A stopped process cannot act on SIGTERM.
     kill(Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
-    set_mounts(&root, &[]);
+    set_mounts(root, &[]);
     let gone = wait_until(Duration::from_secs(15), || {
         !alive(pid) && !m.state_path.exists()
     });
     assert!(gone, "still alive: {}", alive(pid));
-    assert!(watchdog_log(&root).contains("ignored SIGTERM; sending SIGKILL"));
+    assert!(watchdog_log(root).contains("ignored SIGTERM; sending SIGKILL"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn corrupt_and_foreign_state_files_are_skipped_not_fatal() {
-    let root = Root::with_sections("", WATCHDOG_CONFIG);
-    let addr = target_addr();
-    let _server = TlsServer::start_on(addr, &root.ca.issue(WILDCARD), Behaviour::Echo).await;
+    let scene = Scene::new().await;
+    let root = &scene.root;
     efs_config::state::ensure_state_dir(&root.state_dir(), 0o750).unwrap();
     std::fs::write(root.state_dir().join("fs-bad.mnt.x.20001"), "{ not json").unwrap();
     std::fs::write(
@@ -242,10 +262,10 @@ async fn corrupt_and_foreign_state_files_are_skipped_not_fatal() {
         r#"{"pid": 17200, "cmd": ["/usr/bin/stunnel5", "/var/run/efs/stunnel-config.fs-foreign"], "files": []}"#,
     )
     .unwrap();
-    let m = mount(&root, "good", &addr.ip().to_string());
-    set_mounts(&root, &[(&m.mountpoint, m.port)]);
-    let _wd = start_watchdog(&root);
-    let log = watchdog_log(&root);
+    let m = scene.mount("good");
+    set_mounts(root, &[(&m.mountpoint, m.port)]);
+    let _wd = start_watchdog(root);
+    let log = watchdog_log(root);
     assert!(
         log.contains("skipping state file") && log.contains("fs-bad.mnt.x.20001"),
         "{log}"
@@ -260,14 +280,13 @@ async fn corrupt_and_foreign_state_files_are_skipped_not_fatal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restarted_watchdog_adopts_running_tunnels_and_revives_dead_ones() {
-    let root = Root::with_sections("", WATCHDOG_CONFIG);
-    let addr = target_addr();
-    let _server = TlsServer::start_on(addr, &root.ca.issue(WILDCARD), Behaviour::Echo).await;
-    let a = mount(&root, "a", &addr.ip().to_string());
-    let b = mount(&root, "b", &addr.ip().to_string());
-    set_mounts(&root, &[(&a.mountpoint, a.port), (&b.mountpoint, b.port)]);
+    let scene = Scene::new().await;
+    let root = &scene.root;
+    let a = scene.mount("a");
+    let b = scene.mount("b");
+    set_mounts(root, &[(&a.mountpoint, a.port), (&b.mountpoint, b.port)]);
 
-    let mut wd = start_watchdog(&root);
+    let mut wd = start_watchdog(root);
     let (pa, pb) = (a.pid(), b.pid());
     kill(Pid::from_raw(wd.id() as i32), Signal::SIGTERM).unwrap();
     let status = wd.wait().unwrap();
@@ -281,7 +300,7 @@ async fn a_restarted_watchdog_adopts_running_tunnels_and_revives_dead_ones() {
     kill(Pid::from_raw(pb), Signal::SIGKILL).unwrap();
     assert!(wait_until(Duration::from_secs(5), || !alive(pb)));
 
-    let _wd = start_watchdog(&root);
+    let _wd = start_watchdog(root);
     assert_eq!(a.pid(), pa, "a running tunnel is adopted, not replaced");
     assert!(wait_until(Duration::from_secs(5), || b.pid() != pb && alive(b.pid())));
     assert_eq!(round_trip(b.port, b"revived").unwrap(), b"revived");
@@ -390,10 +409,9 @@ fn it_tells_systemd_when_it_is_ready() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failed_mount_leaves_no_tunnel_even_after_the_watchdog_adopted_it() {
-    let root = Root::with_sections("", WATCHDOG_CONFIG);
-    let addr = target_addr();
-    let _server = TlsServer::start_on(addr, &root.ca.issue(WILDCARD), Behaviour::Echo).await;
-    let _wd = start_watchdog(&root);
+    let scene = Scene::new().await;
+    let root = &scene.root;
+    let _wd = start_watchdog(root);
     // mount.nfs4 takes 2 s and then fails: the watchdog adopts the tunnel meanwhile.
     std::fs::write(root.dir.path("mount-nfs.delay"), "2").unwrap();
     root.script_nfs(&["32 mount.nfs4: access denied by server"]);
@@ -402,13 +420,13 @@ async fn a_failed_mount_leaves_no_tunnel_even_after_the_watchdog_adopted_it() {
         "fs-12345678",
         &mp,
         "-o",
-        &format!("tls,mounttargetip={}", addr.ip()),
+        &format!("tls,mounttargetip={}", scene.ip),
     ]);
     assert_eq!(run.code(), Some(32));
     assert!(
-        watchdog_log(&root).contains("adopted the tunnel"),
+        watchdog_log(root).contains("adopted the tunnel"),
         "{}",
-        watchdog_log(&root)
+        watchdog_log(root)
     );
     std::thread::sleep(Duration::from_secs(2));
     let left: Vec<String> = root
@@ -430,20 +448,19 @@ async fn a_failed_mount_leaves_no_tunnel_even_after_the_watchdog_adopted_it() {
     assert!(
         left.is_empty(),
         "a tunnel outlived its failed mount: {left:?}\n{}",
-        watchdog_log(&root)
+        watchdog_log(root)
     );
     assert!(root.state_files().is_empty(), "{:?}", root.state_files());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_removed_state_file_stops_an_unused_tunnel_but_never_a_used_one() {
-    let root = Root::with_sections("", WATCHDOG_CONFIG);
-    let addr = target_addr();
-    let _server = TlsServer::start_on(addr, &root.ca.issue(WILDCARD), Behaviour::Echo).await;
-    let used = mount(&root, "used", &addr.ip().to_string());
-    let unused = mount(&root, "unused", &addr.ip().to_string());
-    set_mounts(&root, &[(&used.mountpoint, used.port)]);
-    let _wd = start_watchdog(&root);
+    let scene = Scene::new().await;
+    let root = &scene.root;
+    let used = scene.mount("used");
+    let unused = scene.mount("unused");
+    set_mounts(root, &[(&used.mountpoint, used.port)]);
+    let _wd = start_watchdog(root);
     let (pu, pn) = (used.pid(), unused.pid());
     std::fs::remove_file(&used.state_path).unwrap();
     std::fs::remove_file(&unused.state_path).unwrap();
@@ -454,8 +471,8 @@ async fn a_removed_state_file_stops_an_unused_tunnel_but_never_a_used_one() {
     std::thread::sleep(Duration::from_secs(2));
     assert!(alive(pu), "a tunnel a mount uses was stopped");
     assert!(
-        watchdog_log(&root).contains("leaving its tunnel"),
+        watchdog_log(root).contains("leaving its tunnel"),
         "{}",
-        watchdog_log(&root)
+        watchdog_log(root)
     );
 }
