@@ -40,6 +40,8 @@ pub struct Config {
     pub paths: Paths,
     /// Unknown keys and other things the operator should know; not fatal.
     pub warnings: Vec<String>,
+    /// Dotted keys (`mount.region`, `mount.cn-north-1.dns_name_suffix`) the file set.
+    pub from_file: std::collections::BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -144,6 +146,7 @@ impl Default for Config {
                 sysfs_bdi: "/sys/class/bdi".into(),
             },
             warnings: Vec::new(),
+            from_file: Default::default(),
         }
     }
 }
@@ -259,8 +262,10 @@ impl Config {
         let mut r = Reader {
             file,
             warnings: Vec::new(),
+            applied: Default::default(),
         };
         for (key, value) in &table {
+            let before = r.warnings.len();
             match key.as_str() {
                 "logging_level" => {
                     let s = r.string(key, value)?;
@@ -291,6 +296,9 @@ impl Config {
                 }
                 _ => r.unknown(key),
             }
+            if r.warnings.len() == before && !value.is_table() {
+                r.applied.insert(key.clone());
+            }
         }
         if cfg.mount.port_range.end <= cfg.mount.port_range.start {
             return Err(ConfigError::BadValue {
@@ -304,6 +312,7 @@ impl Config {
             });
         }
         cfg.warnings = r.warnings;
+        cfg.from_file = r.applied;
         Ok(cfg)
     }
 
@@ -337,10 +346,177 @@ impl Config {
     }
 }
 
+/// One effective setting, as `efs-utils config check` prints it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting {
+    /// Dotted key: `logging_level`, `mount.region`, `mount.cn-north-1.dns_name_suffix`.
+    pub key: String,
+    /// As TOML: `"us-east-1"`, `true`, `20049`.
+    pub value: String,
+    /// `file`, `default`, or `built-in region default`.
+    pub source: &'static str,
+}
+
+impl Config {
+    /// Every effective value, with where it came from.
+    pub fn settings(&self) -> Vec<Setting> {
+        let text = |v: &str| Value::String(v.to_string()).to_string();
+        let path = |p: &Path| text(&p.to_string_lossy());
+        let m = &self.mount;
+        let w = &self.watchdog;
+        let p = &self.paths;
+        let level = self.logging_level.to_string().to_lowercase();
+        let mut list: Vec<(String, String)> = vec![
+            ("logging_level".into(), text(&level)),
+            (
+                "logging_max_bytes".into(),
+                self.logging_max_bytes.to_string(),
+            ),
+            (
+                "logging_file_count".into(),
+                self.logging_file_count.to_string(),
+            ),
+            (
+                "state_file_dir_mode".into(),
+                text(&format!("{:o}", self.state_file_dir_mode)),
+            ),
+            ("mount.dns_name_format".into(), text(&m.dns_name_format)),
+            ("mount.dns_name_suffix".into(), text(&m.dns_name_suffix)),
+            (
+                "mount.region".into(),
+                m.region
+                    .as_deref()
+                    .map(text)
+                    .unwrap_or_else(|| "(unset)".into()),
+            ),
+            (
+                "mount.stunnel_cafile".into(),
+                m.stunnel_cafile
+                    .as_deref()
+                    .map(path)
+                    .unwrap_or_else(|| "(unset: built-in roots)".into()),
+            ),
+            (
+                "mount.stunnel_check_cert_hostname".into(),
+                m.stunnel_check_cert_hostname.to_string(),
+            ),
+            (
+                "mount.stunnel_check_cert_validity".into(),
+                m.stunnel_check_cert_validity.to_string(),
+            ),
+            (
+                "mount.fips_mode_enabled".into(),
+                m.fips_mode_enabled.to_string(),
+            ),
+            (
+                "mount.port_range_lower_bound".into(),
+                m.port_range.start.to_string(),
+            ),
+            (
+                "mount.port_range_upper_bound".into(),
+                m.port_range.end.to_string(),
+            ),
+            (
+                "mount.optimize_readahead".into(),
+                m.optimize_readahead.to_string(),
+            ),
+            (
+                "mount.fall_back_to_mount_target_ip_address_enabled".into(),
+                m.fall_back_to_mount_target_ip_address_enabled.to_string(),
+            ),
+            (
+                "mount.disable_fetch_ec2_metadata_token".into(),
+                m.disable_fetch_ec2_metadata_token.to_string(),
+            ),
+            (
+                "mount.retry_nfs_mount_command".into(),
+                m.retry_nfs_mount_command.to_string(),
+            ),
+            (
+                "mount.retry_nfs_mount_command_count".into(),
+                m.retry_nfs_mount_command_count.to_string(),
+            ),
+            (
+                "mount.retry_nfs_mount_command_timeout_sec".into(),
+                m.retry_nfs_mount_command_timeout_sec.to_string(),
+            ),
+            (
+                "mount.instance_metadata_url".into(),
+                text(&m.instance_metadata_url),
+            ),
+        ];
+        for (region, rc) in &self.regions {
+            if let Some(v) = &rc.dns_name_suffix {
+                list.push((format!("mount.{region}.dns_name_suffix"), text(v)));
+            }
+            if let Some(v) = &rc.stunnel_cafile {
+                list.push((format!("mount.{region}.stunnel_cafile"), path(v)));
+            }
+        }
+        list.extend([
+            ("mount-watchdog.enabled".into(), w.enabled.to_string()),
+            (
+                "mount-watchdog.poll_interval_sec".into(),
+                w.poll_interval_sec.to_string(),
+            ),
+            (
+                "mount-watchdog.unmount_count_for_consistency".into(),
+                w.unmount_count_for_consistency.to_string(),
+            ),
+            (
+                "mount-watchdog.unmount_grace_period_sec".into(),
+                w.unmount_grace_period_sec.to_string(),
+            ),
+            (
+                "mount-watchdog.tls_cert_renewal_interval_min".into(),
+                w.tls_cert_renewal_interval_min.to_string(),
+            ),
+            (
+                "mount-watchdog.stunnel_health_check_enabled".into(),
+                w.stunnel_health_check_enabled.to_string(),
+            ),
+            (
+                "mount-watchdog.stunnel_health_check_interval_min".into(),
+                w.stunnel_health_check_interval_min.to_string(),
+            ),
+            (
+                "mount-watchdog.stunnel_health_check_command_timeout_sec".into(),
+                w.stunnel_health_check_command_timeout_sec.to_string(),
+            ),
+            ("paths.state_dir".into(), path(&p.state_dir)),
+            ("paths.log_dir".into(), path(&p.log_dir)),
+            ("paths.mount_nfs".into(), path(&p.mount_nfs)),
+            ("paths.systemctl".into(), path(&p.systemctl)),
+            ("paths.systemd_run_dir".into(), path(&p.systemd_run_dir)),
+            ("paths.mountinfo".into(), path(&p.mountinfo)),
+            ("paths.tunnel".into(), path(&p.tunnel)),
+            ("paths.sysfs_bdi".into(), path(&p.sysfs_bdi)),
+        ]);
+        let builtin = default_regions();
+        list.into_iter()
+            .map(|(key, value)| {
+                let source = if self.from_file.contains(&key) {
+                    "file"
+                } else if key.matches('.').count() == 2
+                    && builtin
+                        .keys()
+                        .any(|r| key.starts_with(&format!("mount.{r}.")))
+                {
+                    "built-in region default"
+                } else {
+                    "default"
+                };
+                Setting { key, value, source }
+            })
+            .collect()
+    }
+}
+
 /// Typed access to TOML values with messages that name key, value and file.
 struct Reader<'a> {
     file: &'a Path,
     warnings: Vec<String>,
+    applied: std::collections::BTreeSet<String>,
 }
 
 impl Reader<'_> {
@@ -402,6 +578,7 @@ impl Reader<'_> {
         for (k, v) in self.table("mount", v)? {
             let key = format!("mount.{k}");
             let key = key.as_str();
+            let before = self.warnings.len();
             match k.as_str() {
                 "dns_name_format" => {
                     let s = self.string(key, v)?;
@@ -449,12 +626,19 @@ impl Reader<'_> {
                             "stunnel_cafile" => {
                                 rc.stunnel_cafile = Some(PathBuf::from(self.string(&rkey, rv)?))
                             }
-                            _ => self.unknown(&rkey),
+                            _ => {
+                                self.unknown(&rkey);
+                                continue;
+                            }
                         }
+                        self.applied.insert(rkey);
                     }
                     cfg.regions.insert(region.to_string(), rc);
                 }
                 _ => self.unknown(key),
+            }
+            if self.warnings.len() == before && !v.is_table() {
+                self.applied.insert(key.to_string());
             }
         }
         m.port_range = lower..upper;
@@ -465,6 +649,7 @@ impl Reader<'_> {
         for (k, v) in self.table("mount-watchdog", v)? {
             let key = format!("mount-watchdog.{k}");
             let key = key.as_str();
+            let before = self.warnings.len();
             match k.as_str() {
                 "enabled" => w.enabled = self.bool(key, v)?,
                 "poll_interval_sec" => w.poll_interval_sec = self.int(key, v, 1, 3600)? as u64,
@@ -488,6 +673,9 @@ impl Reader<'_> {
                 }
                 _ => self.unknown(key),
             }
+            if self.warnings.len() == before {
+                self.applied.insert(key.to_string());
+            }
         }
         Ok(())
     }
@@ -495,6 +683,7 @@ impl Reader<'_> {
     fn paths(&mut self, v: &Value, p: &mut Paths) -> Result<(), ConfigError> {
         for (k, v) in self.table("paths", v)? {
             let key = format!("paths.{k}");
+            let before = self.warnings.len();
             let path = || self.string(&key, v).map(PathBuf::from);
             match k.as_str() {
                 "state_dir" => p.state_dir = path()?,
@@ -506,6 +695,9 @@ impl Reader<'_> {
                 "tunnel" => p.tunnel = path()?,
                 "sysfs_bdi" => p.sysfs_bdi = path()?,
                 _ => self.unknown(&key),
+            }
+            if self.warnings.len() == before {
+                self.applied.insert(key);
             }
         }
         Ok(())
@@ -602,6 +794,26 @@ mod tests {
                 .unwrap();
         assert!(cfg.mount.fips_mode_enabled);
         assert_eq!(cfg.mount.retry_nfs_mount_command_count, 4);
+    }
+
+    #[test]
+    fn settings_say_where_each_value_came_from() {
+        let cfg = parse("logging_level = \"debug\"\n[mount]\nregion = \"eu-west-1\"\n[mount.xx-test-1]\ndns_name_suffix = \"x\"\n").unwrap();
+        let get = |k: &str| cfg.settings().into_iter().find(|s| s.key == k).unwrap();
+        assert_eq!(
+            (
+                get("logging_level").value.as_str(),
+                get("logging_level").source
+            ),
+            ("\"debug\"", "file")
+        );
+        assert_eq!(get("mount.region").source, "file");
+        assert_eq!(get("mount.port_range_lower_bound").source, "default");
+        assert_eq!(get("mount.xx-test-1.dns_name_suffix").source, "file");
+        assert_eq!(
+            get("mount.cn-north-1.dns_name_suffix").source,
+            "built-in region default"
+        );
     }
 
     #[test]

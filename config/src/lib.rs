@@ -6,9 +6,11 @@
 //! programs and shipped a bug when the copies differed):
 //! * [`config`]: the TOML configuration and its `[paths]` table;
 //! * [`state`]: state file names, mountpoint mangling, the JSON schema, atomic writes;
+//! * [`import`]: amazon-efs-utils' INI configuration converted to ours;
 //! * [`logging`]: the log line format and size-rotated log files.
 
 pub mod config;
+pub mod import;
 pub mod logging;
 pub mod state;
 

@@ -1,0 +1,202 @@
+//! `efs-utils config import`: amazon-efs-utils' INI configuration (`efs-utils.conf`) to
+//! our TOML, keeping every value and comment it can.
+//!
+//! `[DEFAULT]` keys become top-level keys, other sections keep their names
+//! (`[mount.cn-north-1]` is already a TOML table path). Values become TOML booleans,
+//! integers or strings. Whether a key can be carried over is decided by the real parser
+//! ([`Config::parse`]) on that one key, so this module keeps no second list of keys: a key
+//! it warns about or rejects is written as a comment with the reason, and named in
+//! [`Imported::not_carried`].
+
+use std::path::Path;
+
+use toml::Value;
+
+use crate::Config;
+
+/// The converted file and what could not be carried over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Imported {
+    pub toml: String,
+    /// One line per key or section left behind, with the reason.
+    pub not_carried: Vec<String>,
+}
+
+struct Section {
+    name: String,
+    /// Comments right above the section header.
+    comments: Vec<String>,
+    items: Vec<Item>,
+}
+
+enum Item {
+    Comment(String),
+    Blank,
+    Key(String, String),
+}
+
+/// Converts INI text; `source` names the input in the output's header.
+pub fn import_ini(ini: &str, source: &str) -> Imported {
+    let sections = parse_ini(ini);
+    let mut out = format!("# Converted from {source} by `efs-utils config import`.\n");
+    let mut not_carried = Vec::new();
+    // TOML top-level keys must come before any table: the preamble, then [DEFAULT]
+    // wherever it stood, then the other sections in their order.
+    let rank = |s: &Section| match s.name.as_str() {
+        "" => 0,
+        "DEFAULT" => 1,
+        _ => 2,
+    };
+    let mut ordered: Vec<&Section> = sections.iter().collect();
+    ordered.sort_by_key(|s| rank(s));
+    for section in ordered {
+        let table = (section.name != "DEFAULT" && !section.name.is_empty())
+            .then_some(section.name.as_str());
+        for c in &section.comments {
+            out.push_str(&format!("#{c}\n"));
+        }
+        let mut body = String::new();
+        let mut carried = 0;
+        for item in &section.items {
+            match item {
+                Item::Blank => body.push('\n'),
+                Item::Comment(c) => body.push_str(&format!("#{c}\n")),
+                Item::Key(k, v) => {
+                    let line = format!("{k} = {}", toml_value(k, v));
+                    match check(table, &line) {
+                        Ok(()) => {
+                            carried += 1;
+                            body.push_str(&format!("{line}\n"));
+                        }
+                        Err(why) => {
+                            let where_ = table.map(|t| format!("[{t}] ")).unwrap_or_default();
+                            not_carried.push(format!("{where_}{k}: {why}"));
+                            body.push_str(&format!("# {line}    # not carried over: {why}\n"));
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(t) = table {
+            // A table with nothing left in it would itself be an unknown section.
+            if carried > 0 {
+                out.push_str(&format!("[{t}]\n"));
+            } else {
+                out.push_str(&format!(
+                    "# [{t}]    # not carried over: nothing in it is supported\n"
+                ));
+            }
+        }
+        out.push_str(&body);
+    }
+    Imported {
+        toml: out,
+        not_carried,
+    }
+}
+
+/// Asks the parser about one key: carried over if it takes it without a word.
+fn check(table: Option<&str>, line: &str) -> Result<(), String> {
+    let snippet = match table {
+        Some(t) => format!("[{t}]\n{line}\n"),
+        None => format!("{line}\n"),
+    };
+    let strip = |m: &str| {
+        m.split_once(": ")
+            .map(|(_, r)| r.to_string())
+            .unwrap_or_else(|| m.to_string())
+    };
+    match Config::parse(&snippet, Path::new("import")) {
+        Ok(cfg) if cfg.warnings.is_empty() => Ok(()),
+        Ok(cfg) => Err(cfg
+            .warnings
+            .iter()
+            .map(|w| strip(w))
+            .collect::<Vec<_>>()
+            .join("; ")),
+        Err(e) => Err(strip(&e.to_string())),
+    }
+}
+
+/// INI value to TOML: booleans and whole numbers keep their type, the rest are strings.
+fn toml_value(key: &str, v: &str) -> String {
+    let v = v.trim();
+    if key != "state_file_dir_mode" {
+        match v.to_ascii_lowercase().as_str() {
+            "true" | "yes" | "on" => return "true".into(),
+            "false" | "no" | "off" => return "false".into(),
+            _ => {}
+        }
+        if let Ok(n) = v.parse::<i64>() {
+            return n.to_string();
+        }
+    }
+    Value::String(v.to_string()).to_string()
+}
+
+fn parse_ini(text: &str) -> Vec<Section> {
+    let mut sections = vec![Section {
+        name: String::new(),
+        comments: Vec::new(),
+        items: Vec::new(),
+    }];
+    let mut pending: Vec<String> = Vec::new();
+    for raw in text.lines() {
+        let line = raw.trim();
+        let current = sections.len() - 1;
+        if line.is_empty() {
+            sections[current]
+                .items
+                .extend(pending.drain(..).map(Item::Comment));
+            sections[current].items.push(Item::Blank);
+        } else if let Some(c) = line.strip_prefix('#').or_else(|| line.strip_prefix(';')) {
+            pending.push(c.to_string());
+        } else if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            sections.push(Section {
+                name: name.trim().to_string(),
+                comments: std::mem::take(&mut pending),
+                items: Vec::new(),
+            });
+        } else if let Some((k, v)) = line.split_once('=').or_else(|| line.split_once(':')) {
+            let items = &mut sections[current].items;
+            items.extend(pending.drain(..).map(Item::Comment));
+            items.push(Item::Key(k.trim().to_string(), v.trim().to_string()));
+        } else {
+            pending.push(format!(" (not understood) {line}"));
+        }
+    }
+    let last = sections.len() - 1;
+    sections[last]
+        .items
+        .extend(pending.into_iter().map(Item::Comment));
+    sections
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn types_sections_comments_and_leftovers() {
+        let ini = "# top comment\n[DEFAULT]\nlogging_level = INFO\nstate_file_dir_mode = 750\n\n[mount]\n# the region\nregion = eu-west-1\nfips_mode_enabled = false\nport_range_lower_bound = 20100\nstunnel_debug_enabled = false\n[cloudwatch-log]\nlog_group_name = /aws/efs/utils\n";
+        let out = import_ini(ini, "efs-utils.conf");
+        let cfg = Config::parse(&out.toml, Path::new("imported.toml")).unwrap();
+        assert_eq!(cfg.mount.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(cfg.mount.port_range.start, 20100);
+        assert_eq!(cfg.state_file_dir_mode, 0o750);
+        assert!(
+            out.toml.contains("# the region\nregion = \"eu-west-1\""),
+            "{}",
+            out.toml
+        );
+        assert!(out.toml.contains("# top comment"));
+        let left = out.not_carried.join("\n");
+        assert!(left.contains("[mount] stunnel_debug_enabled"), "{left}");
+        assert!(left.contains("[cloudwatch-log] log_group_name"), "{left}");
+        assert!(
+            cfg.warnings.is_empty(),
+            "left-overs are comments: {:?}",
+            cfg.warnings
+        );
+    }
+}
