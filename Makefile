@@ -1,17 +1,19 @@
 # Build and install efs-utils. `make install` puts files where the Debian package will:
 #   /sbin/mount.efs, $(PREFIX)/bin/{efs-tunnel,amazon-efs-mount-watchdog,efs-utils},
-#   the systemd unit, /etc/amazon/efs/efs-utils.toml (kept if it exists), /var/log/amazon/efs.
+#   the systemd unit, /etc/amazon/efs/efs-utils.toml (kept if it exists), the man pages,
+#   /var/log/amazon/efs.
 # DESTDIR installs into a staging root (the e2e guest is installed this way).
 
 PREFIX ?= /usr
 SBINDIR ?= /sbin
 UNITDIR ?= /lib/systemd/system
 SYSCONFDIR ?= /etc
+MANDIR ?= $(PREFIX)/share/man
 DESTDIR ?=
 CARGO ?= cargo
 BINS := efs-tunnel amazon-efs-mount-watchdog efs-utils
 
-.PHONY: build install uninstall test
+.PHONY: build install uninstall test deb
 
 build:
 	$(CARGO) build --release --locked -p efs-tunnel -p efs-mount-helper -p efs-watchdog -p efs-utils
@@ -28,10 +30,17 @@ install: build
 		sed 's|"/usr/bin/efs-tunnel"|"$(PREFIX)/bin/efs-tunnel"|' config/efs-utils.toml \
 		>$(DESTDIR)$(SYSCONFDIR)/amazon/efs/efs-utils.toml
 	install -d -m 0750 $(DESTDIR)/var/log/amazon/efs
+	for m in man/*.8; do install -D -m 0644 $$m $(DESTDIR)$(MANDIR)/man8/$$(basename $$m); done
+	for m in man/*.5; do install -D -m 0644 $$m $(DESTDIR)$(MANDIR)/man5/$$(basename $$m); done
+
+deb:
+	packaging/build-deb.sh
 
 uninstall:
 	rm -f $(DESTDIR)$(SBINDIR)/mount.efs $(DESTDIR)$(UNITDIR)/amazon-efs-mount-watchdog.service
 	for b in $(BINS); do rm -f $(DESTDIR)$(PREFIX)/bin/$$b; done
+	for m in man/*.8; do rm -f $(DESTDIR)$(MANDIR)/man8/$$(basename $$m); done
+	for m in man/*.5; do rm -f $(DESTDIR)$(MANDIR)/man5/$$(basename $$m); done
 
 test:
 	tests/run-all.sh

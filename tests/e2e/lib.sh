@@ -30,7 +30,11 @@ finish() {
 install_efs_utils() {
     # Merged /usr: /sbin and /lib are symlinks here; keep them while unpacking.
     tar -C /opt/efs/root -cf - . | tar -C / -xf - --keep-directory-symlink --no-same-owner
-    # Test settings: trust the throwaway CA, a fixed region, a short unmount grace period.
+    configure_for_tests
+}
+
+# Test settings: trust the throwaway CA, a fixed region, a short unmount grace period.
+configure_for_tests() {
     sed -i -e 's|^#stunnel_cafile = .*|stunnel_cafile = "/etc/amazon/efs/e2e-ca.pem"|' \
         -e 's|^#region = .*|region = "us-east-1"|' \
         -e 's|^unmount_grace_period_sec = .*|unmount_grace_period_sec = 3|' \

@@ -21,10 +21,12 @@ img_dir=$("$here/build-image.sh")
 work=$(mktemp -d /tmp/efs-e2e.XXXXXX)
 # E2E_KEEP=1 keeps the run folders (console logs, case output) for a post-mortem.
 if [ -z "${E2E_KEEP:-}" ]; then trap 'rm -rf "$work"' EXIT; else echo "keeping $work" >&2; fi
-# What the guest installs: exactly what `make install` puts in a root, and the cases.
+# What the guest installs: exactly what `make install` puts in a root (or, for the
+# package case, the Debian package), and the cases.
 stage="$work/opt"
 mkdir -p "$stage/root"
 make -C "$top" --no-print-directory install DESTDIR="$stage/root" >&2
+cp "$("$top/packaging/build-deb.sh")" "$stage/efs-utils.deb"
 cp -r "$here/cases" "$here/lib.sh" "$stage/"
 
 passed=0
