@@ -47,12 +47,19 @@ pub struct MountState {
     pub connect: String,
     /// The tunnel's control socket.
     pub control_socket: PathBuf,
+    /// How many times the watchdog has restarted this mount's tunnel.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub restarts: u64,
     /// Set by the watchdog when the mount is gone, seconds since the epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unmount_time: Option<f64>,
     /// Anything else (fields of other versions), kept as it was.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// `/mnt/efs` -> `mnt.efs`, the incumbent's `get_file_safe_mountpoint_name`.
@@ -229,6 +236,7 @@ mod tests {
             check_host: "fs-deadbeef.efs.us-east-1.amazonaws.com".into(),
             connect: "fs-deadbeef.efs.us-east-1.amazonaws.com:2049".into(),
             control_socket: "/var/run/efs/tunnel-20123.sock".into(),
+            restarts: 0,
             unmount_time: None,
             extra: Default::default(),
         }

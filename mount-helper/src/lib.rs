@@ -268,6 +268,7 @@ impl Mount<'_> {
             check_host: spec.check_host.clone(),
             connect: spec.connect.clone(),
             control_socket: spec.control.clone(),
+            restarts: 0,
             unmount_time: None,
             extra: Default::default(),
         };

@@ -24,8 +24,11 @@ pub struct Row {
     pub transport: &'static str,
     pub port: Option<u16>,
     pub pid: Option<i32>,
-    /// healthy, not answering, not running, unmounted (waiting for teardown), plain.
+    /// healthy, not answering, restarting, not running, unmounted (waiting for
+    /// teardown), plain.
     pub state: String,
+    /// Times the watchdog restarted the tunnel.
+    pub restarts: u64,
     pub mounted: bool,
     pub tunnel: Option<Status>,
 }
@@ -42,6 +45,7 @@ pub struct Report {
 pub fn report(cfg: &Config) -> Report {
     let table = std::fs::read_to_string(&cfg.paths.mountinfo).unwrap_or_default();
     let mounted_ports = mounted_ports(&table);
+    let watchdog = find_process("amazon-efs-moun");
     let mut mounts = Vec::new();
     let mut problems = Vec::new();
     let mut names: Vec<_> = std::fs::read_dir(&cfg.paths.state_dir)
@@ -57,19 +61,19 @@ pub fn report(cfg: &Config) -> Report {
             continue;
         }
         match MountState::read(&path) {
-            Ok(st) => mounts.push(tls_row(st, &mounted_ports)),
+            Ok(st) => mounts.push(tls_row(st, &mounted_ports, watchdog.is_some())),
             Err(e) => problems.push(e.to_string()),
         }
     }
     mounts.extend(plain_rows(&table));
     Report {
-        watchdog_pid: find_process("amazon-efs-moun"),
+        watchdog_pid: watchdog,
         mounts,
         problems,
     }
 }
 
-fn tls_row(st: MountState, mounted_ports: &[u16]) -> Row {
+fn tls_row(st: MountState, mounted_ports: &[u16], watchdog_running: bool) -> Row {
     let mounted = mounted_ports.contains(&st.port);
     let answer = control::query_status(&st.control_socket, ANSWER_TIMEOUT);
     let alive = running(st.pid);
@@ -79,6 +83,8 @@ fn tls_row(st: MountState, mounted_ports: &[u16]) -> Row {
         "healthy"
     } else if alive {
         "not answering"
+    } else if watchdog_running {
+        "restarting"
     } else {
         "not running"
     }
@@ -90,6 +96,7 @@ fn tls_row(st: MountState, mounted_ports: &[u16]) -> Row {
         port: Some(st.port),
         pid: Some(st.pid),
         state,
+        restarts: st.restarts,
         mounted,
         tunnel: answer.ok(),
     }
@@ -129,6 +136,7 @@ fn plain_rows(mountinfo: &str) -> Vec<Row> {
                 port: None,
                 pid: None,
                 state: "plain NFS, not encrypted".into(),
+                restarts: 0,
                 mounted: true,
                 tunnel: None,
             })
@@ -173,8 +181,9 @@ pub fn render(r: &Report, now_unix: i64) -> String {
         out.push_str(&format!("\n{} on {}: {}\n", m.fs_id, m.mountpoint, m.state));
         if let Some(port) = m.port {
             out.push_str(&format!(
-                "  tunnel      127.0.0.1:{port}, pid {}\n",
-                m.pid.unwrap_or_default()
+                "  tunnel      127.0.0.1:{port}, pid {}, restarted {} time(s)\n",
+                m.pid.unwrap_or_default(),
+                m.restarts
             ));
         }
         if let Some(t) = &m.tunnel {

@@ -82,6 +82,10 @@ async fn shows_healthy_dead_and_unmounted_tunnels() {
         "{text}"
     );
     assert!(
+        text.contains(&format!("127.0.0.1:{hp}, pid")) && text.contains("restarted 0 time(s)"),
+        "{text}"
+    );
+    assert!(
         text.contains("tls         TLSv1_3 TLS13_AES_256_GCM_SHA384"),
         "{text}"
     );

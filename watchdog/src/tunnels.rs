@@ -59,7 +59,6 @@ pub struct Tunnel {
     pub phase: Phase,
     started: Instant,
     quick_deaths: u32,
-    pub restarts: u64,
     /// A mount has referenced this port since the watchdog started watching.
     pub seen_mounted: bool,
     /// When the mount table was first seen without this port.
@@ -77,7 +76,6 @@ impl Tunnel {
             phase: Phase::Running,
             started: Instant::now(),
             quick_deaths: 0,
-            restarts: 0,
             seen_mounted: false,
             unmounted_since: None,
         };
@@ -180,7 +178,7 @@ impl Tunnel {
         });
         self.phase = Phase::Running;
         self.started = Instant::now();
-        self.restarts += 1;
+        self.state.restarts += 1;
         self.state.pid = pid;
         self.save();
         info!("started the tunnel of {} (pid {pid})", self.name());

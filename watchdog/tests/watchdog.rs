@@ -170,6 +170,11 @@ async fn a_killed_tunnel_is_restarted_on_the_same_socket_and_the_client_carries_
         m.pid() != first_pid && alive(m.pid())
     });
     assert!(restarted, "state still names pid {}", m.pid());
+    assert_eq!(
+        m.state().restarts,
+        1,
+        "the restart is counted in the state file"
+    );
     eprintln!("restart observed {:?} after the kill", t0.elapsed());
     let log = watchdog_log(root);
     assert!(
