@@ -7,11 +7,13 @@
 //! * [`config`]: the TOML configuration and its `[paths]` table;
 //! * [`state`]: state file names, mountpoint mangling, the JSON schema, atomic writes;
 //! * [`import`]: amazon-efs-utils' INI configuration converted to ours;
+//! * [`mounts`]: the mount table, and which tunnel ports it references;
 //! * [`logging`]: the log line format and size-rotated log files.
 
 pub mod config;
 pub mod import;
 pub mod logging;
+pub mod mounts;
 pub mod state;
 
 pub use config::{Config, ConfigError};

@@ -58,6 +58,14 @@ pub struct MountState {
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
+/// Now, as state files record times: seconds since the epoch, with fractions.
+pub fn unix_time() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
 fn is_zero(n: &u64) -> bool {
     *n == 0
 }

@@ -156,8 +156,9 @@ pub fn bind_port(
     })
 }
 
-/// A random number from the standard library's per-process hash keys.
-fn random_u32() -> u32 {
+/// A random number from the standard library's per-process hash keys (port choice,
+/// retry jitter); nothing here needs more.
+pub(crate) fn random_u32() -> u32 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(Instant::now().elapsed().as_nanos() ^ u128::from(std::process::id()));

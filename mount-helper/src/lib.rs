@@ -25,7 +25,7 @@ pub mod watchdog;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use efs_config::state::{self, MountState};
 use efs_config::{logging, Config};
@@ -259,7 +259,7 @@ impl Mount<'_> {
                 .unwrap_or_default(),
             cmd: spec.command(),
             files: Vec::new(),
-            mount_time: unix_now(),
+            mount_time: state::unix_time(),
             mountpoint: self.inv.mountpoint.clone(),
             service_type: state::SERVICE_TYPE_EFS.into(),
             fs_id: self.fs_id.to_string(),
@@ -359,11 +359,4 @@ fn enter_netns(path: &Path) -> Result<(), MountError> {
             path.display()
         ))
     })
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }

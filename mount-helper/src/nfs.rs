@@ -59,7 +59,8 @@ pub fn mount(
                 stderr.trim().to_string()
             }
         };
-        let wait = 1.5f64.powi(attempt as i32 - 1) + jitter();
+        let wait = 1.5f64.powi(attempt as i32 - 1)
+            + f64::from(crate::launch::random_u32() % 1000) / 1000.0;
         let message = format!("Mount attempt {attempt}/{tries} failed due to {why}, wait {wait:.0} sec before next attempt.");
         warn!("{message}");
         eprintln!("{message}");
@@ -123,11 +124,4 @@ fn run_once(
             stderr,
         },
     })
-}
-
-fn jitter() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(std::process::id());
-    (h.finish() % 1000) as f64 / 1000.0
 }

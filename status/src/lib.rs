@@ -8,6 +8,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use efs_config::mounts;
 use efs_config::state::{self, MountState};
 use efs_config::Config;
 use efs_tunnel::control::{self, Status};
@@ -43,8 +44,13 @@ pub struct Report {
 
 /// Builds the report for the host `cfg` describes.
 pub fn report(cfg: &Config) -> Report {
-    let table = std::fs::read_to_string(&cfg.paths.mountinfo).unwrap_or_default();
-    let mounted_ports = mounted_ports(&table);
+    let table =
+        mounts::nfs_mounts(&std::fs::read_to_string(&cfg.paths.mountinfo).unwrap_or_default());
+    let mounted_ports: Vec<u16> = table
+        .iter()
+        .filter(|m| m.local)
+        .filter_map(|m| m.port)
+        .collect();
     let watchdog = find_process("amazon-efs-moun");
     let mut mounts = Vec::new();
     let mut problems = Vec::new();
@@ -102,36 +108,19 @@ fn tls_row(st: MountState, mounted_ports: &[u16], watchdog_running: bool) -> Row
     }
 }
 
-/// Ports of NFS mounts served through 127.0.0.1.
-fn mounted_ports(mountinfo: &str) -> Vec<u16> {
-    mountinfo
-        .lines()
-        .filter_map(|l| l.split_once(" - ").map(|(_, r)| r))
-        .filter(|r| r.starts_with("nfs") && r.contains(" 127.0.0.1:"))
-        .filter_map(|r| {
-            r.split(',')
-                .find_map(|o| o.strip_prefix("port="))
-                .and_then(|p| p.parse().ok())
-        })
-        .collect()
-}
-
 /// EFS mounts without TLS: an NFS source naming an EFS DNS name.
-fn plain_rows(mountinfo: &str) -> Vec<Row> {
-    mountinfo
-        .lines()
-        .filter_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            let mut r = right.split_whitespace();
-            let (fstype, source) = (r.next()?, r.next()?);
-            let host = source.split(':').next()?;
-            if !fstype.starts_with("nfs") || !host.contains(".efs.") {
+fn plain_rows(mounts: &[mounts::NfsMount]) -> Vec<Row> {
+    mounts
+        .iter()
+        .filter(|m| !m.local)
+        .filter_map(|m| {
+            let host = m.source.split(':').next()?;
+            if !host.contains(".efs.") {
                 return None;
             }
-            let fs_id = host.split('.').find(|l| l.starts_with("fs-"))?.to_string();
             Some(Row {
-                fs_id,
-                mountpoint: left.split_whitespace().nth(4)?.replace("\\040", " "),
+                fs_id: host.split('.').find(|l| l.starts_with("fs-"))?.to_string(),
+                mountpoint: m.mountpoint.clone(),
                 transport: "plain",
                 port: None,
                 pid: None,

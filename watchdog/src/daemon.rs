@@ -21,13 +21,13 @@ use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use efs_config::mounts;
 use efs_config::state::{self, MountState};
 use efs_config::Config;
 use log::{info, warn};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
-use crate::mounts;
 use crate::notify;
 use crate::tunnels::{Phase, Tunnel};
 

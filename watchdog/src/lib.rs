@@ -6,13 +6,11 @@
 //! Where to look:
 //! * [`daemon`]: the main loop: what it waits on, and what it does for each event;
 //! * [`tunnels`]: adopting, restarting and tearing down one tunnel;
-//! * [`mounts`]: which tunnel ports the mount table references;
 //! * [`health`]: the health check thread;
 //! * [`sys`]: pidfd syscalls (the crate's only `unsafe`); [`notify`]: sd_notify.
 
 pub mod daemon;
 pub mod health;
-pub mod mounts;
 pub mod notify;
 pub mod sys;
 pub mod tunnels;

@@ -15,9 +15,9 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use efs_config::state::MountState;
+use efs_config::state::{self, MountState};
 use log::{info, warn};
 use nix::sys::signal::Signal;
 
@@ -307,7 +307,7 @@ impl Tunnel {
     /// Records the time the mount disappeared (or clears it), in memory and on disk.
     pub fn set_unmounted(&mut self, since: Option<Instant>) {
         self.unmounted_since = since;
-        self.state.unmount_time = since.map(|_| unix_now());
+        self.state.unmount_time = since.map(|_| state::unix_time());
         self.save();
     }
 
@@ -334,7 +334,7 @@ impl Tunnel {
 
     /// Seconds since the helper mounted it.
     pub fn mount_age(&self) -> Duration {
-        Duration::from_secs_f64((unix_now() - self.state.mount_time).max(0.0))
+        Duration::from_secs_f64((state::unix_time() - self.state.mount_time).max(0.0))
     }
 }
 
@@ -390,13 +390,6 @@ fn remove(p: &Path) {
             warn!("cannot remove {}: {e}", p.display());
         }
     }
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! Which tunnel ports the mount table references.
+//! The mount table (`/proc/self/mountinfo`), read by the watchdog and the status command.
 //!
 //! A tunnel is in use while any NFS mount in mountinfo is served through its port
 //! (`127.0.0.1` and `port=N`), whatever the mountpoint: the kernel may give a second mount
@@ -16,33 +16,49 @@ pub fn read(mountinfo: &Path) -> std::io::Result<PortsInUse> {
     Ok(parse(&std::fs::read_to_string(mountinfo)?))
 }
 
-/// `ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTS`
+/// One NFS line of the mount table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NfsMount {
+    pub mountpoint: String,
+    /// `127.0.0.1:/`, `fs-….efs.….amazonaws.com:/path`, `10.0.0.5:/`
+    pub source: String,
+    /// The `port=` option, if the kernel shows one (it hides 2049).
+    pub port: Option<u16>,
+    /// Served through a local tunnel (127.0.0.1).
+    pub local: bool,
+}
+
+/// The NFS mounts of a mount table:
+/// `ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTS`.
+pub fn nfs_mounts(text: &str) -> Vec<NfsMount> {
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mut r = right.split_whitespace();
+            let (fstype, source, superopts) = (r.next()?, r.next()?, r.next()?);
+            if !fstype.starts_with("nfs") {
+                return None;
+            }
+            Some(NfsMount {
+                mountpoint: unescape(left.split_whitespace().nth(4)?),
+                source: source.to_string(),
+                port: superopts
+                    .split(',')
+                    .find_map(|o| o.strip_prefix("port="))
+                    .and_then(|p| p.parse().ok()),
+                local: source.starts_with("127.0.0.1:")
+                    || superopts.split(',').any(|o| o == "addr=127.0.0.1"),
+            })
+        })
+        .collect()
+}
+
+/// Tunnel ports in use -> the mountpoints served through each.
 pub fn parse(text: &str) -> PortsInUse {
     let mut ports = PortsInUse::new();
-    for line in text.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let mut r = right.split_whitespace();
-        let (Some(fstype), Some(source), Some(superopts)) = (r.next(), r.next(), r.next()) else {
-            continue;
-        };
-        if !fstype.starts_with("nfs") {
-            continue;
-        }
-        let local =
-            source.starts_with("127.0.0.1:") || superopts.split(',').any(|o| o == "addr=127.0.0.1");
-        let port = superopts
-            .split(',')
-            .find_map(|o| o.strip_prefix("port="))
-            .and_then(|p| p.parse::<u16>().ok());
-        if let (true, Some(port)) = (local, port) {
-            let mountpoint = left
-                .split_whitespace()
-                .nth(4)
-                .map(unescape)
-                .unwrap_or_default();
-            ports.entry(port).or_default().push(mountpoint);
+    for m in nfs_mounts(text) {
+        if let (true, Some(port)) = (m.local, m.port) {
+            ports.entry(port).or_default().push(m.mountpoint);
         }
     }
     ports
