@@ -47,6 +47,8 @@ pub struct Daemon {
     term: UnixStream,
     hup: UnixStream,
     inotify: Option<Inotify>,
+    /// Held only to poll for changes: the kernel re-arms POLLPRI in poll itself
+    /// (`mounts_poll`), so this descriptor is never read; the table is read by path.
     mountinfo: Option<std::fs::File>,
     health_rx: Receiver<HealthReport>,
     health_wake: UnixStream,
@@ -338,13 +340,6 @@ impl Daemon {
     }
 
     fn read_mounts(&mut self) -> Option<mounts::PortsInUse> {
-        // Re-arm POLLPRI: a change is reported until the file is read from the start.
-        if let Some(m) = self.mountinfo.as_mut() {
-            use std::io::Seek;
-            let _ = m.seek(std::io::SeekFrom::Start(0));
-            let mut sink = Vec::new();
-            let _ = m.read_to_end(&mut sink);
-        }
         match mounts::read(&self.cfg.paths.mountinfo) {
             Ok(p) => {
                 if self.mountinfo_unreadable {
