@@ -10,7 +10,7 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
-# Debian packages the tests use: a C compiler for aws-lc-rs, openssl for s_server peers.
+# Debian packages the tests use: a C compiler for ring, openssl for s_server peers.
 missing=()
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)

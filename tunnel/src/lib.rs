@@ -8,12 +8,14 @@
 //! * [`copy`]: how bytes move, and why it is fast;
 //! * [`upstream`]: reaching the mount target, and the errors it can give;
 //! * [`control`]: the status socket the watchdog and the status command read;
-//! * [`fds`]: the inherited listening socket and readiness pipe.
+//! * [`fds`]: the inherited listening socket and readiness pipe;
+//! * [`memory`]: the heap settings the data path needs to stay cheap.
 
 pub mod certinfo;
 pub mod control;
 pub mod copy;
 pub mod fds;
+pub mod memory;
 pub mod policy;
 pub mod server;
 pub mod shutdown;

@@ -76,8 +76,9 @@ struct Args {
 /// `--version` says which crypto module this build carries and what `--fips` means here.
 fn version_text() -> &'static str {
     let text = format!(
-        "{} (rustls 0.23, aws-lc-rs)\n{}",
+        "{} (rustls 0.23, {})\n{}",
         env!("CARGO_PKG_VERSION"),
+        policy::crypto_module(),
         policy::fips_description()
     );
     // Built once per process, for clap's lifetime.
@@ -162,6 +163,7 @@ fn start(args: Args) -> Result<(), String> {
         }
         (None, None) => return Err("give --listen ADDR or --listen-fd N".into()),
     };
+    efs_tunnel::memory::tune_allocator();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("efs-tunnel")

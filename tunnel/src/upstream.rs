@@ -167,7 +167,7 @@ pub struct ReadAhead<IO> {
 }
 
 const READ_AHEAD_START: usize = 8 * 1024;
-const READ_AHEAD_MAX: usize = 64 * 1024;
+const READ_AHEAD_MAX: usize = 256 * 1024;
 
 impl<IO> ReadAhead<IO> {
     pub fn new(io: IO) -> Self {
@@ -192,7 +192,14 @@ impl<IO: AsyncRead + Unpin> AsyncRead for ReadAhead<IO> {
                 this.buf = vec![0; READ_AHEAD_START];
             }
             let mut rb = ReadBuf::new(&mut this.buf);
-            std::task::ready!(Pin::new(&mut this.io).poll_read(cx, &mut rb))?;
+            if Pin::new(&mut this.io).poll_read(cx, &mut rb)?.is_pending() {
+                // Nothing buffered and nothing to read: an idle connection holds no
+                // read-ahead buffer unless a bulk stream grew it.
+                if this.buf.len() <= READ_AHEAD_START {
+                    this.buf = Vec::new();
+                }
+                return Poll::Pending;
+            }
             let n = rb.filled().len();
             if n == this.buf.len() && n < READ_AHEAD_MAX {
                 this.buf.resize(n * 2, 0);
@@ -276,5 +283,23 @@ mod tests {
             assert_eq!(n, 300);
         }
         assert_eq!(ra.buf.len(), READ_AHEAD_START);
+    }
+
+    #[tokio::test]
+    async fn read_ahead_gives_its_buffer_back_when_the_connection_falls_quiet() {
+        let (mut far, near) = tokio::io::duplex(1 << 20);
+        let mut ra = ReadAhead::new(near);
+        let mut small = [0u8; 4096];
+        far.write_all(&[1u8; 300]).await.unwrap();
+        assert_eq!(ra.read(&mut small).await.unwrap(), 300);
+        assert!(!ra.buf.is_empty());
+        // Nothing more arrives: the read waits, and the buffer is gone meanwhile.
+        let waited = tokio::time::timeout(Duration::from_millis(20), ra.read(&mut small)).await;
+        assert!(waited.is_err(), "the read should still be waiting");
+        assert_eq!(ra.buf.capacity(), 0);
+        // The next message is read as before.
+        far.write_all(&[2u8; 100]).await.unwrap();
+        assert_eq!(ra.read(&mut small).await.unwrap(), 100);
+        assert_eq!(&small[..100], &[2u8; 100][..]);
     }
 }

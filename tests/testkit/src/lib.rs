@@ -141,7 +141,7 @@ impl TlsServer {
                 .unwrap();
         let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap();
         let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
+            rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -323,7 +323,7 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
 }
 
 pub fn sha256(data: &[u8]) -> Vec<u8> {
-    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data)
+    ring::digest::digest(&ring::digest::SHA256, data)
         .as_ref()
         .to_vec()
 }
