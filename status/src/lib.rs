@@ -1,9 +1,10 @@
 //! `efs-utils status`: one row per EFS mount on the host, answering "is this mount really
 //! encrypted, and is its tunnel healthy?" without `grep mount.log` and `ps`.
 //!
-//! It reads the state directory and the mount table, and asks each tunnel's control
-//! socket for its status with a short timeout: a stuck tunnel shows as not answering, and
-//! the command never touches a mountpoint, so it cannot hang on a stuck mount.
+//! It reads the state directory and the mount table, and asks every tunnel's control
+//! socket for its status at once, with a short timeout: stuck tunnels show as not
+//! answering after one timeout in all, and the command never touches a mountpoint, so it
+//! cannot hang on a stuck mount.
 
 use std::path::Path;
 use std::time::Duration;
@@ -58,6 +59,7 @@ pub fn report(cfg: &Config) -> Report {
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     names.sort();
+    let mut states = Vec::new();
     for path in names {
         let name = path
             .file_name()
@@ -67,8 +69,26 @@ pub fn report(cfg: &Config) -> Report {
             continue;
         }
         match MountState::read(&path) {
-            Ok(st) => mounts.push(tls_row(st, &mounted_ports, watchdog.is_some())),
+            Ok(st) => states.push(st),
             Err(e) => problems.push(e.to_string()),
+        }
+    }
+    // All tunnels are asked at once, so stuck ones cost one timeout in all, not one each.
+    let tls_rows: Vec<std::thread::Result<Row>> = std::thread::scope(|scope| {
+        let asks: Vec<_> = states
+            .into_iter()
+            .map(|st| {
+                let ports = &mounted_ports;
+                let running = watchdog.is_some();
+                scope.spawn(move || tls_row(st, ports, running))
+            })
+            .collect();
+        asks.into_iter().map(|ask| ask.join()).collect()
+    });
+    for row in tls_rows {
+        match row {
+            Ok(row) => mounts.push(row),
+            Err(_) => problems.push("internal error while asking a tunnel for its status".into()),
         }
     }
     mounts.extend(plain_rows(&table));
