@@ -18,21 +18,37 @@
 //!   `close_notify` then `FIN`) while the other direction keeps flowing;
 //! * a small buffer is freed whenever its direction falls quiet with nothing left to
 //!   write, so an idle connection costs no copy buffers (32 KiB less per connection; an
-//!   allocation per RPC is the price, far below a syscall's);
+//!   allocation per RPC is the price, far below a syscall's). Bulk buffers are kept while
+//!   traffic flows (reallocating them at every pause would cost more than copying), and
+//!   given back, together with the TLS side's read-ahead, once the connection has moved
+//!   nothing for [`IDLE_RELEASE`]: a mount that copied a big file and then idles does not
+//!   keep most of a MiB per connection;
 //! * every completed write is added to a shared counter for the status report.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
 
 /// First buffer size of a direction, allocated on its first byte.
 pub const BUF_START: usize = 16 * 1024;
 /// Largest buffer of a direction: 16 full TLS records per write.
 pub const BUF_MAX: usize = 256 * 1024;
+/// How long a connection must move nothing before its bulk buffers are given back. The
+/// check runs once per period (not at every pause of a busy stream), so the buffers go
+/// back between one and two periods after the last byte.
+pub const IDLE_RELEASE: Duration = Duration::from_secs(5);
+
+/// A stream that keeps buffers of its own which can be dropped while it is idle.
+pub trait ReleaseBuffers {
+    /// Frees buffers that hold no data. Called only when the connection is idle.
+    fn release_buffers(&mut self);
+}
 
 /// One direction of the copy.
 struct Direction<'c> {
@@ -56,6 +72,23 @@ impl<'c> Direction<'c> {
             done: false,
             greedy,
             counter,
+        }
+    }
+
+    /// True when nothing read is waiting to be written.
+    fn is_drained(&self) -> bool {
+        self.start == self.end
+    }
+
+    fn holds_buffer(&self) -> bool {
+        self.buf.capacity() > 0
+    }
+
+    fn release(&mut self) {
+        if self.is_drained() {
+            self.buf = Vec::new();
+            self.start = 0;
+            self.end = 0;
         }
     }
 
@@ -161,10 +194,16 @@ pub async fn bidirectional<A, B>(
 ) -> io::Result<()>
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + ReleaseBuffers + Unpin + ?Sized,
 {
     let mut up = Direction::new(a_to_b, false);
     let mut down = Direction::new(b_to_a, true);
+    let moved = || a_to_b.load(Ordering::Relaxed) + b_to_a.load(Ordering::Relaxed);
+    // Armed (with the byte count at arming) while the connection holds buffers and may
+    // be idle; not polled, and so not registered with the timer, while disarmed.
+    let idle = tokio::time::sleep(IDLE_RELEASE);
+    tokio::pin!(idle);
+    let mut armed_at: Option<u64> = None;
     poll_fn(|cx| {
         let up_done = up
             .poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b))?
@@ -173,10 +212,30 @@ where
             .poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a))?
             .is_ready();
         if up_done && down_done {
-            Poll::Ready(Ok(()))
-        } else {
-            Poll::Pending
+            return Poll::Ready(Ok(()));
         }
+        let quiet = up.is_drained() && down.is_drained();
+        if armed_at.is_none() && quiet && (up.holds_buffer() || down.holds_buffer()) {
+            idle.as_mut().reset(Instant::now() + IDLE_RELEASE);
+            armed_at = Some(moved());
+        }
+        while let Some(mark) = armed_at {
+            if idle.as_mut().poll(cx).is_pending() {
+                break;
+            }
+            if quiet && moved() == mark {
+                up.release();
+                down.release();
+                b.release_buffers();
+                crate::memory::return_free_memory();
+                armed_at = None;
+            } else {
+                // Traffic since arming: look again one period from now.
+                idle.as_mut().reset(Instant::now() + IDLE_RELEASE);
+                armed_at = Some(moved());
+            }
+        }
+        Poll::Pending
     })
     .await
 }
@@ -185,6 +244,10 @@ where
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    impl ReleaseBuffers for tokio::io::DuplexStream {
+        fn release_buffers(&mut self) {}
+    }
 
     #[tokio::test]
     async fn copies_both_ways_and_forwards_half_close() {

@@ -10,8 +10,12 @@
 //! only raises its thresholds after the first large buffer is freed, which for an NFS
 //! connection is when it closes. So the tunnel sets them itself, once, at start-up:
 //! copy buffers come from the heap, and up to [`TRIM_THRESHOLD`] of free memory stays
-//! with a thread's heap. An idle tunnel is unaffected (nothing is allocated yet); after
-//! bulk traffic a tunnel keeps at most that much free memory per worker thread.
+//! with a thread's heap. An idle tunnel is unaffected (nothing is allocated yet).
+//!
+//! The other side of that bargain is [`return_free_memory`]: when a connection has been
+//! idle long enough to give its bulk buffers back (`copy::IDLE_RELEASE`), the free memory
+//! of all heaps goes back to the kernel, so a tunnel that moved a lot and then idles
+//! returns to about its starting size instead of keeping a MiB or more per thread.
 
 /// Allocations up to this size come from the heap rather than their own mapping.
 const MMAP_THRESHOLD: i32 = 1024 * 1024;
@@ -27,5 +31,16 @@ pub fn tune_allocator() {
     unsafe {
         nix::libc::mallopt(nix::libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
         nix::libc::mallopt(nix::libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
+    }
+}
+
+/// Gives the free memory of every heap back to the kernel (glibc's `malloc_trim`). Cheap
+/// enough for an idle moment (it walks the heaps once), far too dear for the data path.
+pub fn return_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases pages the allocator holds free; it takes the
+    // allocator's own locks and a plain integer.
+    unsafe {
+        nix::libc::malloc_trim(0);
     }
 }

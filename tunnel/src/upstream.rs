@@ -180,6 +180,23 @@ impl<IO> ReadAhead<IO> {
     }
 }
 
+impl<IO> ReadAhead<IO> {
+    /// Frees the buffer if it holds nothing unread.
+    fn release(&mut self) {
+        if self.start == self.end {
+            self.buf = Vec::new();
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+}
+
+impl crate::copy::ReleaseBuffers for TlsStream {
+    fn release_buffers(&mut self) {
+        self.get_mut().0.release();
+    }
+}
+
 impl<IO: AsyncRead + Unpin> AsyncRead for ReadAhead<IO> {
     fn poll_read(
         mut self: Pin<&mut Self>,

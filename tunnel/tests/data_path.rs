@@ -257,3 +257,68 @@ async fn a_restarted_tunnel_on_the_same_inherited_socket_loses_no_connection_att
         b"two"
     );
 }
+
+/// Resident memory of a process, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_bulk_traffic_an_idle_tunnel_gives_its_memory_back() {
+    // A mount that copied big files and then sits idle keeps its connections open.
+    let ca = TestCa::new("Test CA");
+    let server = TlsServer::start(&ca.issue(WILDCARD), Behaviour::Echo).await;
+    let tunnel = Tunnel::start(server.addr.port(), &ca.pem, &[]);
+    let pid = tunnel.child.id();
+    // The baseline is taken after one small exchange, so that the code of a handshake
+    // and of the data path is already resident and only buffers make the difference.
+    let mut warm = TcpStream::connect(tunnel.addr()).await.unwrap();
+    warm.write_all(b"warm").await.unwrap();
+    warm.read_exact(&mut [0u8; 4]).await.unwrap();
+    drop(warm);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = rss_kib(pid);
+
+    let mut conns = Vec::new();
+    for i in 0..4u64 {
+        let mut s = TcpStream::connect(tunnel.addr()).await.unwrap();
+        let data = pseudo_random(8 << 20, i);
+        let mut back = vec![0u8; data.len()];
+        let (mut r, mut w) = s.split();
+        let (sent, got) = tokio::join!(w.write_all(&data), r.read_exact(&mut back));
+        sent.unwrap();
+        got.unwrap();
+        assert!(back == data, "connection {i} echoed intact");
+        conns.push(s);
+    }
+    let after_bulk = rss_kib(pid);
+    assert!(
+        after_bulk > before + 2048,
+        "bulk traffic should have grown the buffers: {before} -> {after_bulk} KiB"
+    );
+
+    // Idle for one to two release periods: most of that memory goes back.
+    let limit = efs_tunnel::copy::IDLE_RELEASE * 2 + Duration::from_secs(3);
+    let mut now = after_bulk;
+    let released = wait_until(limit, || {
+        now = rss_kib(pid);
+        now < before + (after_bulk - before) / 3
+    });
+    assert!(
+        released,
+        "RSS {before} KiB at start, {after_bulk} after bulk, still {now} after {limit:?} idle"
+    );
+
+    // The connections themselves are untouched.
+    for s in &mut conns {
+        s.write_all(b"still here").await.unwrap();
+        let mut back = [0u8; 10];
+        s.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"still here");
+    }
+}
