@@ -7,8 +7,10 @@
 #
 # Prints a table of figures and ours/stunnel ratios. Tunables (environment):
 #   BENCH_MIB   MiB per bulk run and direction (default 1024)
-#   BENCH_ROUNDS  interleaved rounds, the median is reported (default 3)
+#   BENCH_ROUNDS  interleaved rounds, the median is reported (default 5)
 #   BENCH_HOLD  connections held open for the memory figure (default 1000)
+#   BENCH_AGAINST  path of another efs-tunnel binary (say, a build of main) to measure in
+#               stunnel's place: an A/B of two builds of ours, same run, same ratios
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -81,7 +83,14 @@ target/release/efs-bench backend --listen 127.0.0.1:23049 &
 pids+=($!)
 stunnel4 "$work/server.conf" 2>"$work/server.log" &
 pids+=($!)
-stunnel4 "$work/client.conf" 2>"$work/client.log" &
+if [ -n "${BENCH_AGAINST:-}" ]; then
+    "$BENCH_AGAINST" --listen 127.0.0.1:20050 --connect 127.0.0.1:22049 --check-host "$name" \
+        --cafile "$work/ca.pem" --log-file "$work/against.log" &
+    theirs_name=other
+else
+    stunnel4 "$work/client.conf" 2>"$work/client.log" &
+    theirs_name=stunnel
+fi
 theirs=$!
 pids+=($theirs)
 target/release/efs-tunnel --listen 127.0.0.1:20049 --connect 127.0.0.1:22049 --check-host "$name" \
@@ -98,5 +107,5 @@ done
 
 echo "efs-bench: $(nproc) cores, $(uname -r); ours $(target/release/efs-tunnel --version | head -1); $(stunnel4 -version 2>&1 | head -1)"
 target/release/efs-bench compare --ours 127.0.0.1:20049 --ours-pid "$ours" \
-    --theirs 127.0.0.1:20050 --theirs-pid "$theirs" \
-    --bulk-mib "${BENCH_MIB:-1024}" --rounds "${BENCH_ROUNDS:-3}" --hold "${BENCH_HOLD:-1000}"
+    --theirs 127.0.0.1:20050 --theirs-pid "$theirs" --theirs-name "$theirs_name" \
+    --bulk-mib "${BENCH_MIB:-1024}" --rounds "${BENCH_ROUNDS:-5}" --hold "${BENCH_HOLD:-1000}"

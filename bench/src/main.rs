@@ -56,6 +56,9 @@ enum Cmd {
         theirs: SocketAddr,
         #[arg(long)]
         theirs_pid: i32,
+        /// What the second tunnel is, for the table (another build of ours for an A/B).
+        #[arg(long, default_value = "stunnel")]
+        theirs_name: String,
         /// MiB moved per bulk run and direction.
         #[arg(long, default_value_t = 1024)]
         bulk_mib: u64,
@@ -94,6 +97,7 @@ async fn main() {
             ours_pid,
             theirs,
             theirs_pid,
+            theirs_name,
             bulk_mib,
             rounds,
             hold,
@@ -105,7 +109,7 @@ async fn main() {
                     pid: ours_pid,
                 },
                 Tunnel {
-                    name: "stunnel",
+                    name: Box::leak(theirs_name.into_boxed_str()),
                     addr: theirs,
                     pid: theirs_pid,
                 },
@@ -371,12 +375,16 @@ async fn compare(tunnels: &[Tunnel; 2], bulk_mib: u64, rounds: usize, hold: usiz
     ];
     println!(
         "{:<34} {:>12} {:>12} {:>8}  target",
-        "metric (median of rounds)", "ours", "stunnel", "ratio"
+        "metric (median of rounds)", "ours", tunnels[1].name, "ratio"
     );
     for (key, label, target) in rows {
         let Some(m) = s.get(key) else { continue };
         let ours = m.get("ours").cloned().map(median).unwrap_or(f64::NAN);
-        let theirs = m.get("stunnel").cloned().map(median).unwrap_or(f64::NAN);
+        let theirs = m
+            .get(tunnels[1].name)
+            .cloned()
+            .map(median)
+            .unwrap_or(f64::NAN);
         println!(
             "{label:<34} {ours:>12.3} {theirs:>12.3} {:>7.2}x  {target}",
             ours / theirs
