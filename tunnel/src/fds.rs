@@ -9,8 +9,9 @@
 //! * A readiness pipe (`--ready-fd N`): the tunnel writes one line there once it has
 //!   completed a TLS handshake with the mount target, or why it could not.
 //!
-//! Taking ownership of a descriptor number is the one `unsafe` operation in the tunnel;
-//! it lives in [`take`], after checking that the number is open and not stdio.
+//! Taking ownership of a descriptor number is `unsafe`; it lives in [`take`], after
+//! checking that the number is open and not stdio. (The tunnel's only other `unsafe` is
+//! the two allocator calls in `memory`.)
 
 use std::fmt;
 use std::fs::File;
