@@ -43,9 +43,9 @@ pub struct Target {
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(fs) = &self.fs_id {
-            write!(f, "{fs} ")?;
+            write!(f, "{fs} at ")?;
         }
-        write!(f, "at {}:{} (", self.host, self.port)?;
+        write!(f, "{}:{} (", self.host, self.port)?;
         if let ServerName::DnsName(name) = &self.check_host {
             write!(f, "TLS name {}", name.as_ref())?;
         } else {
@@ -268,6 +268,25 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for ReadAhead<IO> {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn a_target_reads_well_in_a_log_line_with_and_without_its_fs_id() {
+        let mut t = Target {
+            host: "10.0.1.5".into(),
+            port: 2049,
+            check_host: ServerName::try_from("fs-1.efs.us-east-1.amazonaws.com").unwrap(),
+            fs_id: Some("fs-1".into()),
+        };
+        assert_eq!(
+            t.to_string(),
+            "fs-1 at 10.0.1.5:2049 (TLS name fs-1.efs.us-east-1.amazonaws.com)"
+        );
+        t.fs_id = None;
+        assert_eq!(
+            t.to_string(),
+            "10.0.1.5:2049 (TLS name fs-1.efs.us-east-1.amazonaws.com)"
+        );
+    }
 
     #[tokio::test]
     async fn read_ahead_passes_every_byte_and_grows_for_bulk() {
