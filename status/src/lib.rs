@@ -74,14 +74,11 @@ pub fn report(cfg: &Config) -> Report {
         }
     }
     // All tunnels are asked at once, so stuck ones cost one timeout in all, not one each.
+    let (ports, watchdog_running) = (&mounted_ports, watchdog.is_some());
     let tls_rows: Vec<std::thread::Result<Row>> = std::thread::scope(|scope| {
         let asks: Vec<_> = states
             .into_iter()
-            .map(|st| {
-                let ports = &mounted_ports;
-                let running = watchdog.is_some();
-                scope.spawn(move || tls_row(st, ports, running))
-            })
+            .map(|st| scope.spawn(move || tls_row(st, ports, watchdog_running)))
             .collect();
         asks.into_iter().map(|ask| ask.join()).collect()
     });

@@ -175,7 +175,7 @@ impl<'c> Direction<'c> {
                 // back, so that the many connections that only carry an occasional RPC
                 // hold no copy buffers while they wait; a bulk stream keeps its big one.
                 if self.buf.len() <= BUF_START {
-                    self.buf = Vec::new();
+                    self.release();
                 }
                 return Poll::Pending;
             }

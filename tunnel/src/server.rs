@@ -250,9 +250,6 @@ async fn serve_connection(mut client: TcpStream, shared: Arc<Shared>, mut shutdo
         }
     };
     record_handshake(&shared, &tls);
-    // rustls holds at most 64 KiB of outgoing records by default, which would cap each
-    // `writev` to the mount target at four records; let a whole copy buffer through.
-    tls.get_mut().1.set_buffer_limit(Some(copy::BUF_MAX));
 
     let stats = &shared.stats;
     tokio::select! {

@@ -108,10 +108,14 @@ pub async fn connect(target: &Target, tls: Arc<ClientConfig>) -> Result<TlsStrea
     let tcp = connect_tcp(target).await?;
     let connector = TlsConnector::from(tls);
     let handshake = connector.connect(target.check_host.clone(), ReadAhead::new(tcp));
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+    let mut tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
         .await
         .map_err(|_| UpstreamError::Timeout("TLS handshake"))?
-        .map_err(UpstreamError::Handshake)
+        .map_err(UpstreamError::Handshake)?;
+    // rustls holds at most 64 KiB of outgoing records by default, which would cap each
+    // `writev` to the mount target at four records; let a whole copy buffer through.
+    tls.get_mut().1.set_buffer_limit(Some(crate::copy::BUF_MAX));
+    Ok(tls)
 }
 
 async fn connect_tcp(target: &Target) -> Result<TcpStream, UpstreamError> {
@@ -178,9 +182,7 @@ impl<IO> ReadAhead<IO> {
             end: 0,
         }
     }
-}
 
-impl<IO> ReadAhead<IO> {
     /// Frees the buffer if it holds nothing unread.
     fn release(&mut self) {
         if self.start == self.end {
@@ -213,7 +215,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for ReadAhead<IO> {
                 // Nothing buffered and nothing to read: an idle connection holds no
                 // read-ahead buffer unless a bulk stream grew it.
                 if this.buf.len() <= READ_AHEAD_START {
-                    this.buf = Vec::new();
+                    this.release();
                 }
                 return Poll::Pending;
             }
