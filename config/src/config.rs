@@ -94,6 +94,9 @@ pub struct Paths {
     /// Exists when systemd is the init system (sd_booted(3) checks the same).
     pub systemd_run_dir: PathBuf,
     pub mountinfo: PathBuf,
+    /// The kernel NFS client's own tables (`servers`, `volumes`): which transport, and so
+    /// which tunnel, each mount really uses.
+    pub nfsfs: PathBuf,
     pub tunnel: PathBuf,
     /// Backing-device settings (`read_ahead_kb`) of mounts.
     pub sysfs_bdi: PathBuf,
@@ -142,6 +145,7 @@ impl Default for Config {
                 systemctl: "systemctl".into(),
                 systemd_run_dir: "/run/systemd/system".into(),
                 mountinfo: "/proc/self/mountinfo".into(),
+                nfsfs: "/proc/fs/nfsfs".into(),
                 tunnel: "/usr/bin/efs-tunnel".into(),
                 sysfs_bdi: "/sys/class/bdi".into(),
             },
@@ -489,6 +493,7 @@ impl Config {
             ("paths.systemctl".into(), path(&p.systemctl)),
             ("paths.systemd_run_dir".into(), path(&p.systemd_run_dir)),
             ("paths.mountinfo".into(), path(&p.mountinfo)),
+            ("paths.nfsfs".into(), path(&p.nfsfs)),
             ("paths.tunnel".into(), path(&p.tunnel)),
             ("paths.sysfs_bdi".into(), path(&p.sysfs_bdi)),
         ]);
@@ -692,6 +697,7 @@ impl Reader<'_> {
                 "systemctl" => p.systemctl = path()?,
                 "systemd_run_dir" => p.systemd_run_dir = path()?,
                 "mountinfo" => p.mountinfo = path()?,
+                "nfsfs" => p.nfsfs = path()?,
                 "tunnel" => p.tunnel = path()?,
                 "sysfs_bdi" => p.sysfs_bdi = path()?,
                 _ => self.unknown(&key),

@@ -102,7 +102,7 @@ impl Root {
             format!(
                 "logging_level = \"debug\"\n[mount]\nstunnel_cafile = \"{ca}\"\nretry_nfs_mount_command_timeout_sec = 5\n{extra_mount}\n\
                  [paths]\nstate_dir = \"{d}/run\"\nlog_dir = \"{d}/log\"\nmount_nfs = \"{mn}\"\nsystemctl = \"{sc}\"\n\
-                 systemd_run_dir = \"{d}/systemd\"\nmountinfo = \"{d}/mountinfo\"\ntunnel = \"{t}\"\n\
+                 systemd_run_dir = \"{d}/systemd\"\nmountinfo = \"{d}/mountinfo\"\nnfsfs = \"{d}/nfsfs\"\ntunnel = \"{t}\"\n\
                  sysfs_bdi = \"{d}/bdi\"\n{extra_sections}\n",
                 ca = dir.path("ca.pem").display(),
                 mn = mount_nfs.display(),
