@@ -53,6 +53,16 @@ pub struct MountState {
     /// Set by the watchdog when the mount is gone, seconds since the epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unmount_time: Option<f64>,
+    /// Set by `mount.efs` when the kernel's NFS client put this mount on the connection
+    /// of another mount's tunnel (NFSv4.1 trunking: same server, same client): the port
+    /// of that tunnel. Such a mount has no tunnel of its own (`pid` 0): the one it
+    /// started was idle for good and was stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_by: Option<u16>,
+    /// Kept by the watchdog on a mount whose tunnel also carries other mounts (those
+    /// whose `served_by` is this port): their mountpoints.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also_serves: Vec<String>,
     /// Anything else (fields of other versions), kept as it was.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
@@ -154,8 +164,34 @@ impl MountState {
     pub fn read(path: &Path) -> Result<MountState, StateError> {
         let text = fs::read(path)
             .map_err(|e| StateError::Unreadable(path.to_path_buf(), e.to_string()))?;
-        serde_json::from_slice(&text)
-            .map_err(|e| StateError::Corrupt(path.to_path_buf(), e.to_string()))
+        let st: MountState = serde_json::from_slice(&text)
+            .map_err(|e| StateError::Corrupt(path.to_path_buf(), e.to_string()))?;
+        st.check()
+            .map_err(|e| StateError::Corrupt(path.to_path_buf(), e))?;
+        Ok(st)
+    }
+
+    /// What JSON can say but a state file cannot mean: every reader may then use the
+    /// numbers as they are (a time of -1e20 s once made the watchdog panic).
+    fn check(&self) -> Result<(), String> {
+        let time = |name: &str, t: f64| {
+            if t.is_finite() && (0.0..=1e11).contains(&t) {
+                Ok(())
+            } else {
+                Err(format!("{name} {t} is not a time in seconds since 1970"))
+            }
+        };
+        time("mount_time", self.mount_time)?;
+        if let Some(t) = self.unmount_time {
+            time("unmount_time", t)?;
+        }
+        if self.pid < 0 {
+            return Err(format!("pid {} is negative", self.pid));
+        }
+        if self.port == 0 {
+            return Err("port 0 is not a tunnel port".into());
+        }
+        Ok(())
     }
 }
 
@@ -246,6 +282,8 @@ mod tests {
             control_socket: "/var/run/efs/tunnel-20123.sock".into(),
             restarts: 0,
             unmount_time: None,
+            served_by: None,
+            also_serves: Vec::new(),
             extra: Default::default(),
         }
     }
@@ -299,6 +337,20 @@ mod tests {
         assert!(matches!(MountState::read(&p), Err(StateError::Corrupt(..))));
         fs::write(&p, "{\"pid\": 1}").unwrap();
         assert!(matches!(MountState::read(&p), Err(StateError::Corrupt(..))));
+        for (field, value) in [
+            ("mount_time", "-1e20"),
+            ("mount_time", "1e300"),
+            ("pid", "-5"),
+            ("port", "0"),
+        ] {
+            let mut v = serde_json::to_value(sample()).unwrap();
+            v[field] = serde_json::from_str(value).unwrap();
+            fs::write(&p, v.to_string()).unwrap();
+            match MountState::read(&p) {
+                Err(StateError::Corrupt(_, why)) => assert!(why.contains(field), "{why}"),
+                other => panic!("{field} = {value}: {other:?}"),
+            }
+        }
         assert!(matches!(
             MountState::read(&dir.join("missing")),
             Err(StateError::Unreadable(..))

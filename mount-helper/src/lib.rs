@@ -8,6 +8,7 @@
 //! * [`target`]: file system id, region, DNS name and certificate name;
 //! * [`launch`]: choosing the port and starting the tunnel;
 //! * [`nfs`]: running `mount.nfs4`, with retries;
+//! * [`sharing`]: which tunnel the kernel really gave the mount (it may share another's);
 //! * [`watchdog`]: starting the watchdog.
 //!
 //! Exit codes follow mount(8): 1 for usage and invalid options, `mount.nfs4`'s own code
@@ -20,6 +21,7 @@ pub mod launch;
 pub mod nfs;
 pub mod options;
 pub mod readahead;
+pub mod sharing;
 pub mod target;
 pub mod watchdog;
 
@@ -251,7 +253,7 @@ impl Mount<'_> {
         };
 
         let name = state::state_file_name(self.fs_id, Path::new(&self.inv.mountpoint), port);
-        let record = MountState {
+        let mut record = MountState {
             pid: guard
                 .tunnel
                 .as_ref()
@@ -270,6 +272,8 @@ impl Mount<'_> {
             control_socket: spec.control.clone(),
             restarts: 0,
             unmount_time: None,
+            served_by: None,
+            also_serves: Vec::new(),
             extra: Default::default(),
         };
         guard.state_file = Some(
@@ -283,6 +287,32 @@ impl Mount<'_> {
         self.mount_nfs(&source, &nfs_opts)?;
         if self.inv.fake {
             return Ok(()); // the guard stops the tunnel and removes the state
+        }
+        match sharing::after_mount(cfg, &self.inv.mountpoint, &record) {
+            sharing::Transport::Own => {}
+            sharing::Transport::Rides { port: via, state } => {
+                // State first: a watchdog that sees the idle tunnel exit then finds that
+                // the mount rides on another one, and does not restart it.
+                record.served_by = Some(via);
+                record.pid = 0;
+                if let Err(e) = record.write(&paths.state_dir, &name) {
+                    unmount(&self.inv.mountpoint);
+                    return Err(MountError::Failed(format!(
+                        "cannot write state file {name}: {e}"
+                    )));
+                }
+                if let Some(t) = guard.tunnel.take() {
+                    t.stop();
+                }
+                info!(
+                    "The kernel's NFS client sends {} over its existing connection through the tunnel of {} (port {via}); stopped the new tunnel on port {port}, which it would never use",
+                    self.inv.mountpoint, state.mountpoint
+                );
+            }
+            sharing::Transport::Refused(why) => {
+                unmount(&self.inv.mountpoint);
+                return Err(MountError::Failed(why));
+            }
         }
         guard.keep();
         self.mounted(&nfs_opts);
@@ -341,6 +371,13 @@ impl Drop for Undo {
         if let Some(t) = self.tunnel.take() {
             t.stop();
         }
+    }
+}
+
+/// Takes back a mount that must not stay (the guard then removes its tunnel and state).
+fn unmount(mountpoint: &str) {
+    if let Err(e) = nix::mount::umount2(mountpoint, nix::mount::MntFlags::empty()) {
+        warn!("cannot unmount {mountpoint} again: {e}; unmount it by hand");
     }
 }
 

@@ -521,3 +521,111 @@ fn optimize_readahead_sets_15_times_rsize_on_the_mounts_backing_device() {
         "15360\n"
     );
 }
+
+/// Mounts `name` through the tunnel and returns (mountpoint, port, state).
+fn tls_mount(root: &Root, name: &str, ip: &str, extra: &str) -> (String, u16, MountState) {
+    let mp = root.mountpoint(name);
+    root.mount(&[
+        "fs-12345678",
+        &mp,
+        "-o",
+        &format!("tls,mounttargetip={ip}{extra}"),
+    ])
+    .assert_ok();
+    let calls = root.nfs_calls();
+    let port = port_of(&calls.iter().rev().find(|c| c[1] == mp).unwrap()[3]);
+    let st = MountState::read(&root.state_dir().join(efs_config::state::state_file_name(
+        FS_ID,
+        std::path::Path::new(&mp),
+        port,
+    )))
+    .unwrap();
+    (mp, port, st)
+}
+
+use efs_config::state::MountState;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mount_the_kernel_puts_on_another_mounts_connection_rides_on_its_tunnel() {
+    let root = Root::new("");
+    let (_server, ip) = server(&root, WILDCARD).await;
+    let (first, first_port, first_state) = tls_mount(&root, "first", &ip, "");
+    // From now on the stand-in kernel sends every new mount through the first tunnel, as
+    // Linux does for a second mount of one server.
+    std::fs::write(root.dir.path("kernel.trunk-to"), first_port.to_string()).unwrap();
+    let (second, second_port, st) = tls_mount(&root, "second", &ip, ",rsize=65536");
+    assert_ne!(second_port, first_port);
+
+    // The second mount's own tunnel, which the kernel would never use, is gone; its
+    // state says which tunnel carries it.
+    assert_eq!(st.served_by, Some(first_port), "{st:?}");
+    assert_eq!(st.pid, 0);
+    assert_eq!(root.tunnel_pids(), vec![first_state.pid]);
+    assert!(!st.control_socket.exists());
+    let log = root.log();
+    assert!(
+        log.contains(&format!(
+            "sends {second} over its existing connection through the tunnel of {first} (port {first_port})"
+        )),
+        "{log}"
+    );
+    assert!(log.contains(&format!("Successfully mounted {DNS_NAME} at {second}")));
+    // And the tunnel it rides on still works.
+    let mut s = TcpStream::connect(("127.0.0.1", first_port)).unwrap();
+    s.write_all(b"ping").unwrap();
+    let mut back = [0u8; 4];
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"ping");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mount_that_would_ride_on_a_connection_with_other_tls_settings_is_refused() {
+    let root = Root::new("");
+    let (_server, ip) = server(&root, WILDCARD).await;
+    let (first, first_port, first_state) = tls_mount(&root, "first", &ip, "");
+    std::fs::write(root.dir.path("kernel.trunk-to"), first_port.to_string()).unwrap();
+    // The same CA under another name: another cafile setting all the same.
+    let other_ca = root.dir.path("other-ca.pem");
+    std::fs::copy(root.dir.path("ca.pem"), &other_ca).unwrap();
+    let mp = root.mountpoint("other");
+    let before = root.state_files();
+    let run = root.mount(&[
+        "fs-12345678",
+        &mp,
+        "-o",
+        &format!("tls,mounttargetip={ip},cafile={}", other_ca.display()),
+    ]);
+    assert_eq!(run.code(), Some(32), "{}", run.stderr());
+    let err = run.stderr();
+    assert!(
+        err.contains(&format!(
+            "fs-12345678 is already mounted at {first} with other TLS settings"
+        )) && err.contains(&format!(
+            "CA file (cafile, stunnel_cafile): {} here",
+            other_ca.display()
+        )) && err.contains("Mount with the same TLS options"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // Nothing of the refused mount is left; the first one is untouched.
+    assert_eq!(root.state_files(), before);
+    assert_eq!(root.tunnel_pids(), vec![first_state.pid]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mount_put_on_a_connection_no_tunnel_of_ours_describes_is_refused() {
+    let root = Root::new("");
+    let (_server, ip) = server(&root, WILDCARD).await;
+    std::fs::write(root.dir.path("kernel.trunk-to"), "20001").unwrap();
+    let mp = root.mountpoint("x");
+    let run = root.mount(&["fs-12345678", &mp, "-o", &format!("tls,mounttargetip={ip}")]);
+    assert_eq!(run.code(), Some(32));
+    assert!(
+        run.stderr()
+            .contains("through 127.0.0.1:20001, which is not a tunnel of this efs-utils"),
+        "{}",
+        run.stderr()
+    );
+    root.assert_nothing_left();
+}

@@ -1,15 +1,18 @@
 //! `efs-utils status`: one row per EFS mount on the host, answering "is this mount really
 //! encrypted, and is its tunnel healthy?" without `grep mount.log` and `ps`.
 //!
-//! It reads the state directory and the mount table, and asks every tunnel's control
-//! socket for its status at once, with a short timeout: stuck tunnels show as not
-//! answering after one timeout in all, and the command never touches a mountpoint, so it
-//! cannot hang on a stuck mount.
+//! It reads the state directory, the mount table and the NFS client's tables, and asks
+//! every tunnel's control socket for its status at once, with a short timeout: stuck
+//! tunnels show as not answering after one timeout in all, and the command never touches
+//! a mountpoint, so it cannot hang on a stuck mount. A mount's health is that of the
+//! tunnel the kernel really sends its traffic to, which for a second mount of one server
+//! is the first mount's (see `efs_config::mounts`), not the one its `port=` names.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use efs_config::mounts;
+use efs_config::mounts::{self, KernelView};
 use efs_config::state::{self, MountState};
 use efs_config::Config;
 use efs_tunnel::control::{self, Status};
@@ -18,20 +21,63 @@ use serde::Serialize;
 /// How long a tunnel gets to answer.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How a mount stands, judged by the tunnel the kernel really sends its traffic to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// The tunnel answers on its control socket.
+    Healthy,
+    /// The tunnel runs but does not answer.
+    NotAnswering,
+    /// The tunnel is dead and the watchdog runs: it is being restarted.
+    Restarting,
+    /// The tunnel is dead and no watchdog runs to restart it.
+    NotRunning,
+    /// The kernel sends the mount to a local port where no tunnel of ours runs.
+    Broken,
+    /// The watchdog found the mount gone and tears its tunnel down after the grace period.
+    Unmounted,
+    /// Plain NFS to the mount target, not encrypted.
+    Plain,
+}
+
+impl Health {
+    pub fn text(self) -> &'static str {
+        match self {
+            Health::Healthy => "healthy",
+            Health::NotAnswering => "not answering",
+            Health::Restarting => "restarting",
+            Health::NotRunning => "not running",
+            Health::Broken => "BROKEN: no tunnel serves the port the kernel sends it to",
+            Health::Unmounted => "unmounted, waiting for teardown",
+            Health::Plain => "plain NFS, not encrypted",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
     pub fs_id: String,
     pub mountpoint: String,
     /// "tls" or "plain".
     pub transport: &'static str,
+    /// The port this mount's own tunnel listens (or listened) on: its `port=`.
     pub port: Option<u16>,
+    /// The tunnel port the kernel really sends this mount's traffic to (another mount's,
+    /// when the kernel shares one connection between mounts of one server). None when
+    /// the mount is not in the mount table.
+    pub kernel_port: Option<u16>,
+    /// The pid of the tunnel on `kernel_port` (else on `port`).
     pub pid: Option<i32>,
-    /// healthy, not answering, restarting, not running, unmounted (waiting for
-    /// teardown), plain.
-    pub state: String,
-    /// Times the watchdog restarted the tunnel.
+    pub state: Health,
+    /// Times the watchdog restarted that tunnel.
     pub restarts: u64,
     pub mounted: bool,
+    /// Set when the mount has no tunnel of its own: it rides on the one on this port.
+    pub served_by: Option<u16>,
+    /// Other mounts whose traffic goes through this mount's tunnel.
+    pub also_serves: Vec<String>,
+    /// What the tunnel on `kernel_port` (else `port`) says of itself.
     pub tunnel: Option<Status>,
 }
 
@@ -43,18 +89,22 @@ pub struct Report {
     pub problems: Vec<String>,
 }
 
+/// A tunnel of ours: its mount's state, and its answer.
+struct Tunnel {
+    state: MountState,
+    answer: Result<Status, String>,
+}
+
 /// Builds the report for the host `cfg` describes.
 pub fn report(cfg: &Config) -> Report {
-    let table =
-        mounts::nfs_mounts(&std::fs::read_to_string(&cfg.paths.mountinfo).unwrap_or_default());
-    let mounted_ports: Vec<u16> = table
-        .iter()
-        .filter(|m| m.local)
-        .filter_map(|m| m.port)
-        .collect();
-    let watchdog = find_process("amazon-efs-moun");
-    let mut mounts = Vec::new();
     let mut problems = Vec::new();
+    let view = KernelView::read(&cfg.paths.mountinfo, &cfg.paths.nfsfs).unwrap_or_else(|e| {
+        problems.push(format!(
+            "cannot read the mount table or the NFS client's tables: {e}"
+        ));
+        KernelView::default()
+    });
+    let watchdog = find_process("amazon-efs-moun");
     let mut names: Vec<_> = std::fs::read_dir(&cfg.paths.state_dir)
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
@@ -74,21 +124,28 @@ pub fn report(cfg: &Config) -> Report {
         }
     }
     // All tunnels are asked at once, so stuck ones cost one timeout in all, not one each.
-    let (ports, watchdog_running) = (&mounted_ports, watchdog.is_some());
-    let tls_rows: Vec<std::thread::Result<Row>> = std::thread::scope(|scope| {
+    let tunnels: BTreeMap<u16, Tunnel> = std::thread::scope(|scope| {
         let asks: Vec<_> = states
-            .into_iter()
-            .map(|st| scope.spawn(move || tls_row(st, ports, watchdog_running)))
+            .iter()
+            .filter(|st| st.served_by.is_none())
+            .map(|st| {
+                scope.spawn(move || Tunnel {
+                    state: st.clone(),
+                    answer: control::query_status(&st.control_socket, ANSWER_TIMEOUT)
+                        .map_err(|e| e.to_string()),
+                })
+            })
             .collect();
-        asks.into_iter().map(|ask| ask.join()).collect()
+        asks.into_iter()
+            .filter_map(|ask| ask.join().ok())
+            .map(|t| (t.state.port, t))
+            .collect()
     });
-    for row in tls_rows {
-        match row {
-            Ok(row) => mounts.push(row),
-            Err(_) => problems.push("internal error while asking a tunnel for its status".into()),
-        }
-    }
-    mounts.extend(plain_rows(&table));
+    let mut mounts: Vec<Row> = states
+        .into_iter()
+        .map(|st| tls_row(st, &view, &tunnels, watchdog.is_some()))
+        .collect();
+    mounts.extend(plain_rows(&view.mounts));
     Report {
         watchdog_pid: watchdog,
         mounts,
@@ -96,32 +153,45 @@ pub fn report(cfg: &Config) -> Report {
     }
 }
 
-fn tls_row(st: MountState, mounted_ports: &[u16], watchdog_running: bool) -> Row {
-    let mounted = mounted_ports.contains(&st.port);
-    let answer = control::query_status(&st.control_socket, ANSWER_TIMEOUT);
-    let alive = running(st.pid);
+fn tls_row(
+    st: MountState,
+    view: &KernelView,
+    tunnels: &BTreeMap<u16, Tunnel>,
+    watchdog_running: bool,
+) -> Row {
+    // This mount in the mount table: at its mountpoint, through its own port or the one
+    // it rides on.
+    let here = view.local_mount_at(&st.mountpoint).filter(|m| {
+        m.port == Some(st.port)
+            || (st.served_by.is_some() && view.transport_port(m) == st.served_by)
+    });
+    let kernel_port = here.and_then(|m| view.transport_port(m));
+    let via = kernel_port.or(st.served_by).unwrap_or(st.port);
+    let tunnel = tunnels.get(&via);
     let state = if st.unmount_time.is_some() {
-        "unmounted, waiting for teardown"
-    } else if answer.is_ok() {
-        "healthy"
-    } else if alive {
-        "not answering"
-    } else if watchdog_running {
-        "restarting"
+        Health::Unmounted
     } else {
-        "not running"
-    }
-    .to_string();
+        match tunnel {
+            Some(Tunnel { answer: Ok(_), .. }) => Health::Healthy,
+            Some(t) if running(t.state.pid) => Health::NotAnswering,
+            Some(_) if watchdog_running => Health::Restarting,
+            Some(_) => Health::NotRunning,
+            None => Health::Broken,
+        }
+    };
     Row {
         fs_id: st.fs_id,
         mountpoint: st.mountpoint,
         transport: "tls",
         port: Some(st.port),
-        pid: Some(st.pid),
+        kernel_port,
+        pid: tunnel.map(|t| t.state.pid),
         state,
-        restarts: st.restarts,
-        mounted,
-        tunnel: answer.ok(),
+        restarts: tunnel.map_or(0, |t| t.state.restarts),
+        mounted: here.is_some(),
+        served_by: st.served_by,
+        also_serves: st.also_serves,
+        tunnel: tunnel.and_then(|t| t.answer.clone().ok()),
     }
 }
 
@@ -140,10 +210,13 @@ fn plain_rows(mounts: &[mounts::NfsMount]) -> Vec<Row> {
                 mountpoint: m.mountpoint.clone(),
                 transport: "plain",
                 port: None,
+                kernel_port: None,
                 pid: None,
-                state: "plain NFS, not encrypted".into(),
+                state: Health::Plain,
                 restarts: 0,
                 mounted: true,
+                served_by: None,
+                also_serves: Vec::new(),
                 tunnel: None,
             })
         })
@@ -184,13 +257,34 @@ pub fn render(r: &Report, now_unix: i64) -> String {
         out.push_str("no EFS mounts\n");
     }
     for m in &r.mounts {
-        out.push_str(&format!("\n{} on {}: {}\n", m.fs_id, m.mountpoint, m.state));
-        if let Some(port) = m.port {
-            out.push_str(&format!(
-                "  tunnel      127.0.0.1:{port}, pid {}, restarted {} time(s)\n",
-                m.pid.unwrap_or_default(),
-                m.restarts
-            ));
+        out.push_str(&format!(
+            "\n{} on {}: {}\n",
+            m.fs_id,
+            m.mountpoint,
+            m.state.text()
+        ));
+        let via = m.kernel_port.or(m.served_by).or(m.port);
+        if let Some(port) = via {
+            match m.pid.filter(|p| *p > 0) {
+                Some(pid) => out.push_str(&format!(
+                    "  tunnel      127.0.0.1:{port}, pid {pid}, restarted {} time(s)\n",
+                    m.restarts
+                )),
+                None => out.push_str(&format!("  tunnel      127.0.0.1:{port}, none running\n")),
+            }
+        }
+        if let (Some(own), Some(used)) = (m.port, via) {
+            if own != used {
+                out.push_str(&format!(
+                    "  shared      the kernel sends this mount over the connection of the tunnel on port {used}, not through its own port {own}\n"
+                ));
+            }
+        }
+        if !m.mounted && m.state != Health::Unmounted && m.port.is_some() {
+            out.push_str("  unmounted   its tunnel stays while other mounts use it\n");
+        }
+        if !m.also_serves.is_empty() {
+            out.push_str(&format!("  also serves {}\n", m.also_serves.join(", ")));
         }
         if let Some(t) = &m.tunnel {
             out.push_str(&format!(

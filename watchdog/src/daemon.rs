@@ -2,8 +2,12 @@
 //! * each tunnel's pidfd: a tunnel's death is known at once, and it is restarted on the
 //!   same listening socket (after backoff if it keeps dying);
 //! * `/proc/self/mountinfo` (POLLPRI when the mount table changes): an unmount is known
-//!   at once, and the tunnel is torn down after `unmount_grace_period_sec` if no mount
-//!   references its port any more (re-read to confirm, never on a single read);
+//!   at once, and the tunnel is torn down after `unmount_grace_period_sec` if the kernel
+//!   no longer uses its port (re-read to confirm, never on a single read). "Uses" is what
+//!   the kernel really does, not what mountinfo's `port=` says: the NFS client's own
+//!   tables (`/proc/fs/nfsfs`) name the transport each mount rides on, and a second mount
+//!   of a server rides on the first one's (see `efs_config::mounts` and
+//!   docs/watchdog.md);
 //! * inotify on the state directory: a new mount is adopted at once;
 //! * signal pipes (SIGTERM: exit, tunnels untouched; SIGHUP: re-read the config) and the
 //!   health checker's pipe;
@@ -21,7 +25,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use efs_config::mounts;
+use efs_config::mounts::KernelView;
 use efs_config::state::{self, MountState};
 use efs_config::Config;
 use log::{info, warn};
@@ -242,29 +246,31 @@ impl Daemon {
     /// Picks up new state files and forgets removed ones.
     fn rescan(&mut self) {
         let dir = &self.cfg.paths.state_dir;
-        let present: BTreeSet<PathBuf> = match std::fs::read_dir(dir) {
+        // Path -> inode: a state file is only ever replaced whole (renamed over), so a new
+        // inode is a rewrite.
+        let present: BTreeMap<PathBuf, u64> = match std::fs::read_dir(dir) {
             Ok(entries) => entries
                 .flatten()
                 .filter(|e| state::is_state_file_name(&e.file_name().to_string_lossy()))
                 .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-                .map(|e| e.path())
+                .map(|e| (e.path(), std::os::unix::fs::DirEntryExt::ino(&e)))
                 .collect(),
             Err(e) => {
                 warn!("cannot read {}: {e}", dir.display());
                 return;
             }
         };
-        self.skipped.retain(|p| present.contains(p));
+        self.skipped.retain(|p| present.contains_key(p));
         let gone: Vec<PathBuf> = self
             .tunnels
             .keys()
-            .filter(|p| !present.contains(*p))
+            .filter(|p| !present.contains_key(*p))
             .cloned()
             .collect();
         let ports = if gone.is_empty() {
             None
         } else {
-            self.read_mounts()
+            self.read_mounts().map(|v| v.ports_in_use())
         };
         for p in gone {
             if let Some(t) = self.tunnels.remove(&p) {
@@ -280,13 +286,25 @@ impl Daemon {
                 self.released.extend(t.release(in_use));
             }
         }
-        for p in present {
-            if self.tunnels.contains_key(&p) || self.skipped.contains(&p) {
+        for (p, ino) in present {
+            if let Some(t) = self.tunnels.get_mut(&p) {
+                // Rewritten by someone else: mount.efs does, once, when the mount turns
+                // out to ride on another mount's tunnel.
+                if t.state.served_by.is_none() && t.saved_ino() != Some(ino) {
+                    t.set_ino(ino);
+                    if let Ok(st) = MountState::read(&p) {
+                        self.released.extend(t.become_rider(st));
+                    }
+                }
+                continue;
+            }
+            if self.skipped.contains(&p) {
                 continue;
             }
             match MountState::read(&p) {
                 Ok(st) => {
-                    let t = Tunnel::adopt(p.clone(), st);
+                    let mut t = Tunnel::adopt(p.clone(), st);
+                    t.set_ino(ino);
                     self.tunnels.insert(p, t);
                 }
                 Err(e) => {
@@ -295,20 +313,71 @@ impl Daemon {
                 }
             }
         }
+        self.update_also_serves();
         self.publish_health_targets();
     }
 
-    /// Marks tunnels whose port no mount references, and clears marks of those back in use.
+    /// The state files whose mounts the kernel still uses, from one read of its tables:
+    /// a tunnel while any mount's traffic, any NFS client or any mountinfo line goes to
+    /// its port, or a mount riding on it is still mounted; a riding mount while a local
+    /// NFS mount is at its mountpoint.
+    fn in_use(&self, view: &KernelView) -> BTreeSet<PathBuf> {
+        let ports = view.ports_in_use();
+        let rider_mounted = |t: &Tunnel| {
+            view.local_mount_at(&t.state.mountpoint).is_some_and(|m| {
+                m.port == Some(t.state.port) || view.transport_port(m) == t.state.served_by
+            })
+        };
+        let ridden: BTreeSet<u16> = self
+            .tunnels
+            .values()
+            .filter(|t| rider_mounted(t))
+            .filter_map(|t| t.state.served_by)
+            .collect();
+        self.tunnels
+            .iter()
+            .filter(|(_, t)| match t.state.served_by {
+                Some(_) => rider_mounted(t),
+                None => ports.contains_key(&t.state.port) || ridden.contains(&t.state.port),
+            })
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Keeps `also_serves` in each tunnel's state: the mounts that ride on it.
+    fn update_also_serves(&mut self) {
+        let mut riders: BTreeMap<u16, Vec<String>> = BTreeMap::new();
+        for t in self.tunnels.values() {
+            if let Some(port) = t.state.served_by {
+                riders
+                    .entry(port)
+                    .or_default()
+                    .push(t.state.mountpoint.clone());
+            }
+        }
+        for t in self.tunnels.values_mut() {
+            if t.state.served_by.is_none() && !matches!(t.phase, Phase::Gone) {
+                let list = riders.remove(&t.state.port).unwrap_or_default();
+                t.set_also_serves(list);
+            }
+        }
+    }
+
+    /// Marks tunnels the kernel no longer uses, and clears marks of those back in use.
     fn check_mounts(&mut self) {
-        let Some(ports) = self.read_mounts() else {
+        let Some(view) = self.read_mounts() else {
             return;
         };
+        let used = self.in_use(&view);
         let mut maybe_unused = Vec::new();
         for (k, t) in self.tunnels.iter_mut() {
-            if !matches!(t.phase, Phase::Running | Phase::RestartAt(_)) {
+            if !matches!(
+                t.phase,
+                Phase::Running | Phase::RestartAt(_) | Phase::Riding
+            ) {
                 continue;
             }
-            if ports.contains_key(&t.state.port) {
+            if used.contains(k) {
                 t.seen_mounted = true;
                 if t.unmounted_since.is_some() {
                     info!("{} is mounted again; keeping its tunnel", t.name());
@@ -328,10 +397,11 @@ impl Daemon {
         let Some(again) = self.read_mounts() else {
             return;
         };
+        let used = self.in_use(&again);
         let grace = self.grace().as_secs();
         for k in maybe_unused {
             if let Some(t) = self.tunnels.get_mut(&k) {
-                if !again.contains_key(&t.state.port) {
+                if !used.contains(&k) {
                     info!("No mount found for {}; its tunnel stops in {grace} s unless a mount uses it again", t.name());
                     t.set_unmounted(Some(Instant::now()));
                 }
@@ -339,8 +409,8 @@ impl Daemon {
         }
     }
 
-    fn read_mounts(&mut self) -> Option<mounts::PortsInUse> {
-        match mounts::read(&self.cfg.paths.mountinfo) {
+    fn read_mounts(&mut self) -> Option<KernelView> {
+        match KernelView::read(&self.cfg.paths.mountinfo, &self.cfg.paths.nfsfs) {
             Ok(p) => {
                 if self.mountinfo_unreadable {
                     info!("{} is readable again", self.cfg.paths.mountinfo.display());
@@ -378,17 +448,20 @@ impl Daemon {
                     }
                 }
                 Phase::Stopping { deadline, .. } if deadline <= now => t.on_stop_deadline(),
-                Phase::Running if t.unmounted_since.is_some_and(|s| s + grace <= now) => {
+                Phase::Running | Phase::Riding
+                    if t.unmounted_since.is_some_and(|s| s + grace <= now) =>
+                {
                     confirm_teardown.push(k.clone())
                 }
                 _ => {}
             }
         }
         if !confirm_teardown.is_empty() {
-            if let Some(ports) = self.read_mounts() {
+            if let Some(view) = self.read_mounts() {
+                let used = self.in_use(&view);
                 for k in confirm_teardown {
                     if let Some(t) = self.tunnels.get_mut(&k) {
-                        if ports.contains_key(&t.state.port) {
+                        if used.contains(&k) {
                             t.set_unmounted(None);
                         } else {
                             info!("Unmount grace period expired for {}", t.name());
@@ -398,7 +471,11 @@ impl Daemon {
                 }
             }
         }
+        let before = self.tunnels.len();
         self.tunnels.retain(|_, t| !matches!(t.phase, Phase::Gone));
+        if self.tunnels.len() != before {
+            self.update_also_serves();
+        }
         self.released
             .retain_mut(|c| matches!(c.try_wait(), Ok(None)));
         self.publish_health_targets();

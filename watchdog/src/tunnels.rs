@@ -39,6 +39,10 @@ pub enum Phase {
         deadline: Instant,
         killed: bool,
     },
+    /// The mount has no tunnel of its own: the kernel sends it over another mount's
+    /// tunnel (`served_by` in its state). Nothing to run or restart; its state file goes
+    /// when the mount does.
+    Riding,
     /// Torn down; the daemon drops it.
     Gone,
 }
@@ -63,6 +67,8 @@ pub struct Tunnel {
     pub seen_mounted: bool,
     /// When the mount table was first seen without this port.
     pub unmounted_since: Option<Instant>,
+    /// The state file's inode when this watchdog last read or wrote it.
+    ino: Option<u64>,
 }
 
 impl Tunnel {
@@ -78,7 +84,16 @@ impl Tunnel {
             quick_deaths: 0,
             seen_mounted: false,
             unmounted_since: None,
+            ino: None,
         };
+        if let Some(port) = t.state.served_by {
+            info!(
+                "{} has no tunnel of its own: the kernel sends it over the tunnel on port {port}",
+                t.name()
+            );
+            t.phase = Phase::Riding;
+            return t;
+        }
         match running_tunnel(&t.state) {
             Ok((pidfd, listen_fd)) => {
                 match pidfd.get_fd(listen_fd) {
@@ -134,18 +149,42 @@ impl Tunnel {
         p.child
     }
 
+    /// `mount.efs` found that the kernel sends this mount over another mount's tunnel
+    /// and rewrote the state (`served_by`): stop supervising the idle tunnel it started
+    /// (and stop it, if mount.efs has not yet).
+    pub fn become_rider(&mut self, state: MountState) -> Option<Child> {
+        let via = state.served_by?;
+        info!(
+            "{} rides on the tunnel on port {via}; its own tunnel is not needed",
+            self.name()
+        );
+        self.state = state;
+        self.phase = Phase::Riding;
+        self.listener = None;
+        let p = self.process.take()?;
+        let _ = p.pidfd.signal(Signal::SIGTERM);
+        p.child
+    }
+
     /// Starts a tunnel on our copy of the listening socket (binding the port again only
     /// if we have none) with the recorded command line.
     pub fn start(&mut self) -> Result<(), String> {
-        if !self.state_path.exists() {
-            // mount.efs removed it (a failed mount): nothing to restart.
-            info!(
-                "{} is gone; not restarting the tunnel of {}",
-                self.state_path.display(),
-                self.name()
-            );
-            self.phase = Phase::Gone;
-            return Ok(());
+        match MountState::read(&self.state_path) {
+            Err(_) if !self.state_path.exists() => {
+                // mount.efs removed it (a failed mount): nothing to restart.
+                info!(
+                    "{} is gone; not restarting the tunnel of {}",
+                    self.state_path.display(),
+                    self.name()
+                );
+                self.phase = Phase::Gone;
+                return Ok(());
+            }
+            Ok(st) if st.served_by.is_some() => {
+                self.become_rider(st);
+                return Ok(());
+            }
+            _ => {}
         }
         if self.listener.is_none() {
             let l = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, self.state.port))
@@ -311,8 +350,32 @@ impl Tunnel {
         self.save();
     }
 
+    /// Records which other mounts ride on this tunnel, if that changed.
+    pub fn set_also_serves(&mut self, mountpoints: Vec<String>) {
+        if self.state.also_serves != mountpoints {
+            self.state.also_serves = mountpoints;
+            self.save();
+        }
+    }
+
+    pub fn saved_ino(&self) -> Option<u64> {
+        self.ino
+    }
+
+    /// Remembers the inode the state file had when it was read.
+    pub fn set_ino(&mut self, ino: u64) {
+        self.ino = Some(ino);
+    }
+
+    /// Remembers the state file's inode as it is now (after writing it).
+    fn note_ino(&mut self) {
+        self.ino = std::fs::metadata(&self.state_path)
+            .ok()
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    }
+
     /// Rewrites the state file (only called when something in it changed).
-    fn save(&self) {
+    fn save(&mut self) {
         let (Some(dir), Some(name)) = (self.state_path.parent(), self.state_path.file_name())
         else {
             return;
@@ -320,6 +383,7 @@ impl Tunnel {
         if let Err(e) = self.state.write(dir, &name.to_string_lossy()) {
             warn!("cannot update {}: {e}", self.state_path.display());
         }
+        self.note_ino();
     }
 
     /// When the main loop must next look at this tunnel, if at a set time.
@@ -327,14 +391,16 @@ impl Tunnel {
         match self.phase {
             Phase::RestartAt(t) => Some(t),
             Phase::Stopping { deadline, .. } => Some(deadline),
-            Phase::Running => self.unmounted_since.map(|t| t + grace),
+            Phase::Running | Phase::Riding => self.unmounted_since.map(|t| t + grace),
             Phase::Gone => None,
         }
     }
 
     /// Seconds since the helper mounted it.
     pub fn mount_age(&self) -> Duration {
-        Duration::from_secs_f64((state::unix_time() - self.state.mount_time).max(0.0))
+        // The state's times are checked when it is read; saturate all the same.
+        Duration::try_from_secs_f64((state::unix_time() - self.state.mount_time).max(0.0))
+            .unwrap_or(Duration::MAX)
     }
 }
 

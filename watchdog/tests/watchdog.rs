@@ -481,3 +481,134 @@ async fn a_removed_state_file_stops_an_unused_tunnel_but_never_a_used_one() {
         watchdog_log(root)
     );
 }
+
+/// Writes what the kernel shows for NFSv4.1 trunking: one mountinfo line per (mountpoint,
+/// its own port), and in `nfsfs/volumes` each mount's superblock on the client of the
+/// port it really uses; `nfsfs/servers` lists those clients.
+fn set_kernel(root: &Root, mounts: &[(&str, u16, u16)]) {
+    let mut volumes =
+        String::from("NV SERVER   PORT DEV          FSID                              FSC\n");
+    let mut clients = std::collections::BTreeMap::new();
+    for (i, (_, _, via)) in mounts.iter().enumerate() {
+        volumes.push_str(&format!("v4 7f000001 {via:4x} 0:{:<10} 0:0 no\n", 50 + i));
+        *clients.entry(*via).or_insert(0) += 1;
+    }
+    let mut servers = String::from("NV SERVER   PORT USE HOSTNAME\n");
+    for (via, uses) in clients {
+        servers.push_str(&format!("v4 7f000001 {via:4x} {uses:3} 127.0.0.1\n"));
+    }
+    let nfsfs = root.dir.path("nfsfs");
+    std::fs::create_dir_all(&nfsfs).unwrap();
+    std::fs::write(nfsfs.join("volumes"), volumes).unwrap();
+    std::fs::write(nfsfs.join("servers"), servers).unwrap();
+    let own: Vec<(&str, u16)> = mounts.iter().map(|(mp, port, _)| (*mp, *port)).collect();
+    set_mounts(root, &own);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tunnel_the_kernel_sends_other_mounts_through_outlives_its_own_mount() {
+    let scene = Scene::new().await;
+    let root = &scene.root;
+    let (r, a, b) = (scene.mount("root"), scene.mount("a"), scene.mount("b"));
+    // Three mounts, three tunnels, three port= values; one transport: the first tunnel.
+    set_kernel(
+        root,
+        &[
+            (&r.mountpoint, r.port, r.port),
+            (&a.mountpoint, a.port, r.port),
+            (&b.mountpoint, b.port, r.port),
+        ],
+    );
+    let _wd = start_watchdog(root);
+
+    // umount of the first: no mountinfo line names its port, but the kernel's client of
+    // /mnt/a and /mnt/b goes to it.
+    set_kernel(
+        root,
+        &[
+            (&a.mountpoint, a.port, r.port),
+            (&b.mountpoint, b.port, r.port),
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(4)); // grace is 1 s
+    let pid = r.pid();
+    assert!(
+        alive(pid),
+        "the tunnel /mnt/a and /mnt/b use was torn down\n{}",
+        watchdog_log(root)
+    );
+    assert_eq!(
+        round_trip(r.port, b"still carried").unwrap(),
+        b"still carried"
+    );
+
+    // It dies: it is restarted on its port, though no mountinfo line names that port.
+    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || r.pid() != pid && alive(r.pid())));
+    assert_eq!(round_trip(r.port, b"back").unwrap(), b"back");
+
+    // umount of the middle one, then of the last: the shared tunnel goes with the last.
+    set_kernel(root, &[(&b.mountpoint, b.port, r.port)]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(alive(r.pid()));
+    assert!(
+        !a.state_path.exists(),
+        "the state of the unmounted /mnt/a stayed"
+    );
+    set_kernel(root, &[]);
+    let (pr, pb) = (r.pid(), b.pid());
+    assert!(
+        wait_until(Duration::from_secs(10), || !alive(pr) && !alive(pb)),
+        "{}",
+        watchdog_log(root)
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || root.state_files().is_empty()),
+        "{:?}",
+        root.state_files()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mount_riding_on_another_tunnel_keeps_it_alive_and_has_no_tunnel_of_its_own() {
+    let scene = Scene::new().await;
+    let root = &scene.root;
+    let first = scene.mount("first");
+    set_kernel(root, &[(&first.mountpoint, first.port, first.port)]);
+    let _wd = start_watchdog(root);
+    let pid = first.pid();
+
+    // mount.efs, with the watchdog running, finds the kernel put the new mount on the
+    // first tunnel: the new tunnel stops, and the watchdog does not restart it.
+    std::fs::write(root.dir.path("kernel.trunk-to"), first.port.to_string()).unwrap();
+    let rider = scene.mount("rider");
+    let rs = rider.state();
+    assert_eq!(rs.served_by, Some(first.port));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(root.tunnel_pids(), vec![pid], "{}", watchdog_log(root));
+    assert!(
+        wait_until(Duration::from_secs(5), || first.state().also_serves
+            == vec![rider.mountpoint.clone()]),
+        "{:?}",
+        first.state()
+    );
+
+    // The first mount goes; the rider keeps its tunnel alive, even where the kernel's
+    // client tables cannot be read.
+    set_kernel(root, &[(&rider.mountpoint, rider.port, first.port)]);
+    std::fs::remove_dir_all(root.dir.path("nfsfs")).unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(alive(pid), "{}", watchdog_log(root));
+    assert!(rider.state_path.exists());
+    assert_eq!(round_trip(first.port, b"carried").unwrap(), b"carried");
+
+    // The rider goes: its state, then the tunnel it rode on.
+    set_kernel(root, &[]);
+    assert!(
+        wait_until(Duration::from_secs(10), || !alive(pid)
+            && root.state_files().is_empty()),
+        "{:?}\n{}",
+        root.state_files(),
+        watchdog_log(root)
+    );
+}

@@ -83,12 +83,20 @@ impl Root {
         let d = dir.0.display();
         // Stand-in for mount.nfs4 (a mock, named as such): records its argv, one call per
         // file, and answers with the next line of `mount-nfs.script` ("CODE MESSAGE").
+        // With a port in `kernel.trunk-to`, it also plays the kernel's trunking: it adds
+        // the mount to `mountinfo` with its own `port=` and to `nfsfs/volumes` as sent
+        // through that port's tunnel, as Linux does for a second mount of one server.
         let mount_nfs = stand_in(
             "mount.nfs4-stand-in",
             &format!(
                 "#!/bin/sh\n[ -f {d}/mount-nfs.delay ] && sleep $(cat {d}/mount-nfs.delay)\nmkdir -p {d}/calls\nprintf '%s\\n' \"$@\" > {d}/calls/$(date +%s%N)-$$\n\
                  if [ -s {d}/mount-nfs.script ]; then\n  line=$(head -n1 {d}/mount-nfs.script)\n  sed -i 1d {d}/mount-nfs.script\n  \
-                 code=${{line%% *}}\n  msg=${{line#* }}\n  echo \"$msg\" >&2\n  exit $code\nfi\nexit 0\n"
+                 code=${{line%% *}}\n  msg=${{line#* }}\n  echo \"$msg\" >&2\n  exit $code\nfi\n\
+                 if [ -f {d}/kernel.trunk-to ]; then\n  via=$(cat {d}/kernel.trunk-to)\n  \
+                 port=$(printf '%s\\n' \"$4\" | tr , '\\n' | sed -n 's/^port=//p')\n  \
+                 n=$(( $(cat {d}/mountinfo 2>/dev/null | wc -l) + 100 ))\n  \
+                 echo \"$n 22 0:$n / $2 rw - nfs4 $1 rw,vers=4.1,port=$port,addr=127.0.0.1\" >> {d}/mountinfo\n  \
+                 mkdir -p {d}/nfsfs\n  printf 'v4 7f000001 %x 0:%s 0:0 no\\n' \"$via\" \"$n\" >> {d}/nfsfs/volumes\nfi\nexit 0\n"
             ),
         );
         // Stand-in for systemctl: records its argv; the watchdog is never active.
