@@ -169,8 +169,10 @@ impl Tunnel {
         self.started = Instant::now();
         self.state.restarts += 1;
         self.state.pid = pid;
-        self.save();
+        // Logged before the state names the new pid, so that whoever sees the new pid
+        // also finds the line.
         info!("started the tunnel of {} (pid {pid})", self.name());
+        self.save();
         Ok(())
     }
 
