@@ -7,21 +7,20 @@
 //! readiness pipe (`--ready-fd`), and answers on the pipe once it has completed one
 //! handshake or knows why it cannot; so a wrong certificate or an unreachable target fails
 //! the mount within seconds, with the reason.
+//!
+//! The tunnel's command line, the hand-over of its descriptors, the ready-pipe lines and
+//! how it is stopped are `efs_tunnel_contract`'s; this module is what `mount.efs` makes
+//! of them ([`TunnelSpec`] is the mount's view of a [`TunnelCommand`]).
 
 use std::fmt;
-use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
-
-use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use std::process::Child;
+use std::time::Duration;
 
 use efs_config::state;
+use efs_tunnel_contract::{NotReady, Readiness, SpawnError, TunnelCommand};
 
 /// How long a mount waits for the tunnel's first handshake.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -45,39 +44,28 @@ pub struct TunnelSpec {
 }
 
 impl TunnelSpec {
+    /// The tunnel's command line for this mount; started detached from `mount`'s session.
+    pub fn tunnel_command(&self) -> TunnelCommand {
+        TunnelCommand {
+            program: self.binary.clone(),
+            connect: self.connect.clone(),
+            check_host: self.check_host.clone(),
+            cafile: self.cafile.clone(),
+            fips: self.fips,
+            insecure_no_hostname_check: !self.hostname_check,
+            fs_id: Some(self.fs_id.clone()),
+            control: Some(self.control.clone()),
+            detach: true,
+            log_file: Some(self.log_file.clone()),
+            log_max_bytes: self.log_max_bytes,
+            log_file_count: self.log_file_count,
+            log_level: self.log_level.clone(),
+        }
+    }
+
     /// The command line recorded in the state file; starters add `--listen-fd N`.
     pub fn command(&self) -> Vec<String> {
-        let mut c = vec![
-            self.binary.to_string_lossy().into_owned(),
-            "--detach".into(),
-            "--connect".into(),
-            self.connect.clone(),
-            "--check-host".into(),
-            self.check_host.clone(),
-            "--fs-id".into(),
-            self.fs_id.clone(),
-            "--control".into(),
-            self.control.to_string_lossy().into_owned(),
-            "--log-file".into(),
-            self.log_file.to_string_lossy().into_owned(),
-            "--log-max-bytes".into(),
-            self.log_max_bytes.to_string(),
-            "--log-file-count".into(),
-            self.log_file_count.to_string(),
-            "--log-level".into(),
-            self.log_level.clone(),
-        ];
-        if let Some(ca) = &self.cafile {
-            c.push("--cafile".into());
-            c.push(ca.to_string_lossy().into_owned());
-        }
-        if self.fips {
-            c.push("--fips".into());
-        }
-        if !self.hostname_check {
-            c.push("--insecure-no-hostname-check".into());
-        }
-        c
+        self.tunnel_command().to_args()
     }
 }
 
@@ -156,12 +144,23 @@ pub fn bind_port(
     })
 }
 
-/// A random number from the standard library's per-process hash keys (port choice,
-/// retry jitter); nothing here needs more.
+/// A random number for choices that must differ between parallel mounts (the port to
+/// try first, retry jitter), from the kernel's random source (`getrandom(2)`). Only if
+/// that fails, from the standard library's per-process random hash keys, mixed with
+/// the time and pid, which is still different per process.
 pub(crate) fn random_u32() -> u32 {
+    let mut bytes = [0u8; 4];
+    if getrandom::getrandom(&mut bytes).is_ok() {
+        return u32::from_ne_bytes(bytes);
+    }
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(Instant::now().elapsed().as_nanos() ^ u128::from(std::process::id()));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    h.write_u128(now);
+    h.write_u32(std::process::id());
     h.finish() as u32
 }
 
@@ -178,21 +177,10 @@ impl RunningTunnel {
         self.child.id() as i32
     }
 
-    /// SIGTERM, up to 3 s to exit, then SIGKILL; removes the control socket.
+    /// SIGTERM, up to the contract's grace to exit, then SIGKILL; removes the control
+    /// socket.
     pub fn stop(mut self) {
-        let pid = Pid::from_raw(self.pid());
-        let _ = kill(pid, Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
+        let _ = efs_tunnel_contract::stop(&mut self.child);
         let _ = std::fs::remove_file(&self.control);
     }
 }
@@ -203,73 +191,68 @@ pub fn start(spec: &TunnelSpec, listener: TcpListener) -> Result<RunningTunnel, 
         .local_addr()
         .map_err(|e| LaunchError::Pipe(e.to_string()))?
         .port();
-    let (read_end, write_end) =
-        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| LaunchError::Pipe(e.to_string()))?;
-    // Only these two descriptors are inherited; everything else stays close-on-exec.
-    let inherit = |fd: &dyn AsFd| fcntl(fd.as_fd(), FcntlArg::F_SETFD(FdFlag::empty()));
-    inherit(&listener).map_err(|e| LaunchError::Pipe(e.to_string()))?;
-    inherit(&write_end).map_err(|e| LaunchError::Pipe(e.to_string()))?;
-
-    let mut argv = spec.command();
-    let binary = PathBuf::from(argv.remove(0));
-    argv.extend([
-        "--listen-fd".into(),
-        listener.as_raw_fd().to_string(),
-        "--ready-fd".into(),
-        write_end.as_raw_fd().to_string(),
-    ]);
-    let child = Command::new(&binary)
-        .args(&argv)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| LaunchError::Spawn(binary.clone(), e))?;
-    // The tunnel holds them now.
+    let (child, ready) =
+        efs_tunnel_contract::spawn_with_ready_pipe(&spec.command(), listener.as_fd()).map_err(
+            |e| match e {
+                SpawnError::Exec(binary, e) => LaunchError::Spawn(binary, e),
+                other => LaunchError::Pipe(other.to_string()),
+            },
+        )?;
+    // The tunnel holds the port now.
     drop(listener);
-    drop(write_end);
     let tunnel = RunningTunnel {
         child,
         port,
         control: spec.control.clone(),
     };
-    match wait_ready(read_end) {
-        Ready::Ok => Ok(tunnel),
-        other => {
-            tunnel.stop();
-            Err(match other {
-                Ready::Error(why) => LaunchError::Refused(why),
-                Ready::TimedOut => {
-                    LaunchError::TimedOut(format!("{} ({})", spec.connect, spec.check_host))
-                }
-                Ready::Ok | Ready::Closed => {
-                    LaunchError::DiedEarly(spec.log_file.display().to_string())
-                }
-            })
-        }
+    let outcome = ready.wait(READY_TIMEOUT);
+    if let Ok(Readiness::Ready { .. }) = outcome {
+        return Ok(tunnel);
     }
-}
-
-enum Ready {
-    Ok,
-    Error(String),
-    TimedOut,
-    Closed,
-}
-
-fn wait_ready(read_end: OwnedFd) -> Ready {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(std::fs::File::from(read_end)).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    match rx.recv_timeout(READY_TIMEOUT) {
-        Ok(line) if line.starts_with("ready") => Ready::Ok,
-        Ok(line) if line.starts_with("error ") => {
-            Ready::Error(line["error ".len()..].trim().to_string())
+    tunnel.stop();
+    Err(match outcome {
+        Ok(Readiness::Failed(why)) => LaunchError::Refused(why),
+        Err(NotReady::TimedOut) => {
+            LaunchError::TimedOut(format!("{} ({})", spec.connect, spec.check_host))
         }
-        Ok(_) => Ready::Closed,
-        Err(_) => Ready::TimedOut,
+        Ok(Readiness::Ready { .. })
+        | Err(NotReady::Closed | NotReady::Garbled(_) | NotReady::Io(_)) => {
+            LaunchError::DiedEarly(spec.log_file.display().to_string())
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_numbers_differ() {
+        let draws: std::collections::BTreeSet<u32> = (0..64).map(|_| random_u32()).collect();
+        assert!(draws.len() > 60, "{draws:?}");
+    }
+
+    #[test]
+    fn the_recorded_command_names_the_mount_and_no_descriptor() {
+        let spec = TunnelSpec {
+            binary: "/usr/bin/efs-tunnel".into(),
+            connect: "10.0.0.5:2049".into(),
+            check_host: "fs-1.efs.us-east-1.amazonaws.com".into(),
+            fs_id: "fs-1".into(),
+            cafile: None,
+            fips: false,
+            hostname_check: false,
+            control: "/run/efs/tunnel-20049.sock".into(),
+            log_file: "/var/log/amazon/efs/efs-tunnel.log".into(),
+            log_max_bytes: 1,
+            log_file_count: 2,
+            log_level: "info".into(),
+        };
+        let cmd = spec.command();
+        assert_eq!(cmd[..2], ["/usr/bin/efs-tunnel", "--detach"]);
+        assert!(cmd.iter().any(|a| a == "--insecure-no-hostname-check"));
+        assert!(!cmd.iter().any(|a| a == "--listen-fd" || a == "--ready-fd"));
+        let running = efs_tunnel_contract::RunningArgs::from_cmdline(cmd.join("\0").as_bytes());
+        assert_eq!(running.control, Some(spec.control));
     }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use efs_config::mounts::{self, KernelView};
 use efs_config::state::{self, MountState};
 use efs_config::Config;
-use efs_tunnel::control::{self, Status};
+use efs_tunnel_contract::control::{self, Status};
 use serde::Serialize;
 
 /// How long a tunnel gets to answer.

@@ -1,112 +1,90 @@
-//! The control channel: a Unix socket per tunnel (mode 0600, next to the mount's state
-//! file) that answers "how are you?" for the watchdog's health check and the status
-//! command.
+//! The control channel's server half: a Unix socket per tunnel (mode 0600, next to the
+//! mount's state file) that answers "how are you?" for the watchdog's health check and
+//! the status command.
 //!
-//! Protocol: the client connects, writes one request line, and reads one JSON line back;
-//! then both sides close. The only request today is `status`. The client half
-//! ([`query_status`]) is blocking with a hard timeout, so that a caller can never hang on
-//! a stuck tunnel.
+//! The protocol (request, answer, the [`Status`] type and the blocking client
+//! [`query_status`]) is `efs_tunnel_contract::control`, so that its clients need neither
+//! tokio nor rustls; it is re-exported here. What is the tunnel's own: serving it, and
+//! the names a [`TlsSession`] gives TLS versions and cipher suites
+//! ([`tls_version_name`], [`cipher_suite_name`]): efs-utils' own stable strings, mapped
+//! from rustls' values in this one table, never rustls' `Debug` text (which may change
+//! with any rustls release). The names are the ones the status output has always shown.
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use rustls::{CipherSuite, ProtocolVersion};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
 
+pub use efs_tunnel_contract::control::{
+    query_status, ControlError, LastError, Status, TlsSession, MAX_REQUEST,
+};
+
 use crate::shutdown::Shutdown;
 
-/// What a tunnel says about itself.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Status {
-    pub pid: u32,
-    pub uptime_secs: u64,
-    pub listen_port: u16,
-    pub upstream_host: String,
-    pub upstream_port: u16,
-    /// The name the server certificate must match (also sent as SNI).
-    pub check_host: String,
-    pub fs_id: Option<String>,
-    pub hostname_check: bool,
-    pub fips: bool,
-    pub connections_open: u64,
-    pub connections_total: u64,
-    /// Plaintext bytes forwarded from the NFS client to the mount target.
-    pub bytes_to_server: u64,
-    /// Plaintext bytes forwarded from the mount target to the NFS client.
-    pub bytes_from_server: u64,
-    pub handshakes_full: u64,
-    pub handshakes_resumed: u64,
-    pub handshakes_failed: u64,
-    /// The most recent successful handshake.
-    pub tls: Option<TlsSession>,
-    pub last_error: Option<LastError>,
+/// Our name for a TLS version: `TLSv1_3`, `TLSv1_2`; another version (the policy allows
+/// none) as its code point.
+pub fn tls_version_name(version: ProtocolVersion) -> String {
+    match version {
+        ProtocolVersion::TLSv1_3 => "TLSv1_3".into(),
+        ProtocolVersion::TLSv1_2 => "TLSv1_2".into(),
+        other => code_point(u16::from(other)),
+    }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TlsSession {
-    /// For example `TLSv1_3`.
-    pub version: String,
-    /// For example `TLS13_AES_256_GCM_SHA384`.
-    pub cipher: String,
-    pub peer_subject: Option<String>,
-    pub peer_not_after_unix: Option<i64>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LastError {
-    pub message: String,
-    pub unix_time: i64,
-}
-
-/// Why a status query failed.
-#[derive(Debug)]
-pub enum ControlError {
-    Connect(std::io::Error),
-    /// No complete answer within the timeout: the tunnel is alive but not answering.
-    NoAnswer(std::io::Error),
-    BadAnswer(String),
-}
-
-impl std::fmt::Display for ControlError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ControlError::Connect(e) => write!(f, "cannot reach the tunnel's control socket: {e}"),
-            ControlError::NoAnswer(e) => write!(f, "the tunnel did not answer: {e}"),
-            ControlError::BadAnswer(s) => {
-                write!(f, "the tunnel answered something unexpected: {s}")
-            }
+/// Our name for a cipher suite, for every suite the policy can negotiate; another suite
+/// as its code point.
+pub fn cipher_suite_name(suite: CipherSuite) -> String {
+    use CipherSuite as C;
+    let name = match suite {
+        C::TLS13_AES_256_GCM_SHA384 => "TLS13_AES_256_GCM_SHA384",
+        C::TLS13_AES_128_GCM_SHA256 => "TLS13_AES_128_GCM_SHA256",
+        C::TLS13_CHACHA20_POLY1305_SHA256 => "TLS13_CHACHA20_POLY1305_SHA256",
+        C::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 => "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+        C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 => "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+        C::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256 => {
+            "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256"
         }
-    }
+        C::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+        C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+        C::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => {
+            "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256"
+        }
+        other => return code_point(u16::from(other)),
+    };
+    name.into()
 }
 
-impl std::error::Error for ControlError {}
+fn code_point(code: u16) -> String {
+    format!("0x{code:04X}")
+}
 
-/// Asks the tunnel behind `socket` for its status, giving up after `timeout`.
-pub fn query_status(socket: &Path, timeout: Duration) -> Result<Status, ControlError> {
-    let mut stream = StdUnixStream::connect(socket).map_err(ControlError::Connect)?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .and_then(|_| stream.set_write_timeout(Some(timeout)))
-        .map_err(ControlError::Connect)?;
-    stream
-        .write_all(b"status\n")
-        .map_err(ControlError::NoAnswer)?;
-    let mut line = String::new();
-    BufReader::new(stream)
-        .take(1 << 20)
-        .read_line(&mut line)
-        .map_err(ControlError::NoAnswer)?;
-    if line.is_empty() {
-        return Err(ControlError::BadAnswer(
-            "connection closed without an answer".into(),
-        ));
-    }
-    serde_json::from_str(&line).map_err(|e| ControlError::BadAnswer(e.to_string()))
+/// Our names for a handshake that the connection code describes with rustls' `Debug`
+/// text (`Stats::handshake_ok`'s arguments): each is matched against the `Debug` text
+/// of the values the policy can negotiate, in this same build, and renamed. Text that
+/// matches none (which the policy rules out) is kept as it is.
+pub(crate) fn names_from_debug(version: &str, suite: &str) -> (String, String) {
+    static SUITES: OnceLock<Vec<(String, CipherSuite)>> = OnceLock::new();
+    let suites = SUITES.get_or_init(|| {
+        crate::policy::provider(false)
+            .cipher_suites
+            .iter()
+            .map(|s| (format!("{:?}", s.suite()), s.suite()))
+            .collect()
+    });
+    let versions = [ProtocolVersion::TLSv1_3, ProtocolVersion::TLSv1_2];
+    let version = versions
+        .into_iter()
+        .find(|v| format!("{v:?}") == version)
+        .map_or_else(|| version.to_string(), tls_version_name);
+    let suite = suites
+        .iter()
+        .find(|(debug, _)| debug == suite)
+        .map_or_else(|| suite.to_string(), |(_, s)| cipher_suite_name(*s));
+    (version, suite)
 }
 
 /// The listening side, owned by the tunnel process. Removes its socket file when dropped.
@@ -160,23 +138,64 @@ async fn answer(
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
-    tokio::io::AsyncReadExt::take(tokio::io::BufReader::new(read), 4096)
+    tokio::io::AsyncReadExt::take(tokio::io::BufReader::new(read), MAX_REQUEST)
         .read_line(&mut line)
         .await?;
-    let reply = match line.trim() {
-        "status" => serde_json::to_string(&status()).map_err(std::io::Error::other)?,
-        other => {
-            serde_json::json!({ "error": format!("unknown request {other:?}; try \"status\"") })
-                .to_string()
-        }
-    };
+    let reply = efs_tunnel_contract::control::answer(&line, || status());
     write.write_all(reply.as_bytes()).await?;
-    write.write_all(b"\n").await?;
     write.shutdown().await
 }
 
 impl Drop for ControlSocket {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_negotiable_version_and_suite_has_a_stable_name() {
+        assert_eq!(tls_version_name(ProtocolVersion::TLSv1_3), "TLSv1_3");
+        assert_eq!(tls_version_name(ProtocolVersion::TLSv1_2), "TLSv1_2");
+        assert_eq!(tls_version_name(ProtocolVersion::TLSv1_0), "0x0301");
+        assert_eq!(
+            cipher_suite_name(CipherSuite::TLS13_AES_256_GCM_SHA384),
+            "TLS13_AES_256_GCM_SHA384"
+        );
+        assert_eq!(
+            cipher_suite_name(CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256),
+            "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"
+        );
+        assert_eq!(cipher_suite_name(CipherSuite::from(0x1304)), "0x1304");
+        let mut names: Vec<String> = crate::policy::provider(false)
+            .cipher_suites
+            .iter()
+            .map(|s| cipher_suite_name(s.suite()))
+            .collect();
+        assert!(names.iter().all(|n| !n.starts_with("0x")), "{names:?}");
+        let count = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), count, "names are distinct");
+    }
+
+    #[test]
+    fn names_do_not_depend_on_rustls_debug_text() {
+        for s in crate::policy::provider(false).cipher_suites {
+            let (version, suite) = names_from_debug(
+                &format!("{:?}", s.version().version),
+                &format!("{:?}", s.suite()),
+            );
+            assert_eq!(version, tls_version_name(s.version().version));
+            assert_eq!(suite, cipher_suite_name(s.suite()));
+        }
+        let (version, suite) = names_from_debug("SomethingNew", "TLS_SOMETHING_NEW");
+        assert_eq!(
+            (version.as_str(), suite.as_str()),
+            ("SomethingNew", "TLS_SOMETHING_NEW")
+        );
     }
 }

@@ -7,9 +7,15 @@
 //! * [`policy`]: the TLS policy (versions, suites, groups, verification), in one place;
 //! * [`copy`]: how bytes move, and why it is fast;
 //! * [`upstream`]: reaching the mount target, and the errors it can give;
-//! * [`control`]: the status socket the watchdog and the status command read;
+//! * [`control`]: serving the status socket the watchdog and the status command read,
+//!   and the stable names of TLS versions and suites;
 //! * [`fds`]: the inherited listening socket and readiness pipe;
+//! * [`stats`]: the live counters behind the status;
 //! * [`memory`]: the heap settings the data path needs to stay cheap.
+//!
+//! What other programs must agree on with a tunnel (its command line, the descriptors
+//! it inherits, the ready-pipe lines, the stop grace, the control protocol) is the
+//! `efs_tunnel_contract` crate, which has neither tokio nor rustls.
 
 pub mod certinfo;
 pub mod control;

@@ -1,77 +1,21 @@
 //! `efs-tunnel`: one TLS tunnel, in the foreground. `mount.efs` and the watchdog start it
 //! with an inherited listening socket; an operator can run it by hand to debug or measure.
 
-use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::net::TcpListener;
 use std::process::ExitCode;
 
-use clap::Parser;
 use efs_config::logging::{self, LogSpec, RotatingFile};
 use efs_tunnel::fds;
 use efs_tunnel::policy::{self, HostnameCheck, TlsPolicy, Trust};
 use efs_tunnel::upstream::Target;
 use efs_tunnel::TunnelConfig;
+use efs_tunnel_contract::command::first_non_utf8;
+use efs_tunnel_contract::{Invocation, Listen};
 use rustls::pki_types::ServerName;
 
-#[derive(Parser, Debug)]
-#[command(
-    name = "efs-tunnel",
-    about = "Forward local TCP connections over verified TLS to an EFS mount target",
-    version = version_text(),
-)]
-struct Args {
-    /// Address to listen on, e.g. 127.0.0.1:20049.
-    #[arg(
-        long,
-        value_name = "ADDR",
-        required_unless_present = "listen_fd",
-        conflicts_with = "listen_fd"
-    )]
-    listen: Option<SocketAddr>,
-    /// Serve on an inherited, already listening TCP socket (descriptor number, 3 or above).
-    #[arg(long, value_name = "N")]
-    listen_fd: Option<i32>,
-    /// Mount target to forward to, HOST:PORT (a DNS name or an IP address).
-    #[arg(long, value_name = "HOST:PORT")]
-    connect: String,
-    /// Name the server certificate must match; also sent as SNI.
-    #[arg(long, value_name = "NAME")]
-    check_host: String,
-    /// PEM bundle of trusted CAs (default: the bundled Mozilla roots, which include Amazon's).
-    #[arg(long, value_name = "FILE")]
-    cafile: Option<PathBuf>,
-    /// Restrict TLS to FIPS-approved suites and groups.
-    #[arg(long)]
-    fips: bool,
-    /// Accept a certificate from a trusted CA even if it does not match --check-host.
-    /// Only for `stunnel_check_cert_hostname = false`; logged as a warning at every start.
-    #[arg(long)]
-    insecure_no_hostname_check: bool,
-    /// File system id, for log lines and status.
-    #[arg(long, value_name = "FS_ID")]
-    fs_id: Option<String>,
-    /// Unix socket to answer status requests on (created with mode 0600).
-    #[arg(long, value_name = "PATH")]
-    control: Option<PathBuf>,
-    /// Complete one TLS handshake before serving and report `ready port=N` or
-    /// `error <reason>` on this inherited descriptor.
-    #[arg(long, value_name = "N")]
-    ready_fd: Option<i32>,
-    /// Start a new session (setsid), detached from the caller's terminal and process
-    /// group, so that `mount` and a shell's job control never signal the tunnel.
-    #[arg(long)]
-    detach: bool,
-    /// Log to this file (size-rotated) instead of stderr.
-    #[arg(long, value_name = "PATH")]
-    log_file: Option<PathBuf>,
-    #[arg(long, value_name = "BYTES", default_value_t = 1_048_576)]
-    log_max_bytes: u64,
-    #[arg(long, value_name = "N", default_value_t = 10)]
-    log_file_count: u32,
-    /// debug, info, warning or error.
-    #[arg(long, value_name = "LEVEL", default_value = "info")]
-    log_level: String,
-}
+/// Exit code for a command line that does not parse (clap's own code for usage errors).
+const EXIT_USAGE: u8 = 2;
 
 /// `--version` says which crypto module this build carries and what `--fips` means here.
 fn version_text() -> &'static str {
@@ -85,25 +29,49 @@ fn version_text() -> &'static str {
     Box::leak(text.into_boxed_str())
 }
 
+/// The command line, which is `efs_tunnel_contract::command`'s to define. Non-UTF-8
+/// text where a flag needs text gets one line naming the argument (not clap's usage
+/// block); other usage errors are clap's; both exit 2.
+fn parse_args() -> Result<Invocation, ExitCode> {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    Invocation::parse(argv.clone(), version_text()).map_err(|e| {
+        match (e.kind(), first_non_utf8(&argv)) {
+            (clap::error::ErrorKind::InvalidUtf8, Some((i, lossy))) => {
+                eprintln!("efs-tunnel: argument {i} is not valid UTF-8: {lossy:?}");
+                ExitCode::from(EXIT_USAGE)
+            }
+            _ => {
+                // Prints the error (or --help, --version) where clap puts it.
+                let _ = e.print();
+                ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(EXIT_USAGE))
+            }
+        }
+    })
+}
+
 fn main() -> ExitCode {
-    let args = Args::parse();
-    if args.detach {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
+    if args.command.detach {
         // Fails only for a process group leader, which a freshly spawned child is not.
         let _ = nix::unistd::setsid();
     }
     // Everything the tunnel creates (its control socket, its log) is private to root.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o027));
-    let Some(level) = logging::parse_level(&args.log_level) else {
+    let cmd = &args.command;
+    let Some(level) = logging::parse_level(&cmd.log_level) else {
         eprintln!(
             "efs-tunnel: unknown --log-level {:?}; use debug, info, warning or error",
-            args.log_level
+            cmd.log_level
         );
-        return ExitCode::from(2);
+        return ExitCode::from(EXIT_USAGE);
     };
-    let file = args.log_file.clone().map(|path| RotatingFile {
+    let file = cmd.log_file.clone().map(|path| RotatingFile {
         path,
-        max_bytes: args.log_max_bytes,
-        file_count: args.log_file_count,
+        max_bytes: cmd.log_max_bytes,
+        file_count: cmd.log_file_count,
     });
     let stderr = file.is_none();
     if let Err(e) = logging::init(LogSpec {
@@ -126,42 +94,41 @@ fn main() -> ExitCode {
     }
 }
 
-fn start(args: Args) -> Result<(), String> {
-    let (host, port) = split_host_port(&args.connect)?;
-    let check_host = ServerName::try_from(args.check_host.clone())
-        .map_err(|_| format!("--check-host {:?} is not a valid DNS name", args.check_host))?;
+/// The command line becomes the server's configuration here, at the boundary: the
+/// server keeps its own types.
+fn start(args: Invocation) -> Result<(), String> {
+    let cmd = args.command;
+    let (host, port) = split_host_port(&cmd.connect)?;
+    let check_host = ServerName::try_from(cmd.check_host.clone())
+        .map_err(|_| format!("--check-host {:?} is not a valid DNS name", cmd.check_host))?;
     let config = TunnelConfig {
         target: Target {
             host,
             port,
             check_host,
-            fs_id: args.fs_id,
+            fs_id: cmd.fs_id,
         },
         policy: TlsPolicy {
-            trust: args
-                .cafile
-                .map(Trust::CaFile)
-                .unwrap_or(Trust::BundledRoots),
-            hostname: if args.insecure_no_hostname_check {
+            trust: cmd.cafile.map(Trust::CaFile).unwrap_or(Trust::BundledRoots),
+            hostname: if cmd.insecure_no_hostname_check {
                 HostnameCheck::DisabledByConfig
             } else {
                 HostnameCheck::Required
             },
-            fips: args.fips,
+            fips: cmd.fips,
         },
-        control_socket: args.control,
+        control_socket: cmd.control,
         ready: args
             .ready_fd
             .map(fds::ReadyPipe::from_fd)
             .transpose()
             .map_err(|e| format!("--ready-fd: {e}"))?,
     };
-    let listener = match (args.listen, args.listen_fd) {
-        (_, Some(fd)) => fds::listener(fd).map_err(|e| format!("--listen-fd: {e}"))?,
-        (Some(addr), None) => {
+    let listener = match args.listen {
+        Listen::Fd(fd) => fds::listener(fd).map_err(|e| format!("--listen-fd: {e}"))?,
+        Listen::Addr(addr) => {
             TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?
         }
-        (None, None) => return Err("give --listen ADDR or --listen-fd N".into()),
     };
     efs_tunnel::memory::tune_allocator();
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -1,6 +1,11 @@
 //! Live counters of one tunnel process, shared by the connection tasks and read by the
 //! control channel. Byte counters are plain atomics bumped once per write, never per
 //! byte; everything behind a mutex changes at most once per connection.
+//!
+//! An upstream failure counts where it happened ([`FailedStep`]): before TLS (DNS
+//! lookup, TCP connect: `connects_failed`, a network problem) or in the TLS handshake
+//! (`handshakes_failed`, a certificate or policy problem), so that the status tells an
+//! unreachable mount target from a refused one.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -9,7 +14,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use log::{info, warn};
 
 use crate::certinfo;
-use crate::control::{LastError, Status, TlsSession};
+use crate::control::{self, LastError, Status, TlsSession};
+use crate::upstream::UpstreamError;
 
 #[derive(Debug)]
 pub struct Stats {
@@ -21,6 +27,7 @@ pub struct Stats {
     pub handshakes_full: AtomicU64,
     pub handshakes_resumed: AtomicU64,
     pub handshakes_failed: AtomicU64,
+    pub connects_failed: AtomicU64,
     session: Mutex<Option<TlsSession>>,
     errors: Mutex<ErrorLog>,
 }
@@ -47,8 +54,45 @@ impl Default for Stats {
             handshakes_full: AtomicU64::new(0),
             handshakes_resumed: AtomicU64::new(0),
             handshakes_failed: AtomicU64::new(0),
+            connects_failed: AtomicU64::new(0),
             session: Mutex::new(None),
             errors: Mutex::new(ErrorLog::default()),
+        }
+    }
+}
+
+/// Which step of reaching the mount target failed, as the counters tell them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailedStep {
+    /// DNS lookup or TCP connect (or their timeouts): TLS never started.
+    Connect,
+    /// The TLS handshake (refused, failed or timed out).
+    Handshake,
+}
+
+impl FailedStep {
+    pub fn of(e: &UpstreamError) -> FailedStep {
+        match e {
+            UpstreamError::Handshake(_) | UpstreamError::Timeout("TLS handshake") => {
+                FailedStep::Handshake
+            }
+            UpstreamError::Resolve(_)
+            | UpstreamError::NoAddress
+            | UpstreamError::Connect(..)
+            | UpstreamError::Timeout(_) => FailedStep::Connect,
+        }
+    }
+
+    /// The step a logged failure names, for callers that hand over only the message
+    /// (`cannot reach <target>: <UpstreamError>; ...`): only a handshake failure's text
+    /// has `: TLS handshake ` (a target's own text is `... (TLS name N)`). Pinned to
+    /// [`FailedStep::of`] for every error by a test; callers that have the error should
+    /// use [`Stats::upstream_error`].
+    pub fn from_message(message: &str) -> FailedStep {
+        if message.contains(": TLS handshake ") {
+            FailedStep::Handshake
+        } else {
+            FailedStep::Connect
         }
     }
 }
@@ -82,6 +126,9 @@ impl Stats {
         cipher: String,
         peer: Option<&[u8]>,
     ) {
+        // The caller describes the session with rustls' `Debug` text; the status shows
+        // our own stable names.
+        let (version, cipher) = control::names_from_debug(&version, &cipher);
         let counter = if resumed {
             &self.handshakes_resumed
         } else {
@@ -110,11 +157,21 @@ impl Stats {
         }
     }
 
-    /// Records an upstream failure and logs it: a new message at once, an identical
-    /// repeat only as a count every few minutes, so a dead mount target never floods the
-    /// log with the same line.
+    /// Records an upstream failure described only by its log message (see
+    /// [`FailedStep::from_message`]); [`Stats::upstream_error`] is the typed form.
     pub fn upstream_failed(&self, message: String) {
-        self.handshakes_failed.fetch_add(1, Ordering::Relaxed);
+        self.upstream_error(FailedStep::from_message(&message), message)
+    }
+
+    /// Records an upstream failure at `step` and logs it: a new message at once, an
+    /// identical repeat only as a count every few minutes, so a dead mount target never
+    /// floods the log with the same line.
+    pub fn upstream_error(&self, step: FailedStep, message: String) {
+        let counter = match step {
+            FailedStep::Connect => &self.connects_failed,
+            FailedStep::Handshake => &self.handshakes_failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         let Ok(mut e) = self.errors.lock() else {
             return;
         };
@@ -162,6 +219,7 @@ impl Stats {
             handshakes_full: self.handshakes_full.load(Ordering::Relaxed),
             handshakes_resumed: self.handshakes_resumed.load(Ordering::Relaxed),
             handshakes_failed: self.handshakes_failed.load(Ordering::Relaxed),
+            connects_failed: self.connects_failed.load(Ordering::Relaxed),
             tls: self.session.lock().ok().and_then(|s| s.clone()),
             last_error: self.errors.lock().ok().and_then(|e| e.last.clone()),
             ..Status::default()
@@ -174,4 +232,60 @@ pub fn unix_now() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+
+    fn every_error() -> Vec<UpstreamError> {
+        let addr = "10.0.0.5:2049".parse().unwrap();
+        let refused = || io::Error::from(io::ErrorKind::ConnectionRefused);
+        vec![
+            UpstreamError::Resolve(io::Error::other("no such host")),
+            UpstreamError::NoAddress,
+            UpstreamError::Connect(addr, refused()),
+            UpstreamError::Timeout("DNS lookup"),
+            UpstreamError::Timeout("TLS handshake"),
+            UpstreamError::Handshake(io::Error::other(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer,
+            ))),
+            UpstreamError::Handshake(io::Error::from(io::ErrorKind::UnexpectedEof)),
+        ]
+    }
+
+    #[test]
+    fn connect_failures_are_not_handshake_failures() {
+        let steps: Vec<FailedStep> = every_error().iter().map(FailedStep::of).collect();
+        use FailedStep::{Connect as C, Handshake as H};
+        assert_eq!(steps, [C, C, C, C, H, H, H]);
+
+        let stats = Stats::default();
+        for e in every_error() {
+            stats.upstream_error(FailedStep::of(&e), e.to_string());
+        }
+        let st = stats.snapshot();
+        assert_eq!((st.connects_failed, st.handshakes_failed), (4, 3));
+    }
+
+    #[test]
+    fn the_message_names_the_same_step_as_the_error() {
+        let target = crate::upstream::Target {
+            host: "fs-1.efs.us-east-1.amazonaws.com".into(),
+            port: 2049,
+            check_host: rustls::pki_types::ServerName::try_from("fs-1.efs.us-east-1.amazonaws.com")
+                .unwrap(),
+            fs_id: Some("fs-1".into()),
+        };
+        for e in every_error() {
+            // As the connection task words it.
+            let message = format!("cannot reach {target}: {e}; closed the NFS client's connection");
+            assert_eq!(
+                FailedStep::from_message(&message),
+                FailedStep::of(&e),
+                "{message}"
+            );
+        }
+    }
 }

@@ -32,7 +32,7 @@ pub fn spawn(cfg: &Config, targets: Targets, report: Sender<(PathBuf, i32)>, mut
             std::thread::sleep(interval);
             let list = targets.lock().map(|t| t.clone()).unwrap_or_default();
             for (state, control, pid) in list {
-                if let Err(e) = efs_tunnel::control::query_status(&control, timeout) {
+                if let Err(e) = efs_tunnel_contract::query_status(&control, timeout) {
                     log::warn!("health check of pid {pid} ({}): {e}", control.display());
                     if report.send((state, pid)).is_err() {
                         return;

@@ -11,20 +11,21 @@
 //! Nothing here blocks: stopping is a phase with a deadline, driven by the main loop.
 
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use efs_config::state::{self, MountState};
+use efs_tunnel_contract::{RunningArgs, PROCESS_NAME};
 use log::{info, warn};
 use nix::sys::signal::Signal;
 
 use crate::sys::Pidfd;
 
-/// How long a tunnel gets to exit after SIGTERM before SIGKILL.
-pub const TERM_GRACE: Duration = Duration::from_secs(3);
+/// How long a tunnel gets to exit after SIGTERM before SIGKILL (the tunnel contract's).
+pub use efs_tunnel_contract::TERM_GRACE;
 /// A tunnel that lived this long is healthy again: its next death restarts at once.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -194,21 +195,9 @@ impl Tunnel {
         let Some(listener) = self.listener.as_ref() else {
             return Err("no listening socket".into());
         };
-        // dup() gives a descriptor without close-on-exec: exactly the one the child inherits.
-        let inherited = nix::unistd::dup(listener).map_err(|e| format!("dup: {e}"))?;
-        let Some((program, args)) = self.state.cmd.split_first() else {
-            return Err("the state file has no tunnel command".into());
-        };
-        let child = Command::new(program)
-            .args(args)
-            .arg("--listen-fd")
-            .arg(inherited.as_raw_fd().to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start {program}: {e}"))?;
-        drop(inherited);
+        // The recorded command line as it is: the binary it names judges it.
+        let child = efs_tunnel_contract::spawn(&self.state.cmd, listener.as_fd())
+            .map_err(|e| e.to_string())?;
         let pid = child.id() as i32;
         let pidfd = Pidfd::open(pid).map_err(|e| format!("pidfd_open({pid}): {e}"))?;
         self.process = Some(Process {
@@ -219,8 +208,10 @@ impl Tunnel {
         self.started = Instant::now();
         self.state.restarts += 1;
         self.state.pid = pid;
-        self.save();
+        // Logged before the state names the new pid, so that whoever sees the new pid
+        // also finds the line.
         info!("started the tunnel of {} (pid {pid})", self.name());
+        self.save();
         Ok(())
     }
 
@@ -424,7 +415,7 @@ fn running_tunnel(state: &MountState) -> Result<(Pidfd, i32), String> {
     // stuck in an NFS call, as reading cmdline can (aws/efs-utils #374). Only an
     // efs-tunnel (which never touches NFS) has its cmdline read.
     let comm = std::fs::read_to_string(format!("/proc/{}/comm", state.pid)).unwrap_or_default();
-    if comm.trim() != "efs-tunnel" {
+    if comm.trim() != PROCESS_NAME {
         return Err(format!(
             "pid {} is now {:?}, not a tunnel",
             state.pid,
@@ -432,20 +423,12 @@ fn running_tunnel(state: &MountState) -> Result<(Pidfd, i32), String> {
         ));
     }
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", state.pid)).unwrap_or_default();
-    let args: Vec<String> = cmdline
-        .split(|b| *b == 0)
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
-    let after = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-    };
-    if after("--control").map(PathBuf::from).as_deref() != Some(state.control_socket.as_path()) {
+    let running = RunningArgs::from_cmdline(&cmdline);
+    if running.control.as_deref() != Some(state.control_socket.as_path()) {
         return Err(format!("pid {} is another mount's tunnel", state.pid));
     }
-    let fd = after("--listen-fd")
-        .and_then(|n| n.parse::<i32>().ok())
+    let fd = running
+        .listen_fd
         .ok_or_else(|| format!("pid {} has no --listen-fd", state.pid))?;
     Ok((pidfd, fd))
 }

@@ -1,0 +1,428 @@
+//! The tunnel's command line, in one place: [`TunnelCommand`] is built by `mount.efs`
+//! (and recorded as the state file's `cmd`), started again from that record by the
+//! watchdog, and parsed by `efs-tunnel` ([`Invocation::parse`]); [`RunningArgs`] is what
+//! the watchdog reads back from a running tunnel's `/proc/PID/cmdline`.
+//!
+//! Decisions:
+//! * The state file records the command line *without* the descriptors a tunnel inherits
+//!   (`--listen-fd`, `--ready-fd`): their numbers only mean something in the process
+//!   that starts it, so each starter appends its own ([`crate::spawn`]).
+//! * Each flag's name is a constant of [`flag`], used by the parser, the builder and the
+//!   `/proc` reader alike; `to_args` then `parse` gives back the same command (tested).
+//! * The watchdog re-spawns `state.cmd` as recorded, without parsing it: a state file
+//!   written by another version may name flags this version does not know, and the
+//!   tunnel binary it names is the judge of its own command line. For the same reason
+//!   [`RunningArgs`] looks up its two flags leniently instead of parsing the whole line.
+//! * A malformed command line (unknown flag, missing or unparsable value, non-UTF-8
+//!   text) is clap's error and exits 2; a value that parses but cannot be used (a
+//!   `--connect` that is not HOST:PORT, a descriptor that is not open) exits 1.
+
+use std::ffi::{OsStr, OsString};
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+use clap::{CommandFactory, FromArgMatches, Parser};
+
+/// The tunnel's process name (`/proc/PID/comm`), which the watchdog checks before it
+/// trusts a recorded pid.
+pub const PROCESS_NAME: &str = "efs-tunnel";
+
+/// The tunnel's flags, without their leading `--`.
+pub mod flag {
+    pub const LISTEN: &str = "listen";
+    pub const LISTEN_FD: &str = "listen-fd";
+    pub const READY_FD: &str = "ready-fd";
+    pub const CONNECT: &str = "connect";
+    pub const CHECK_HOST: &str = "check-host";
+    pub const CAFILE: &str = "cafile";
+    pub const FIPS: &str = "fips";
+    pub const INSECURE_NO_HOSTNAME_CHECK: &str = "insecure-no-hostname-check";
+    pub const FS_ID: &str = "fs-id";
+    pub const CONTROL: &str = "control";
+    pub const DETACH: &str = "detach";
+    pub const LOG_FILE: &str = "log-file";
+    pub const LOG_MAX_BYTES: &str = "log-max-bytes";
+    pub const LOG_FILE_COUNT: &str = "log-file-count";
+    pub const LOG_LEVEL: &str = "log-level";
+
+    /// `--NAME`.
+    pub fn dashed(name: &str) -> String {
+        format!("--{name}")
+    }
+}
+
+/// A tunnel's command line apart from the descriptors it inherits: the state file's
+/// `cmd`.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct TunnelCommand {
+    /// The `efs-tunnel` binary (argv\[0\]).
+    #[arg(skip)]
+    pub program: PathBuf,
+    /// Mount target to forward to, HOST:PORT (a DNS name or an IP address).
+    #[arg(long = flag::CONNECT, value_name = "HOST:PORT")]
+    pub connect: String,
+    /// Name the server certificate must match; also sent as SNI.
+    #[arg(long = flag::CHECK_HOST, value_name = "NAME")]
+    pub check_host: String,
+    /// PEM bundle of trusted CAs (default: the bundled Mozilla roots, which include Amazon's).
+    #[arg(long = flag::CAFILE, value_name = "FILE")]
+    pub cafile: Option<PathBuf>,
+    /// Restrict TLS to FIPS-approved suites and groups.
+    #[arg(long = flag::FIPS)]
+    pub fips: bool,
+    /// Accept a certificate from a trusted CA even if it does not match --check-host.
+    /// Only for `stunnel_check_cert_hostname = false`; logged as a warning at every start.
+    #[arg(long = flag::INSECURE_NO_HOSTNAME_CHECK)]
+    pub insecure_no_hostname_check: bool,
+    /// File system id, for log lines and status.
+    #[arg(long = flag::FS_ID, value_name = "FS_ID")]
+    pub fs_id: Option<String>,
+    /// Unix socket to answer status requests on (created with mode 0600).
+    #[arg(long = flag::CONTROL, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+    /// Start a new session (setsid), detached from the caller's terminal and process
+    /// group, so that `mount` and a shell's job control never signal the tunnel.
+    #[arg(long = flag::DETACH)]
+    pub detach: bool,
+    /// Log to this file (size-rotated) instead of stderr.
+    #[arg(long = flag::LOG_FILE, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+    /// Rotate the log file when it reaches this size.
+    #[arg(long = flag::LOG_MAX_BYTES, value_name = "BYTES", default_value_t = 1_048_576)]
+    pub log_max_bytes: u64,
+    /// Rotated log files to keep.
+    #[arg(long = flag::LOG_FILE_COUNT, value_name = "N", default_value_t = 10)]
+    pub log_file_count: u32,
+    /// debug, info, warning or error.
+    #[arg(long = flag::LOG_LEVEL, value_name = "LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+impl TunnelCommand {
+    /// The command line, as the state file records it (paths that are not UTF-8 are
+    /// recorded lossily: the state file is JSON text).
+    pub fn to_args(&self) -> Vec<String> {
+        let lossy = |p: &PathBuf| p.to_string_lossy().into_owned();
+        let mut args = vec![lossy(&self.program)];
+        let mut push = |name: &str, value: Option<String>| {
+            args.push(flag::dashed(name));
+            args.extend(value);
+        };
+        if self.detach {
+            push(flag::DETACH, None);
+        }
+        push(flag::CONNECT, Some(self.connect.clone()));
+        push(flag::CHECK_HOST, Some(self.check_host.clone()));
+        if let Some(fs_id) = &self.fs_id {
+            push(flag::FS_ID, Some(fs_id.clone()));
+        }
+        if let Some(control) = &self.control {
+            push(flag::CONTROL, Some(lossy(control)));
+        }
+        if let Some(log_file) = &self.log_file {
+            push(flag::LOG_FILE, Some(lossy(log_file)));
+        }
+        push(flag::LOG_MAX_BYTES, Some(self.log_max_bytes.to_string()));
+        push(flag::LOG_FILE_COUNT, Some(self.log_file_count.to_string()));
+        push(flag::LOG_LEVEL, Some(self.log_level.clone()));
+        if let Some(ca) = &self.cafile {
+            push(flag::CAFILE, Some(lossy(ca)));
+        }
+        if self.fips {
+            push(flag::FIPS, None);
+        }
+        if self.insecure_no_hostname_check {
+            push(flag::INSECURE_NO_HOSTNAME_CHECK, None);
+        }
+        args
+    }
+}
+
+/// The arguments a starter appends to a recorded command line for the descriptors the
+/// child inherits.
+pub fn descriptor_args(listen_fd: RawFd, ready_fd: Option<RawFd>) -> Vec<String> {
+    let mut args = vec![flag::dashed(flag::LISTEN_FD), listen_fd.to_string()];
+    if let Some(fd) = ready_fd {
+        args.extend([flag::dashed(flag::READY_FD), fd.to_string()]);
+    }
+    args
+}
+
+/// Where a tunnel gets its listening socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listen {
+    /// `--listen ADDR`: bind it (by hand, for debugging and measurements).
+    Addr(SocketAddr),
+    /// `--listen-fd N`: an inherited, bound and listening socket (`mount.efs`, watchdog).
+    Fd(RawFd),
+}
+
+/// A whole `efs-tunnel` command line, as the tunnel parses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    pub command: TunnelCommand,
+    pub listen: Listen,
+    /// `--ready-fd N`: complete one TLS handshake before serving and report
+    /// [`crate::Readiness`] on this inherited descriptor.
+    pub ready_fd: Option<RawFd>,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = PROCESS_NAME,
+    about = "Forward local TCP connections over verified TLS to an EFS mount target"
+)]
+struct Cli {
+    /// Address to listen on, e.g. 127.0.0.1:20049.
+    #[arg(
+        long = flag::LISTEN,
+        value_name = "ADDR",
+        required_unless_present = "listen_fd",
+        conflicts_with = "listen_fd"
+    )]
+    listen: Option<SocketAddr>,
+    /// Serve on an inherited, already listening TCP socket (descriptor number, 3 or above).
+    #[arg(long = flag::LISTEN_FD, value_name = "N")]
+    listen_fd: Option<RawFd>,
+    /// Complete one TLS handshake before serving and report `ready port=N` or
+    /// `error <reason>` on this inherited descriptor.
+    #[arg(long = flag::READY_FD, value_name = "N")]
+    ready_fd: Option<RawFd>,
+    #[command(flatten)]
+    command: TunnelCommand,
+}
+
+impl Invocation {
+    /// Parses `efs-tunnel`'s argv (argv\[0\] first). `version` is what `--version`
+    /// prints. The error is clap's: [`clap::Error::exit`] prints it and exits 2 (0 for
+    /// `--help` and `--version`).
+    pub fn parse<I, T>(argv: I, version: &'static str) -> Result<Invocation, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString>,
+    {
+        let argv: Vec<OsString> = argv.into_iter().map(Into::into).collect();
+        let program = argv.first().map(PathBuf::from).unwrap_or_default();
+        let mut cli = Cli::command().version(version);
+        let matches = cli.try_get_matches_from_mut(&argv)?;
+        let parsed = Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut cli))?;
+        let listen = match (parsed.listen, parsed.listen_fd) {
+            (Some(addr), None) => Listen::Addr(addr),
+            (None, Some(fd)) => Listen::Fd(fd),
+            // clap's required_unless_present and conflicts_with rule both out.
+            _ => {
+                return Err(cli.error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    "give exactly one of --listen ADDR and --listen-fd N",
+                ))
+            }
+        };
+        Ok(Invocation {
+            command: TunnelCommand {
+                program,
+                ..parsed.command
+            },
+            listen,
+            ready_fd: parsed.ready_fd,
+        })
+    }
+}
+
+/// The first argument of `argv` (after argv\[0\]) that is not UTF-8, lossily, with its
+/// position: a one-line answer to clap's `InvalidUtf8` error.
+pub fn first_non_utf8(argv: &[OsString]) -> Option<(usize, String)> {
+    argv.iter()
+        .enumerate()
+        .skip(1)
+        .find(|(_, a)| a.to_str().is_none())
+        .map(|(i, a)| (i, a.to_string_lossy().into_owned()))
+}
+
+/// What the watchdog needs to know about a running tunnel, read from its
+/// `/proc/PID/cmdline`: which mount it serves (`--control`) and which of its descriptors
+/// is the listening socket (`--listen-fd`). Both forms of a flag are understood
+/// (`--flag VALUE`, `--flag=VALUE`); nothing else is checked, so a tunnel of another
+/// version is still recognised.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunningArgs {
+    pub control: Option<PathBuf>,
+    pub listen_fd: Option<RawFd>,
+}
+
+impl RunningArgs {
+    /// From the NUL-separated bytes of `/proc/PID/cmdline`.
+    pub fn from_cmdline(cmdline: &[u8]) -> RunningArgs {
+        let args: Vec<&OsStr> = cmdline
+            .split(|b| *b == 0)
+            .skip(1)
+            .map(OsStr::from_bytes)
+            .collect();
+        RunningArgs {
+            control: value_of(&args, flag::CONTROL).map(PathBuf::from),
+            listen_fd: value_of(&args, flag::LISTEN_FD)
+                .and_then(|v| v.to_str())
+                .and_then(|v| v.parse().ok()),
+        }
+    }
+}
+
+fn value_of<'a>(args: &[&'a OsStr], name: &str) -> Option<&'a OsStr> {
+    let dashed = flag::dashed(name);
+    let with_eq = format!("{dashed}=");
+    args.iter().enumerate().find_map(|(i, a)| {
+        let bytes = a.as_bytes();
+        if bytes == dashed.as_bytes() {
+            args.get(i + 1).copied()
+        } else {
+            bytes
+                .strip_prefix(with_eq.as_bytes())
+                .map(OsStr::from_bytes)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::ffi::OsStringExt;
+
+    fn full() -> TunnelCommand {
+        TunnelCommand {
+            program: "/usr/bin/efs-tunnel".into(),
+            connect: "10.0.0.5:2049".into(),
+            check_host: "fs-12345678.efs.us-east-1.amazonaws.com".into(),
+            cafile: Some("/etc/ca.pem".into()),
+            fips: true,
+            insecure_no_hostname_check: true,
+            fs_id: Some("fs-12345678".into()),
+            control: Some("/var/run/efs/tunnel-20049.sock".into()),
+            detach: true,
+            log_file: Some("/var/log/amazon/efs/efs-tunnel.log".into()),
+            log_max_bytes: 4096,
+            log_file_count: 3,
+            log_level: "debug".into(),
+        }
+    }
+
+    fn with_fds(cmd: &TunnelCommand, listen: RawFd, ready: Option<RawFd>) -> Vec<String> {
+        let mut argv = cmd.to_args();
+        argv.extend(descriptor_args(listen, ready));
+        argv
+    }
+
+    #[test]
+    fn what_is_built_parses_back_to_the_same_command() {
+        let cmd = full();
+        let parsed = Invocation::parse(with_fds(&cmd, 7, Some(8)), "test").unwrap();
+        assert_eq!(parsed.command, cmd);
+        assert_eq!(parsed.listen, Listen::Fd(7));
+        assert_eq!(parsed.ready_fd, Some(8));
+
+        let minimal = TunnelCommand {
+            cafile: None,
+            fips: false,
+            insecure_no_hostname_check: false,
+            fs_id: None,
+            control: None,
+            detach: false,
+            log_file: None,
+            ..full()
+        };
+        let parsed = Invocation::parse(with_fds(&minimal, 3, None), "test").unwrap();
+        assert_eq!(parsed.command, minimal);
+        assert_eq!(parsed.ready_fd, None);
+    }
+
+    #[test]
+    fn the_recorded_form_is_the_one_state_files_have_always_had() {
+        let args = full().to_args();
+        assert_eq!(
+            args[..8],
+            [
+                "/usr/bin/efs-tunnel",
+                "--detach",
+                "--connect",
+                "10.0.0.5:2049",
+                "--check-host",
+                "fs-12345678.efs.us-east-1.amazonaws.com",
+                "--fs-id",
+                "fs-12345678"
+            ]
+        );
+        assert!(!args.iter().any(|a| a == "--listen-fd" || a == "--ready-fd"));
+        assert_eq!(
+            args[args.len() - 4..],
+            [
+                "--cafile",
+                "/etc/ca.pem",
+                "--fips",
+                "--insecure-no-hostname-check"
+            ]
+        );
+    }
+
+    #[test]
+    fn listen_by_address_and_defaults() {
+        let parsed = Invocation::parse(
+            [
+                "efs-tunnel",
+                "--listen",
+                "127.0.0.1:0",
+                "--connect",
+                "h:2049",
+                "--check-host",
+                "h",
+            ],
+            "test",
+        )
+        .unwrap();
+        assert_eq!(parsed.listen, Listen::Addr("127.0.0.1:0".parse().unwrap()));
+        assert_eq!(parsed.command.log_max_bytes, 1_048_576);
+        assert_eq!(parsed.command.log_file_count, 10);
+        assert_eq!(parsed.command.log_level, "info");
+    }
+
+    #[test]
+    fn malformed_command_lines_are_errors_not_panics() {
+        let base = ["efs-tunnel", "--connect", "h:2049", "--check-host", "h"];
+        let parse = |extra: &[&str]| Invocation::parse([&base[..], extra].concat(), "test");
+        assert!(parse(&[]).is_err(), "no listener");
+        assert!(parse(&["--listen", "127.0.0.1:0", "--listen-fd", "3"]).is_err());
+        assert!(parse(&["--listen-fd", "x"]).is_err());
+        assert!(parse(&["--listen-fd", "3", "--bogus"]).is_err());
+        let err = parse(&["--listen-fd", "3", "--ready-fd"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+
+        let mut argv: Vec<OsString> = base.iter().map(OsString::from).collect();
+        argv.extend(["--listen-fd".into(), "3".into(), "--fs-id".into()]);
+        argv.push(OsString::from_vec(b"fs-\xff".to_vec()));
+        let err = Invocation::parse(argv.clone(), "test").unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::InvalidUtf8);
+        assert_eq!(first_non_utf8(&argv), Some((8, "fs-\u{fffd}".into())));
+        assert_eq!(first_non_utf8(&argv[..8]), None);
+    }
+
+    #[test]
+    fn a_running_tunnel_s_control_socket_and_listener_are_read_from_its_cmdline() {
+        let cmdline = with_fds(&full(), 5, None).join("\0") + "\0";
+        let running = RunningArgs::from_cmdline(cmdline.as_bytes());
+        assert_eq!(running.control, full().control);
+        assert_eq!(running.listen_fd, Some(5));
+
+        let eq_form = b"efs-tunnel\0--control=/run/x.sock\0--listen-fd=9\0";
+        let running = RunningArgs::from_cmdline(eq_form);
+        assert_eq!(running.control, Some(PathBuf::from("/run/x.sock")));
+        assert_eq!(running.listen_fd, Some(9));
+
+        assert_eq!(RunningArgs::from_cmdline(b""), RunningArgs::default());
+        let odd = b"efs-tunnel\0--listen-fd\0--control\0\xff\xfe\0--listen-fd";
+        let running = RunningArgs::from_cmdline(odd);
+        assert_eq!(running.listen_fd, None, "the value is not a number");
+        assert!(
+            running.control.is_some(),
+            "a non-UTF-8 path is still a path"
+        );
+    }
+}
