@@ -16,10 +16,14 @@ pub mod control;
 pub mod copy;
 pub mod fds;
 pub mod memory;
+pub mod peer;
 pub mod policy;
+pub mod privilege;
+pub mod repeat_log;
 pub mod server;
 pub mod shutdown;
 pub mod stats;
 pub mod upstream;
+pub mod watch;
 
 pub use server::{run, TunnelConfig, TunnelError};
