@@ -71,6 +71,16 @@ struct Args {
     /// debug, info, warning or error.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     log_level: String,
+    /// Serve local connections from any user. By default only sockets held by root (the
+    /// kernel's NFS client) are served: anyone else could send NFS requests through the
+    /// mount's TLS session, with its credentials.
+    #[arg(long)]
+    allow_any_peer: bool,
+    /// Close a connection whose mount target sends nothing for this long while RPC calls
+    /// are outstanding, so that the NFS client reconnects through a new one (0: never).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    dead_upstream_sec: u64,
 }
 
 /// `--version` says which crypto module this build carries and what `--fips` means here.
@@ -155,6 +165,9 @@ fn start(args: Args) -> Result<(), String> {
             .map(fds::ReadyPipe::from_fd)
             .transpose()
             .map_err(|e| format!("--ready-fd: {e}"))?,
+        allow_any_peer: args.allow_any_peer,
+        dead_upstream: (args.dead_upstream_sec > 0)
+            .then(|| std::time::Duration::from_secs(args.dead_upstream_sec)),
     };
     let listener = match (args.listen, args.listen_fd) {
         (_, Some(fd)) => fds::listener(fd).map_err(|e| format!("--listen-fd: {e}"))?,
@@ -163,6 +176,9 @@ fn start(args: Args) -> Result<(), String> {
         }
         (None, None) => return Err("give --listen ADDR or --listen-fd N".into()),
     };
+    // Nothing from here on needs a privilege; drop them all before the runtime starts
+    // threads, which inherit the dropped sets (see `privilege`).
+    efs_tunnel::privilege::drop_all().map_err(|e| format!("cannot drop privileges: {e}"))?;
     efs_tunnel::memory::tune_allocator();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -21,6 +21,8 @@ pub struct Stats {
     pub handshakes_full: AtomicU64,
     pub handshakes_resumed: AtomicU64,
     pub handshakes_failed: AtomicU64,
+    /// Local connections refused because root does not hold their socket (`peer`).
+    pub peer_refused: AtomicU64,
     session: Mutex<Option<TlsSession>>,
     errors: Mutex<ErrorLog>,
 }
@@ -47,6 +49,7 @@ impl Default for Stats {
             handshakes_full: AtomicU64::new(0),
             handshakes_resumed: AtomicU64::new(0),
             handshakes_failed: AtomicU64::new(0),
+            peer_refused: AtomicU64::new(0),
             session: Mutex::new(None),
             errors: Mutex::new(ErrorLog::default()),
         }

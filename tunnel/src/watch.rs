@@ -142,6 +142,8 @@ pub struct Watch {
 
 impl Watch {
     pub fn new(limit: Duration) -> Watch {
+        // Far beyond any sensible limit, and clear of `Instant` overflow.
+        let limit = limit.min(Duration::from_secs(365 * 86_400));
         Watch {
             limit,
             calls_seen: 0,
@@ -205,19 +207,21 @@ impl Watch {
     }
 }
 
+/// One RPC record in one fragment: xid, message type (0 call, 1 reply), then `body_len`
+/// more bytes.
+#[cfg(test)]
+pub(crate) fn record(xid: u32, msg_type: u32, body_len: usize) -> Vec<u8> {
+    let len = 8 + body_len;
+    let mut r = ((len as u32) | 0x8000_0000).to_be_bytes().to_vec();
+    r.extend_from_slice(&xid.to_be_bytes());
+    r.extend_from_slice(&msg_type.to_be_bytes());
+    r.extend(std::iter::repeat_n(0xab, body_len));
+    r
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// One RPC record in one fragment: xid, message type, then `body_len` more bytes.
-    pub fn record(xid: u32, msg_type: u32, body_len: usize) -> Vec<u8> {
-        let len = 8 + body_len;
-        let mut r = ((len as u32) | 0x8000_0000).to_be_bytes().to_vec();
-        r.extend_from_slice(&xid.to_be_bytes());
-        r.extend_from_slice(&msg_type.to_be_bytes());
-        r.extend(std::iter::repeat_n(0xab, body_len));
-        r
-    }
 
     /// An NFSv4 NULL call as the kernel's client sends it (AUTH_NONE): RFC 5531 framing.
     fn nfs_null_call(xid: u32) -> Vec<u8> {
