@@ -9,7 +9,9 @@
 //! * [`upstream`]: reaching the mount target, and the errors it can give;
 //! * [`control`]: the status socket the watchdog and the status command read;
 //! * [`fds`]: the inherited listening socket and readiness pipe;
-//! * [`memory`]: the heap settings the data path needs to stay cheap.
+//! * [`memory`]: the heap settings the data path needs to stay cheap;
+//! * [`peer`]: who may connect (root's sockets only), [`watch`]: noticing a mount target
+//!   that fell silent, [`privilege`]: what the tunnel gives up at start.
 
 pub mod certinfo;
 pub mod control;
