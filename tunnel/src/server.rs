@@ -1,7 +1,7 @@
 //! The tunnel process: accept NFS client connections on the local listener and give each
 //! its own verified TLS connection to the mount target. [`run`] is the whole life of a
-//! tunnel, top to bottom; [`serve_connection`] the life of one connection: the peer
-//! check, the upstream connection, the copy, and why it ended.
+//! tunnel, top to bottom; `serve_connection` the life of one connection: the peer check,
+//! the upstream connection, the copy, and why it ended.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -210,8 +210,8 @@ pub async fn run(config: TunnelConfig, listener: std::net::TcpListener) -> Resul
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((client, peer)) => {
-                    tokio::spawn(serve_connection(client, peer, shared.clone(), trigger.subscribe()));
+                Ok((client, client_addr)) => {
+                    tokio::spawn(serve_connection(client, client_addr, shared.clone(), trigger.subscribe()));
                 }
                 Err(e) => {
                     // Out of descriptors or memory: back off instead of spinning.
@@ -276,7 +276,7 @@ fn record_handshake(shared: &Shared, tls: &upstream::TlsStream) {
 /// One NFS client connection, from accept to close.
 async fn serve_connection(
     mut client: TcpStream,
-    peer: SocketAddr,
+    client_addr: SocketAddr,
     shared: Arc<Shared>,
     mut shutdown: Shutdown,
 ) {
@@ -284,7 +284,7 @@ async fn serve_connection(
     if !shared.allow_any_peer {
         let endpoints = match client.local_addr() {
             Ok(server) => Endpoints {
-                client: peer,
+                client: client_addr,
                 server,
             },
             Err(_) => return,
