@@ -70,6 +70,39 @@ async fn a_connection_from_another_user_is_closed_before_anything_reaches_the_mo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_another_user_sent_and_closed_before_the_accept_is_not_forwarded() {
+    assert_root();
+    let ca = TestCa::new("Test CA");
+    let server = TlsServer::start(&ca.issue(WILDCARD), Behaviour::Echo).await;
+    let relay = Relay::start(server.addr).await;
+    let tunnel = Tunnel::start(relay.port, &ca.pem, &[]);
+    // While the tunnel is stopped the kernel completes the connection, queues the
+    // request, and turns the closed socket into an orphan, which the kernel lists as
+    // uid 0: it must not pass for root's.
+    tunnel.signal(nix::sys::signal::Signal::SIGSTOP);
+    let script = format!(
+        "{}; printf '%s' \"$1\" >&3; exec 3>&-",
+        bash_connect(tunnel.addr())
+    );
+    let (code, _) = bash_as(NOBODY, &script, "NFS call, then close at once");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tunnel.signal(nix::sys::signal::Signal::SIGCONT);
+    assert_eq!(code, Some(0), "the request could not be sent");
+
+    wait_until(Duration::from_secs(5), || {
+        tunnel.log_text().contains("refused") || relay.accepted.load(Ordering::Relaxed) > 0
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        relay.accepted.load(Ordering::Relaxed),
+        0,
+        "the orphaned request was forwarded to the mount target"
+    );
+    let log = tunnel.log_text();
+    assert!(log.contains("already closed by its owner"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allow_any_peer_serves_other_users_and_says_so_at_start() {
     assert_root();
     let ca = TestCa::new("Test CA");

@@ -201,35 +201,46 @@ pub struct ForeignClient {
     pub took: Duration,
 }
 
-/// Connects to `addr` from a process of user and group `uid` (bash's /dev/tcp), sends
-/// `request` (ASCII) and counts what comes back, up to as many bytes as it sent, until
-/// the connection closes (at most 20 s).
-pub fn client_as(uid: u32, addr: SocketAddr, request: &str) -> ForeignClient {
-    let script = format!(
-        "exec 3<>/dev/tcp/{}/{} || exit 3; printf '%s' \"$1\" >&3; head -c ${{#1}} <&3 | wc -c",
-        addr.ip(),
-        addr.port()
-    );
-    let started = Instant::now();
+/// Runs a bash `script` (with `arg` as `$1`) as user and group `uid`, for at most 20 s;
+/// its exit code and standard output.
+pub fn bash_as(uid: u32, script: &str, arg: &str) -> (Option<i32>, String) {
     let out = Command::new("timeout")
-        .args(["20", "bash", "-c", &script, "client", request])
+        .args(["20", "bash", "-c", script, "bash", arg])
         .uid(uid)
         .gid(uid)
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .output()
         .expect("timeout and bash are needed for these tests");
-    let took = started.elapsed();
     assert_ne!(
         out.status.code(),
         Some(124),
-        "the tunnel kept the connection open"
+        "the script was still running after 20 s"
     );
-    assert_ne!(out.status.code(), Some(3), "could not connect to {addr}");
-    let received = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(0);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// bash's way to open a connection to `addr` on descriptor 3 (exit 3 if it fails).
+pub fn bash_connect(addr: SocketAddr) -> String {
+    format!("exec 3<>/dev/tcp/{}/{} || exit 3", addr.ip(), addr.port())
+}
+
+/// Connects to `addr` from a process of user and group `uid`, sends `request` (ASCII)
+/// and counts what comes back, up to as many bytes as it sent, until the connection
+/// closes.
+pub fn client_as(uid: u32, addr: SocketAddr, request: &str) -> ForeignClient {
+    let script = format!(
+        "{}; printf '%s' \"$1\" >&3; head -c ${{#1}} <&3 | wc -c",
+        bash_connect(addr)
+    );
+    let started = Instant::now();
+    let (code, out) = bash_as(uid, &script, request);
+    let took = started.elapsed();
+    assert_ne!(code, Some(3), "could not connect to {addr}");
+    let received = out.trim().parse().unwrap_or(0);
     ForeignClient { received, took }
 }
 
