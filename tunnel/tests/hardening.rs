@@ -22,13 +22,20 @@ fn assert_root() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connection_from_another_user_is_closed_before_anything_reaches_the_mount_target() {
-    assert_root();
+/// An echo mount target behind a [`Relay`] (which counts the connections that reach it),
+/// and a tunnel to it with `extra` arguments.
+async fn echo_behind_relay(extra: &[&str]) -> (TlsServer, Relay, Tunnel) {
     let ca = TestCa::new("Test CA");
     let server = TlsServer::start(&ca.issue(WILDCARD), Behaviour::Echo).await;
     let relay = Relay::start(server.addr).await;
-    let tunnel = Tunnel::start(relay.port, &ca.pem, &[]);
+    let tunnel = Tunnel::start(relay.port, &ca.pem, extra);
+    (server, relay, tunnel)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_from_another_user_is_closed_before_anything_reaches_the_mount_target() {
+    assert_root();
+    let (server, relay, tunnel) = echo_behind_relay(&[]).await;
     let addr = tunnel.addr();
 
     for _ in 0..3 {
@@ -72,10 +79,7 @@ async fn a_connection_from_another_user_is_closed_before_anything_reaches_the_mo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_another_user_sent_and_closed_before_the_accept_is_not_forwarded() {
     assert_root();
-    let ca = TestCa::new("Test CA");
-    let server = TlsServer::start(&ca.issue(WILDCARD), Behaviour::Echo).await;
-    let relay = Relay::start(server.addr).await;
-    let tunnel = Tunnel::start(relay.port, &ca.pem, &[]);
+    let (_server, relay, tunnel) = echo_behind_relay(&[]).await;
     // While the tunnel is stopped the kernel completes the connection, queues the
     // request, and turns the closed socket into an orphan, which the kernel lists as
     // uid 0: it must not pass for root's.
@@ -147,10 +151,7 @@ fn rpc_record(xid: u32, msg_type: u32) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mount_target_that_goes_silent_with_a_call_outstanding_is_dropped_within_the_limit() {
-    let ca = TestCa::new("Test CA");
-    let server = TlsServer::start(&ca.issue(WILDCARD), Behaviour::Echo).await;
-    let relay = Relay::start(server.addr).await;
-    let tunnel = Tunnel::start(relay.port, &ca.pem, &["--dead-upstream-sec", "2"]);
+    let (_server, relay, tunnel) = echo_behind_relay(&["--dead-upstream-sec", "2"]).await;
     let mut s = TcpStream::connect(tunnel.addr()).await.unwrap();
     rpc_round_trip(&mut s, 1).await.unwrap();
 
