@@ -20,12 +20,13 @@
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::sys::socket::{
-    recv, sendto, setsockopt, socket, sockopt, AddressFamily, MsgFlags, NetlinkAddr, SockFlag,
+    recvfrom, sendto, setsockopt, socket, sockopt, AddressFamily, MsgFlags, NetlinkAddr, SockFlag,
     SockProtocol, SockType,
 };
 use nix::sys::time::TimeVal;
@@ -169,7 +170,8 @@ const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 1;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
-/// `struct inet_diag_req_v2`: family, protocol, ext, pad, states, then the socket id.
+/// The request: the netlink header, then `struct inet_diag_req_v2` (family, protocol,
+/// ext, pad, states, then the socket id).
 const REQUEST_LEN: usize = NLMSG_HDRLEN + 8 + SOCKID_LEN;
 /// `struct inet_diag_sockid`: sport, dport (big-endian), src, dst (4 words each), if,
 /// cookie (2 words).
@@ -302,7 +304,6 @@ fn query_netlink(ep: Endpoints) -> Result<SocketInfo, DiagError> {
     .map_err(DiagError::Io)?;
     let timeout = TimeVal::new(NETLINK_TIMEOUT.as_secs() as _, 0);
     setsockopt(&fd, sockopt::ReceiveTimeout, &timeout).map_err(DiagError::Io)?;
-    use std::os::fd::AsRawFd;
     let request = diag_request(ep, seq);
     sendto(
         fd.as_raw_fd(),
@@ -312,7 +313,14 @@ fn query_netlink(ep: Endpoints) -> Result<SocketInfo, DiagError> {
     )
     .map_err(DiagError::Io)?;
     let mut buf = [0u8; 4096];
-    let n = recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()).map_err(DiagError::Io)?;
+    let (n, from) = recvfrom::<NetlinkAddr>(fd.as_raw_fd(), &mut buf).map_err(DiagError::Io)?;
+    // Only the kernel (port 0) answers; another process could not send here without
+    // CAP_NET_ADMIN, but an answer from anyone else is not taken in any case.
+    if from.is_none_or(|a| a.pid() != 0) {
+        return Err(DiagError::Malformed(
+            "the answer does not come from the kernel",
+        ));
+    }
     parse_diag_reply(&buf[..n], seq, ep)
 }
 
