@@ -10,7 +10,7 @@
 //!
 //! The tunnel's command line, the hand-over of its descriptors, the ready-pipe lines and
 //! how it is stopped are `efs_tunnel_contract`'s; this module is what `mount.efs` makes
-//! of them ([`TunnelSpec`] is the mount's view of a [`TunnelCommand`]).
+//! of them.
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
@@ -24,50 +24,6 @@ use efs_tunnel_contract::{NotReady, Readiness, SpawnError, TunnelCommand};
 
 /// How long a mount waits for the tunnel's first handshake.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// What the tunnel is told, apart from the descriptors it inherits.
-#[derive(Debug, Clone)]
-pub struct TunnelSpec {
-    pub binary: PathBuf,
-    /// `host:2049`
-    pub connect: String,
-    pub check_host: String,
-    pub fs_id: String,
-    pub cafile: Option<PathBuf>,
-    pub fips: bool,
-    pub hostname_check: bool,
-    pub control: PathBuf,
-    pub log_file: PathBuf,
-    pub log_max_bytes: u64,
-    pub log_file_count: u32,
-    pub log_level: String,
-}
-
-impl TunnelSpec {
-    /// The tunnel's command line for this mount; started detached from `mount`'s session.
-    pub fn tunnel_command(&self) -> TunnelCommand {
-        TunnelCommand {
-            program: self.binary.clone(),
-            connect: self.connect.clone(),
-            check_host: self.check_host.clone(),
-            cafile: self.cafile.clone(),
-            fips: self.fips,
-            insecure_no_hostname_check: !self.hostname_check,
-            fs_id: Some(self.fs_id.clone()),
-            control: Some(self.control.clone()),
-            detach: true,
-            log_file: Some(self.log_file.clone()),
-            log_max_bytes: self.log_max_bytes,
-            log_file_count: self.log_file_count,
-            log_level: self.log_level.clone(),
-        }
-    }
-
-    /// The command line recorded in the state file; starters add `--listen-fd N`.
-    pub fn command(&self) -> Vec<String> {
-        self.tunnel_command().to_args()
-    }
-}
 
 /// Why a tunnel could not be started.
 #[derive(Debug)]
@@ -169,7 +125,7 @@ pub(crate) fn random_u32() -> u32 {
 pub struct RunningTunnel {
     child: Child,
     pub port: u16,
-    control: PathBuf,
+    control: Option<PathBuf>,
 }
 
 impl RunningTunnel {
@@ -181,18 +137,20 @@ impl RunningTunnel {
     /// socket.
     pub fn stop(mut self) {
         let _ = efs_tunnel_contract::stop(&mut self.child);
-        let _ = std::fs::remove_file(&self.control);
+        if let Some(c) = &self.control {
+            let _ = std::fs::remove_file(c);
+        }
     }
 }
 
 /// Starts the tunnel on `listener` and waits for its first handshake.
-pub fn start(spec: &TunnelSpec, listener: TcpListener) -> Result<RunningTunnel, LaunchError> {
+pub fn start(spec: &TunnelCommand, listener: TcpListener) -> Result<RunningTunnel, LaunchError> {
     let port = listener
         .local_addr()
         .map_err(|e| LaunchError::Pipe(e.to_string()))?
         .port();
     let (child, ready) =
-        efs_tunnel_contract::spawn_with_ready_pipe(&spec.command(), listener.as_fd()).map_err(
+        efs_tunnel_contract::spawn_with_ready_pipe(&spec.to_args(), listener.as_fd()).map_err(
             |e| match e {
                 SpawnError::Exec(binary, e) => LaunchError::Spawn(binary, e),
                 other => LaunchError::Pipe(other.to_string()),
@@ -216,9 +174,11 @@ pub fn start(spec: &TunnelSpec, listener: TcpListener) -> Result<RunningTunnel, 
             LaunchError::TimedOut(format!("{} ({})", spec.connect, spec.check_host))
         }
         Ok(Readiness::Ready { .. })
-        | Err(NotReady::Closed | NotReady::Garbled(_) | NotReady::Io(_)) => {
-            LaunchError::DiedEarly(spec.log_file.display().to_string())
-        }
+        | Err(NotReady::Closed | NotReady::Garbled(_) | NotReady::Io(_)) => LaunchError::DiedEarly(
+            spec.log_file
+                .as_ref()
+                .map_or_else(|| "its stderr".into(), |p| p.display().to_string()),
+        ),
     })
 }
 
@@ -230,29 +190,5 @@ mod tests {
     fn random_numbers_differ() {
         let draws: std::collections::BTreeSet<u32> = (0..64).map(|_| random_u32()).collect();
         assert!(draws.len() > 60, "{draws:?}");
-    }
-
-    #[test]
-    fn the_recorded_command_names_the_mount_and_no_descriptor() {
-        let spec = TunnelSpec {
-            binary: "/usr/bin/efs-tunnel".into(),
-            connect: "10.0.0.5:2049".into(),
-            check_host: "fs-1.efs.us-east-1.amazonaws.com".into(),
-            fs_id: "fs-1".into(),
-            cafile: None,
-            fips: false,
-            hostname_check: false,
-            control: "/run/efs/tunnel-20049.sock".into(),
-            log_file: "/var/log/amazon/efs/efs-tunnel.log".into(),
-            log_max_bytes: 1,
-            log_file_count: 2,
-            log_level: "info".into(),
-        };
-        let cmd = spec.command();
-        assert_eq!(cmd[..2], ["/usr/bin/efs-tunnel", "--detach"]);
-        assert!(cmd.iter().any(|a| a == "--insecure-no-hostname-check"));
-        assert!(!cmd.iter().any(|a| a == "--listen-fd" || a == "--ready-fd"));
-        let running = efs_tunnel_contract::RunningArgs::from_cmdline(cmd.join("\0").as_bytes());
-        assert_eq!(running.control, Some(spec.control));
     }
 }

@@ -34,7 +34,8 @@ use efs_config::{logging, Config};
 use log::{info, warn};
 
 use crate::args::Invocation;
-use crate::launch::{RunningTunnel, TunnelSpec};
+use crate::launch::RunningTunnel;
+use efs_tunnel_contract::TunnelCommand;
 
 /// Why a mount did not happen; [`MountError::exit_code`] follows mount(8).
 #[derive(Debug)]
@@ -229,21 +230,26 @@ impl Mount<'_> {
         } else {
             format!("{connect_host}:2049")
         };
-        let spec = TunnelSpec {
-            binary: paths.tunnel.clone(),
+        let control = state::control_socket_path(&paths.state_dir, port);
+        let spec = TunnelCommand {
+            program: paths.tunnel.clone(),
             connect,
             check_host: target::check_host(self.dns_name, self.fs_id),
-            fs_id: self.fs_id.to_string(),
+            fs_id: Some(self.fs_id.to_string()),
             cafile,
             fips: cfg.mount.fips_mode_enabled,
-            hostname_check: cfg.mount.stunnel_check_cert_hostname,
-            control: state::control_socket_path(&paths.state_dir, port),
-            log_file: paths.log_dir.join("efs-tunnel.log"),
+            insecure_no_hostname_check: !cfg.mount.stunnel_check_cert_hostname,
+            control: Some(control.clone()),
+            // Started detached from `mount`'s session and process group.
+            detach: true,
+            log_file: Some(paths.log_dir.join("efs-tunnel.log")),
             log_max_bytes: cfg.logging_max_bytes,
             log_file_count: cfg.logging_file_count,
             log_level: cfg.logging_level.to_string().to_lowercase(),
+            allow_any_peer: false,
+            dead_upstream_sec: efs_tunnel_contract::command::DEFAULT_DEAD_UPSTREAM_SEC,
         };
-        info!("Starting TLS tunnel: \"{}\"", spec.command().join(" "));
+        info!("Starting TLS tunnel: \"{}\"", spec.to_args().join(" "));
         let tunnel =
             launch::start(&spec, listener).map_err(|e| MountError::Failed(e.to_string()))?;
         info!("Started TLS tunnel, pid: {}", tunnel.pid());
@@ -259,7 +265,7 @@ impl Mount<'_> {
                 .as_ref()
                 .map(RunningTunnel::pid)
                 .unwrap_or_default(),
-            cmd: spec.command(),
+            cmd: spec.to_args(),
             files: Vec::new(),
             mount_time: state::unix_time(),
             mountpoint: self.inv.mountpoint.clone(),
@@ -269,7 +275,7 @@ impl Mount<'_> {
             dns_name: self.dns_name.to_string(),
             check_host: spec.check_host.clone(),
             connect: spec.connect.clone(),
-            control_socket: spec.control.clone(),
+            control_socket: control,
             restarts: 0,
             unmount_time: None,
             served_by: None,

@@ -22,6 +22,7 @@ use std::path::Path;
 use efs_config::mounts::KernelView;
 use efs_config::state::{self, MountState};
 use efs_config::Config;
+use efs_tunnel_contract::TunnelCommand;
 use log::{debug, warn};
 
 /// Where the kernel put a new mount.
@@ -35,58 +36,20 @@ pub enum Transport {
     Refused(String),
 }
 
-/// The tunnel flags that make up a connection's TLS identity: two mounts may share one
-/// connection only if these agree. Everything else (log settings, control socket, the
-/// address dialled: any mount target of the file system) may differ. A flag either takes
-/// a value or is a switch.
-const IDENTITY_FLAGS: &[(&str, &str, Kind)] = &[
-    ("--fs-id", "file system", Kind::Value),
-    ("--check-host", "certificate name", Kind::Value),
-    ("--cafile", "CA file (cafile, stunnel_cafile)", Kind::Value),
-    ("--fips", "FIPS mode (fips_mode_enabled)", Kind::Switch),
-    (
-        "--insecure-no-hostname-check",
-        "no hostname check (stunnel_check_cert_hostname = false)",
-        Kind::Switch,
-    ),
-];
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Value,
-    Switch,
-}
-
-/// The value of each identity flag in a tunnel command line.
-fn identity(cmd: &[String]) -> Vec<Option<&str>> {
-    IDENTITY_FLAGS
-        .iter()
-        .map(|(flag, _, kind)| {
-            let at = cmd.iter().position(|a| a == flag)?;
-            Some(match kind {
-                Kind::Switch => "",
-                Kind::Value => cmd.get(at + 1).map_or("", String::as_str),
-            })
-        })
-        .collect()
-}
-
-/// How two tunnel command lines differ in TLS identity, if they do.
+/// How two recorded tunnel command lines differ in TLS identity, if they do (see
+/// [`efs_tunnel_contract::command::TlsIdentity`]).
 fn identity_difference(ours: &[String], theirs: &[String]) -> Option<String> {
-    let show = |v: Option<&str>, kind: Kind| match (v, kind) {
-        (None, Kind::Switch) => "no".to_string(),
-        (Some(_), Kind::Switch) => "yes".to_string(),
-        (None, Kind::Value) => "none".to_string(),
-        (Some(v), Kind::Value) => v.to_string(),
+    let (ours, theirs) = match (
+        TunnelCommand::from_recorded(ours),
+        TunnelCommand::from_recorded(theirs),
+    ) {
+        (Ok(a), Ok(b)) => (a.tls_identity(), b.tls_identity()),
+        _ => return Some("its TLS settings cannot be read".into()),
     };
-    let diffs: Vec<String> = identity(ours)
+    let diffs: Vec<String> = ours
+        .differences(&theirs)
         .into_iter()
-        .zip(identity(theirs))
-        .zip(IDENTITY_FLAGS)
-        .filter(|((a, b), _)| a != b)
-        .map(|((a, b), (_, what, kind))| {
-            format!("{what}: {} here, {} there", show(a, *kind), show(b, *kind))
-        })
+        .map(|(what, here, there)| format!("{what}: {here} here, {there} there"))
         .collect();
     (!diffs.is_empty()).then(|| diffs.join("; "))
 }
@@ -184,5 +147,7 @@ mod tests {
             "FIPS mode (fips_mode_enabled): yes here, no there; \
              no hostname check (stunnel_check_cert_hostname = false): no here, yes there"
         );
+        let d = identity_difference(&cmd(&[]), &cmd(&["--from-the-future"])).unwrap();
+        assert_eq!(d, "its TLS settings cannot be read");
     }
 }

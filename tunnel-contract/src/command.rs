@@ -46,6 +46,8 @@ pub mod flag {
     pub const LOG_MAX_BYTES: &str = "log-max-bytes";
     pub const LOG_FILE_COUNT: &str = "log-file-count";
     pub const LOG_LEVEL: &str = "log-level";
+    pub const ALLOW_ANY_PEER: &str = "allow-any-peer";
+    pub const DEAD_UPSTREAM_SEC: &str = "dead-upstream-sec";
 
     /// `--NAME`.
     pub fn dashed(name: &str) -> String {
@@ -98,7 +100,20 @@ pub struct TunnelCommand {
     /// debug, info, warning or error.
     #[arg(long = flag::LOG_LEVEL, value_name = "LEVEL", default_value = "info")]
     pub log_level: String,
+    /// Serve local connections from any user. By default only sockets held by root (the
+    /// kernel's NFS client) are served: anyone else could send NFS requests through the
+    /// mount's TLS session, with its credentials.
+    #[arg(long = flag::ALLOW_ANY_PEER)]
+    pub allow_any_peer: bool,
+    /// Close a connection whose mount target sends nothing for this long while RPC calls
+    /// are outstanding, so that the NFS client reconnects through a new one (0: never).
+    #[arg(long = flag::DEAD_UPSTREAM_SEC, value_name = "SECONDS", default_value_t = DEFAULT_DEAD_UPSTREAM_SEC,
+          value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub dead_upstream_sec: u64,
 }
+
+/// How long a mount target may stay silent while calls are outstanding, by default.
+pub const DEFAULT_DEAD_UPSTREAM_SEC: u64 = 30;
 
 impl TunnelCommand {
     /// The command line, as the state file records it (paths that are not UTF-8 are
@@ -136,7 +151,103 @@ impl TunnelCommand {
         if self.insecure_no_hostname_check {
             push(flag::INSECURE_NO_HOSTNAME_CHECK, None);
         }
+        if self.allow_any_peer {
+            push(flag::ALLOW_ANY_PEER, None);
+        }
+        if self.dead_upstream_sec != DEFAULT_DEAD_UPSTREAM_SEC {
+            push(
+                flag::DEAD_UPSTREAM_SEC,
+                Some(self.dead_upstream_sec.to_string()),
+            );
+        }
         args
+    }
+}
+
+/// Who a tunnel's TLS connection says it is and whom it trusts: two mounts may share one
+/// connection (the kernel's NFS client puts a second mount of a server on the first one's)
+/// only if these agree. Everything else of a command line (log settings, the control
+/// socket, which mount target address is dialled) may differ. IAM and access points will
+/// add the client certificate's identity here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsIdentity {
+    pub fs_id: Option<String>,
+    pub check_host: String,
+    pub cafile: Option<PathBuf>,
+    pub fips: bool,
+    pub insecure_no_hostname_check: bool,
+}
+
+impl TlsIdentity {
+    /// Each part that differs: (what it is, in config terms; this value; that value).
+    pub fn differences(&self, other: &TlsIdentity) -> Vec<(&'static str, String, String)> {
+        let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "none".into());
+        let path = |v: &Option<PathBuf>| {
+            v.as_ref()
+                .map_or_else(|| "none".into(), |p| p.display().to_string())
+        };
+        let yes = |b: bool| if b { "yes" } else { "no" }.to_string();
+        let mut d = Vec::new();
+        if self.fs_id != other.fs_id {
+            d.push(("file system", opt(&self.fs_id), opt(&other.fs_id)));
+        }
+        if self.check_host != other.check_host {
+            d.push((
+                "certificate name",
+                self.check_host.clone(),
+                other.check_host.clone(),
+            ));
+        }
+        if self.cafile != other.cafile {
+            d.push((
+                "CA file (cafile, stunnel_cafile)",
+                path(&self.cafile),
+                path(&other.cafile),
+            ));
+        }
+        if self.fips != other.fips {
+            d.push((
+                "FIPS mode (fips_mode_enabled)",
+                yes(self.fips),
+                yes(other.fips),
+            ));
+        }
+        if self.insecure_no_hostname_check != other.insecure_no_hostname_check {
+            d.push((
+                "no hostname check (stunnel_check_cert_hostname = false)",
+                yes(self.insecure_no_hostname_check),
+                yes(other.insecure_no_hostname_check),
+            ));
+        }
+        d
+    }
+}
+
+impl TunnelCommand {
+    /// Parses a recorded command line (a state file's `cmd`: argv\[0\] first, no
+    /// descriptors).
+    pub fn from_recorded(cmd: &[String]) -> Result<TunnelCommand, clap::Error> {
+        #[derive(Debug, Parser)]
+        #[command(name = PROCESS_NAME)]
+        struct Recorded {
+            #[command(flatten)]
+            command: TunnelCommand,
+        }
+        let parsed = Recorded::try_parse_from(cmd)?;
+        Ok(TunnelCommand {
+            program: cmd.first().map(PathBuf::from).unwrap_or_default(),
+            ..parsed.command
+        })
+    }
+
+    pub fn tls_identity(&self) -> TlsIdentity {
+        TlsIdentity {
+            fs_id: self.fs_id.clone(),
+            check_host: self.check_host.clone(),
+            cafile: self.cafile.clone(),
+            fips: self.fips,
+            insecure_no_hostname_check: self.insecure_no_hostname_check,
+        }
     }
 }
 
@@ -288,6 +399,34 @@ mod tests {
     use super::*;
     use std::os::unix::ffi::OsStringExt;
 
+    #[test]
+    fn a_recorded_command_line_parses_back_and_names_its_tls_identity() {
+        let c = full();
+        let back = TunnelCommand::from_recorded(&c.to_args()).unwrap();
+        assert_eq!(back, c);
+        let mut other = c.clone();
+        other.connect = "10.0.0.6:2049".into();
+        other.control = Some("/var/run/efs/tunnel-20002.sock".into());
+        other.log_level = "info".into();
+        assert!(c
+            .tls_identity()
+            .differences(&other.tls_identity())
+            .is_empty());
+        other.cafile = None;
+        other.fips = !c.fips;
+        let d = c.tls_identity().differences(&other.tls_identity());
+        assert_eq!(d.len(), 2, "{d:?}");
+        assert_eq!(
+            d[0],
+            (
+                "CA file (cafile, stunnel_cafile)",
+                "/etc/ca.pem".to_string(),
+                "none".to_string()
+            )
+        );
+        assert!(TunnelCommand::from_recorded(&["efs-tunnel".into(), "--bogus".into()]).is_err());
+    }
+
     fn full() -> TunnelCommand {
         TunnelCommand {
             program: "/usr/bin/efs-tunnel".into(),
@@ -303,6 +442,8 @@ mod tests {
             log_max_bytes: 4096,
             log_file_count: 3,
             log_level: "debug".into(),
+            allow_any_peer: true,
+            dead_upstream_sec: 12,
         }
     }
 
@@ -353,14 +494,26 @@ mod tests {
         );
         assert!(!args.iter().any(|a| a == "--listen-fd" || a == "--ready-fd"));
         assert_eq!(
-            args[args.len() - 4..],
+            args[args.len() - 7..],
             [
                 "--cafile",
                 "/etc/ca.pem",
                 "--fips",
-                "--insecure-no-hostname-check"
+                "--insecure-no-hostname-check",
+                "--allow-any-peer",
+                "--dead-upstream-sec",
+                "12"
             ]
         );
+        // Defaults of the hardening flags are not written: older tunnels do not know them.
+        let plain = TunnelCommand {
+            allow_any_peer: false,
+            dead_upstream_sec: DEFAULT_DEAD_UPSTREAM_SEC,
+            ..full()
+        };
+        assert!(plain
+            .to_args()
+            .ends_with(&["--insecure-no-hostname-check".to_string()]));
     }
 
     #[test]

@@ -54,6 +54,10 @@ pub struct Status {
     /// timed out. (Absent from the answers of tunnels older than this field.)
     #[serde(default)]
     pub connects_failed: u64,
+    /// Local connections refused because their socket is not root's: not the kernel's
+    /// NFS client (the tunnel's peer check). (Absent from older tunnels' answers.)
+    #[serde(default)]
+    pub peer_refused: u64,
     /// The most recent successful handshake.
     pub tls: Option<TlsSession>,
     pub last_error: Option<LastError>,

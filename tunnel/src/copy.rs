@@ -23,8 +23,14 @@
 //!   given back, together with the TLS side's read-ahead, once the connection has moved
 //!   nothing for [`IDLE_RELEASE`]: a mount that copied a big file and then idles does not
 //!   keep most of a MiB per connection;
-//! * every completed write is added to a shared counter for the status report.
+//! * every completed write is added to a shared counter for the status report;
+//! * with a dead-upstream limit, each read is also fed to an RPC record scanner and the
+//!   connection ends with [`CopyError::Silent`] when the mount target stays silent past
+//!   the limit with calls outstanding (see [`crate::watch`]; no syscall is added: the
+//!   scanner reads record headers from the buffer, and the clock is read once per poll
+//!   that brought bytes from the mount target).
 
+use std::fmt;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
@@ -34,6 +40,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
+
+use crate::watch::{RpcScanner, Silent, Watch};
 
 /// First buffer size of a direction, allocated on its first byte.
 pub const BUF_START: usize = 16 * 1024;
@@ -50,6 +58,32 @@ pub trait ReleaseBuffers {
     fn release_buffers(&mut self);
 }
 
+/// How a copy ended early.
+#[derive(Debug)]
+pub enum CopyError {
+    /// A read or write on either side failed.
+    Io(io::Error),
+    /// The mount target stopped answering while calls were outstanding.
+    Silent(Silent),
+}
+
+impl From<io::Error> for CopyError {
+    fn from(e: io::Error) -> Self {
+        CopyError::Io(e)
+    }
+}
+
+impl fmt::Display for CopyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CopyError::Io(e) => write!(f, "{e}"),
+            CopyError::Silent(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+impl std::error::Error for CopyError {}
+
 /// One direction of the copy.
 struct Direction<'c> {
     buf: Vec<u8>,
@@ -60,10 +94,12 @@ struct Direction<'c> {
     /// Keep reading after a short read (see the module documentation).
     greedy: bool,
     counter: &'c AtomicU64,
+    /// Counts the RPC records read, when the connection is watched.
+    scan: Option<RpcScanner>,
 }
 
 impl<'c> Direction<'c> {
-    fn new(counter: &'c AtomicU64, greedy: bool) -> Self {
+    fn new(counter: &'c AtomicU64, greedy: bool, watched: bool) -> Self {
         Direction {
             buf: Vec::new(),
             start: 0,
@@ -72,6 +108,7 @@ impl<'c> Direction<'c> {
             done: false,
             greedy,
             counter,
+            scan: watched.then(RpcScanner::default),
         }
     }
 
@@ -124,6 +161,9 @@ impl<'c> Direction<'c> {
                     Poll::Ready(Ok(())) => match rb.filled().len() {
                         0 => self.read_eof = true,
                         n => {
+                            if let Some(scan) = &mut self.scan {
+                                scan.feed(&self.buf[self.end..self.end + n]);
+                            }
                             self.end += n;
                             if !self.greedy && self.end < self.buf.len() {
                                 break;
@@ -185,19 +225,23 @@ impl<'c> Direction<'c> {
 
 /// Copies `a` (the client's plain socket) to `b` (the TLS stream) and back until both
 /// directions have ended, counting the bytes written to `b` in `a_to_b` and to `a` in
-/// `b_to_a`. The first error ends both.
+/// `b_to_a`. The first error ends both. With `dead_upstream`, `b` must answer the RPC
+/// calls from `a` within that time (see [`crate::watch`]).
 pub async fn bidirectional<A, B>(
     a: &mut A,
     b: &mut B,
     a_to_b: &AtomicU64,
     b_to_a: &AtomicU64,
-) -> io::Result<()>
+    dead_upstream: Option<Duration>,
+) -> Result<(), CopyError>
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + ReleaseBuffers + Unpin + ?Sized,
 {
-    let mut up = Direction::new(a_to_b, false);
-    let mut down = Direction::new(b_to_a, true);
+    let watched = dead_upstream.is_some();
+    let mut up = Direction::new(a_to_b, false, watched);
+    let mut down = Direction::new(b_to_a, true, watched);
+    let mut watch = dead_upstream.map(Watch::new);
     let moved = || a_to_b.load(Ordering::Relaxed) + b_to_a.load(Ordering::Relaxed);
     // Armed (with the byte count at arming) while the connection holds buffers and may
     // be idle; not polled, and so not registered with the timer, while disarmed.
@@ -213,6 +257,11 @@ where
             .is_ready();
         if up_done && down_done {
             return Poll::Ready(Ok(()));
+        }
+        if let (Some(w), Some(calls), Some(replies)) = (&mut watch, &up.scan, &down.scan) {
+            if let Poll::Ready(silent) = w.poll(cx, calls, replies, !down.is_drained()) {
+                return Poll::Ready(Err(CopyError::Silent(silent)));
+            }
         }
         let quiet = up.is_drained() && down.is_drained();
         if armed_at.is_none() && quiet && (up.holds_buffer() || down.holds_buffer()) {
@@ -257,7 +306,7 @@ mod tests {
         let down = AtomicU64::new(0);
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
         let sent = data.clone();
-        let copier = async { bidirectional(&mut a, &mut b, &up, &down).await };
+        let copier = async { bidirectional(&mut a, &mut b, &up, &down, None).await };
         let client_side = async move {
             client.write_all(&sent).await.unwrap();
             client.shutdown().await.unwrap();
@@ -287,7 +336,7 @@ mod tests {
         let (mut client, mut a) = tokio::io::duplex(1 << 20);
         let (mut b, mut server) = tokio::io::duplex(1 << 20);
         let counter = AtomicU64::new(0);
-        let mut dir = Direction::new(&counter, true);
+        let mut dir = Direction::new(&counter, true, false);
         let step = |dir: &mut Direction<'_>,
                     a: &mut tokio::io::DuplexStream,
                     b: &mut tokio::io::DuplexStream| {
@@ -310,5 +359,47 @@ mod tests {
         assert!(step(&mut dir, &mut a, &mut b));
         assert_eq!(dir.buf.len(), BUF_MAX);
         assert_eq!(counter.load(Ordering::Relaxed), 200 + 600_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_mount_target_that_stops_answering_ends_the_copy_and_an_idle_one_does_not() {
+        use crate::watch::record;
+        let (mut client, mut a) = tokio::io::duplex(64 * 1024);
+        let (mut b, mut server) = tokio::io::duplex(64 * 1024);
+        let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+        let limit = Duration::from_secs(30);
+        let copier = bidirectional(&mut a, &mut b, &up, &down, Some(limit));
+        let peers = async {
+            // Answered, then idle for far longer than the limit: nothing happens.
+            client.write_all(&record(1, 0, 100)).await.unwrap();
+            let mut call = vec![0u8; 112];
+            server.read_exact(&mut call).await.unwrap();
+            server.write_all(&record(1, 1, 20)).await.unwrap();
+            let mut reply = vec![0u8; 32];
+            client.read_exact(&mut reply).await.unwrap();
+            tokio::time::sleep(limit * 10).await;
+            // A call the server reads and never answers.
+            client.write_all(&record(2, 0, 100)).await.unwrap();
+            server.read_exact(&mut call).await.unwrap();
+            std::future::pending::<()>().await
+        };
+        let started = Instant::now();
+        let ended = tokio::select! {
+            r = copier => r,
+            () = peers => unreachable!(),
+        };
+        match ended {
+            Err(CopyError::Silent(s)) => {
+                assert_eq!(s.outstanding, 1);
+                let second = Duration::from_secs(1);
+                assert!(s.waited >= limit && s.waited < limit + second, "{s:?}");
+                let total = started.elapsed();
+                assert!(
+                    total >= limit * 11 && total < limit * 11 + second,
+                    "{total:?}"
+                );
+            }
+            other => panic!("expected the silence to end the copy, got {other:?}"),
+        }
     }
 }

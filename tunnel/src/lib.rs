@@ -11,7 +11,9 @@
 //!   and the stable names of TLS versions and suites;
 //! * [`fds`]: the inherited listening socket and readiness pipe;
 //! * [`stats`]: the live counters behind the status;
-//! * [`memory`]: the heap settings the data path needs to stay cheap.
+//! * [`memory`]: the heap settings the data path needs to stay cheap;
+//! * [`peer`]: who may connect (root's sockets only), [`watch`]: noticing a mount target
+//!   that fell silent, [`privilege`]: what the tunnel gives up at start.
 //!
 //! What other programs must agree on with a tunnel (its command line, the descriptors
 //! it inherits, the ready-pipe lines, the stop grace, the control protocol) is the
@@ -22,10 +24,14 @@ pub mod control;
 pub mod copy;
 pub mod fds;
 pub mod memory;
+pub mod peer;
 pub mod policy;
+pub mod privilege;
+pub mod repeat_log;
 pub mod server;
 pub mod shutdown;
 pub mod stats;
 pub mod upstream;
+pub mod watch;
 
 pub use server::{run, TunnelConfig, TunnelError};

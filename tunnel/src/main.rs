@@ -123,6 +123,9 @@ fn start(args: Invocation) -> Result<(), String> {
             .map(fds::ReadyPipe::from_fd)
             .transpose()
             .map_err(|e| format!("--ready-fd: {e}"))?,
+        allow_any_peer: cmd.allow_any_peer,
+        dead_upstream: (cmd.dead_upstream_sec > 0)
+            .then(|| std::time::Duration::from_secs(cmd.dead_upstream_sec)),
     };
     let listener = match args.listen {
         Listen::Fd(fd) => fds::listener(fd).map_err(|e| format!("--listen-fd: {e}"))?,
@@ -130,6 +133,9 @@ fn start(args: Invocation) -> Result<(), String> {
             TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?
         }
     };
+    // Nothing from here on needs a privilege; drop them all before the runtime starts
+    // threads, which inherit the dropped sets (see `privilege`).
+    efs_tunnel::privilege::drop_all().map_err(|e| format!("cannot drop privileges: {e}"))?;
     efs_tunnel::memory::tune_allocator();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

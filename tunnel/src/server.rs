@@ -1,9 +1,12 @@
 //! The tunnel process: accept NFS client connections on the local listener and give each
 //! its own verified TLS connection to the mount target. [`run`] is the whole life of a
-//! tunnel, top to bottom.
+//! tunnel, top to bottom; `serve_connection` the life of one connection: the peer check,
+//! the upstream connection, the copy, and why it ended.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -13,7 +16,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::control::{ControlSocket, Status};
+use crate::copy::CopyError;
+use crate::peer::{self, Endpoints, Refusal};
 use crate::policy::{self, HostnameCheck, PolicyError, TlsPolicy};
+use crate::repeat_log::{repeats_suffix, RepeatLog};
 use crate::shutdown::{Shutdown, ShutdownTrigger};
 use crate::stats::Stats;
 use crate::upstream::{self, Target, UpstreamError};
@@ -35,6 +41,13 @@ pub struct TunnelConfig {
     /// `error <reason>` (then exit non-zero). `mount.efs` waits on it, so a bad
     /// certificate or an unreachable target fails the mount at once, with the reason.
     pub ready: Option<fds::ReadyPipe>,
+    /// Serve connections from any local user, not only root's (the kernel NFS client's).
+    /// Off by default: through the tunnel, anyone would speak NFS with the mount's
+    /// credentials (see [`crate::peer`]).
+    pub allow_any_peer: bool,
+    /// Close a connection whose mount target stays silent this long while RPC calls are
+    /// outstanding (also the upstream socket's `TCP_USER_TIMEOUT`); `None`: never.
+    pub dead_upstream: Option<Duration>,
 }
 
 /// Why a tunnel could not start (once serving, a tunnel only stops on a signal).
@@ -70,6 +83,12 @@ struct Shared {
     tls: RwLock<Arc<ClientConfig>>,
     stats: Stats,
     listen_port: u16,
+    allow_any_peer: bool,
+    dead_upstream: Option<Duration>,
+    /// Refused peers, by uid (none: no owner could be found), for the log.
+    refused: RepeatLog<Option<u32>>,
+    /// Mount targets that went silent, for the log.
+    silent: RepeatLog<()>,
 }
 
 impl Shared {
@@ -106,6 +125,34 @@ impl Shared {
             ..self.stats.snapshot()
         }
     }
+
+    /// Counts a refused peer and says so: once per uid, then every few minutes with a
+    /// count, so that a user knocking in a loop cannot flood the log.
+    fn refuse(&self, endpoints: Endpoints, why: &Refusal) {
+        self.stats.peer_refused.fetch_add(1, Ordering::Relaxed);
+        if let Some(repeats) = self.refused.occurred(why.log_key()) {
+            warn!(
+                "refused a local connection from {} to the tunnel for {}: {why}; only root \
+                 (the kernel's NFS client) may use it (--allow-any-peer turns this check off){}",
+                endpoints.client,
+                self.target,
+                repeats_suffix(repeats)
+            );
+        }
+    }
+
+    /// Says, once and then every few minutes with a count, that a connection to the mount
+    /// target was given up for silence.
+    fn upstream_silent(&self, what: &dyn fmt::Display) {
+        if let Some(repeats) = self.silent.occurred(()) {
+            warn!(
+                "{} stopped answering: {what}; closed the NFS client's connection so that it \
+                 reconnects through a new one{}",
+                self.target,
+                repeats_suffix(repeats)
+            );
+        }
+    }
 }
 
 /// Runs a tunnel on `listener` until SIGTERM or SIGINT.
@@ -134,6 +181,10 @@ pub async fn run(config: TunnelConfig, listener: std::net::TcpListener) -> Resul
         tls: RwLock::new(Arc::new(tls)),
         stats: Stats::default(),
         listen_port: listen_addr.port(),
+        allow_any_peer: config.allow_any_peer,
+        dead_upstream: config.dead_upstream,
+        refused: RepeatLog::default(),
+        silent: RepeatLog::default(),
     });
     let trigger = ShutdownTrigger::default();
 
@@ -152,12 +203,15 @@ pub async fn run(config: TunnelConfig, listener: std::net::TcpListener) -> Resul
         shared.target,
         std::process::id()
     );
+    if shared.allow_any_peer {
+        warn!("--allow-any-peer: any local user may send NFS requests through this tunnel");
+    }
 
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((client, _)) => {
-                    tokio::spawn(serve_connection(client, shared.clone(), trigger.subscribe()));
+                Ok((client, client_addr)) => {
+                    tokio::spawn(serve_connection(client, client_addr, shared.clone(), trigger.subscribe()));
                 }
                 Err(e) => {
                     // Out of descriptors or memory: back off instead of spinning.
@@ -182,7 +236,7 @@ pub async fn run(config: TunnelConfig, listener: std::net::TcpListener) -> Resul
 
 /// One handshake with the mount target before serving; the outcome goes to the ready pipe.
 async fn probe(shared: &Shared, mut ready: fds::ReadyPipe) -> Result<(), TunnelError> {
-    match upstream::connect(&shared.target, shared.tls()).await {
+    match upstream::connect(&shared.target, shared.tls(), shared.dead_upstream).await {
         Ok(mut tls) => {
             record_handshake(shared, &tls);
             let _ = tokio::time::timeout(
@@ -220,7 +274,26 @@ fn record_handshake(shared: &Shared, tls: &upstream::TlsStream) {
 }
 
 /// One NFS client connection, from accept to close.
-async fn serve_connection(mut client: TcpStream, shared: Arc<Shared>, mut shutdown: Shutdown) {
+async fn serve_connection(
+    mut client: TcpStream,
+    client_addr: SocketAddr,
+    shared: Arc<Shared>,
+    mut shutdown: Shutdown,
+) {
+    // Before anything else (no byte read, no upstream connection): is it root's?
+    if !shared.allow_any_peer {
+        let endpoints = match client.local_addr() {
+            Ok(server) => Endpoints {
+                client: client_addr,
+                server,
+            },
+            Err(_) => return,
+        };
+        if let Err(why) = peer::check(endpoints) {
+            shared.refuse(endpoints, &why);
+            return;
+        }
+    }
     let _open = shared.stats.connection_opened();
     let _ = client.set_nodelay(true);
 
@@ -236,7 +309,7 @@ async fn serve_connection(mut client: TcpStream, shared: Arc<Shared>, mut shutdo
     }
 
     let connected = tokio::select! {
-        r = upstream::connect(&shared.target, shared.tls()) => r,
+        r = upstream::connect(&shared.target, shared.tls(), shared.dead_upstream) => r,
         _ = shutdown.recv() => return,
     };
     let mut tls = match connected {
@@ -253,11 +326,15 @@ async fn serve_connection(mut client: TcpStream, shared: Arc<Shared>, mut shutdo
 
     let stats = &shared.stats;
     tokio::select! {
-        r = copy::bidirectional(&mut client, &mut tls, &stats.bytes_to_server, &stats.bytes_from_server) => {
-            if let Err(e) = r {
-                debug!("connection closed: {e}");
+        r = copy::bidirectional(&mut client, &mut tls, &stats.bytes_to_server, &stats.bytes_from_server, shared.dead_upstream) => match r {
+            Ok(()) => {}
+            Err(CopyError::Silent(s)) => shared.upstream_silent(&s),
+            // Only the upstream socket has a user timeout and keepalive.
+            Err(CopyError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                shared.upstream_silent(&format_args!("the connection timed out ({e})"));
             }
-        }
+            Err(e) => debug!("connection closed: {e}"),
+        },
         _ = shutdown.recv() => {
             let _ = tokio::time::timeout(CLOSE_NOTIFY_DEADLINE, tokio::io::AsyncWriteExt::shutdown(&mut tls)).await;
         }

@@ -28,6 +28,8 @@ pub struct Stats {
     pub handshakes_resumed: AtomicU64,
     pub handshakes_failed: AtomicU64,
     pub connects_failed: AtomicU64,
+    /// Local connections refused because root does not hold their socket (`peer`).
+    pub peer_refused: AtomicU64,
     session: Mutex<Option<TlsSession>>,
     errors: Mutex<ErrorLog>,
 }
@@ -55,6 +57,7 @@ impl Default for Stats {
             handshakes_resumed: AtomicU64::new(0),
             handshakes_failed: AtomicU64::new(0),
             connects_failed: AtomicU64::new(0),
+            peer_refused: AtomicU64::new(0),
             session: Mutex::new(None),
             errors: Mutex::new(ErrorLog::default()),
         }
@@ -220,6 +223,7 @@ impl Stats {
             handshakes_resumed: self.handshakes_resumed.load(Ordering::Relaxed),
             handshakes_failed: self.handshakes_failed.load(Ordering::Relaxed),
             connects_failed: self.connects_failed.load(Ordering::Relaxed),
+            peer_refused: self.peer_refused.load(Ordering::Relaxed),
             tls: self.session.lock().ok().and_then(|s| s.clone()),
             last_error: self.errors.lock().ok().and_then(|e| e.last.clone()),
             ..Status::default()

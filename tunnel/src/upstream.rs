@@ -103,9 +103,14 @@ fn hint(e: &rustls::Error) -> &'static str {
     }
 }
 
-/// Connects to the mount target and completes the TLS handshake.
-pub async fn connect(target: &Target, tls: Arc<ClientConfig>) -> Result<TlsStream, UpstreamError> {
-    let tcp = connect_tcp(target).await?;
+/// Connects to the mount target and completes the TLS handshake. With `user_timeout`,
+/// the kernel closes the connection when sent data stays unacknowledged that long.
+pub async fn connect(
+    target: &Target,
+    tls: Arc<ClientConfig>,
+    user_timeout: Option<Duration>,
+) -> Result<TlsStream, UpstreamError> {
+    let tcp = connect_tcp(target, user_timeout).await?;
     let connector = TlsConnector::from(tls);
     let handshake = connector.connect(target.check_host.clone(), ReadAhead::new(tcp));
     let mut tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
@@ -118,7 +123,10 @@ pub async fn connect(target: &Target, tls: Arc<ClientConfig>) -> Result<TlsStrea
     Ok(tls)
 }
 
-async fn connect_tcp(target: &Target) -> Result<TcpStream, UpstreamError> {
+async fn connect_tcp(
+    target: &Target,
+    user_timeout: Option<Duration>,
+) -> Result<TcpStream, UpstreamError> {
     let lookup = tokio::net::lookup_host((target.host.as_str(), target.port));
     let mut addrs: Vec<SocketAddr> = tokio::time::timeout(RESOLVE_TIMEOUT, lookup)
         .await
@@ -132,7 +140,7 @@ async fn connect_tcp(target: &Target) -> Result<TcpStream, UpstreamError> {
     for addr in addrs {
         match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => {
-                tune_upstream_socket(&stream);
+                tune_upstream_socket(&stream, user_timeout);
                 return Ok(stream);
             }
             Ok(Err(e)) => last = UpstreamError::Connect(addr, e),
@@ -149,12 +157,19 @@ async fn connect_tcp(target: &Target) -> Result<TcpStream, UpstreamError> {
 
 /// No Nagle delay (NFS RPCs are latency-bound) and keepalive, so a mount target that
 /// vanished without a FIN is noticed in about a minute and a half rather than hours.
-fn tune_upstream_socket(stream: &TcpStream) {
+/// `TCP_USER_TIMEOUT` bounds how long sent data may stay unacknowledged (a mount target
+/// that is gone while requests are in flight); with it, the first unanswered keepalive
+/// probe past that time also ends the connection.
+fn tune_upstream_socket(stream: &TcpStream, user_timeout: Option<Duration>) {
     let _ = stream.set_nodelay(true);
     let _ = setsockopt(stream, sockopt::KeepAlive, &true);
     let _ = setsockopt(stream, sockopt::TcpKeepIdle, &60);
     let _ = setsockopt(stream, sockopt::TcpKeepInterval, &10);
     let _ = setsockopt(stream, sockopt::TcpKeepCount, &3);
+    if let Some(t) = user_timeout {
+        let ms = u32::try_from(t.as_millis()).unwrap_or(u32::MAX);
+        let _ = setsockopt(stream, sockopt::TcpUserTimeout, &ms);
+    }
 }
 
 /// Socket reads under rustls go through this buffer, because rustls asks for at most

@@ -3,9 +3,14 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub use efs_testkit::*;
 
@@ -26,6 +31,12 @@ pub fn tunnel_bin() -> &'static str {
 impl Tunnel {
     /// Starts a tunnel to `upstream` that trusts `ca_pem`, and waits until it listens.
     pub fn start(upstream_port: u16, ca_pem: &str, extra: &[&str]) -> Tunnel {
+        Tunnel::start_as(None, upstream_port, ca_pem, extra)
+    }
+
+    /// Like [`Tunnel::start`], as user `uid` (and group `uid`) if given: its directory
+    /// is then that user's.
+    pub fn start_as(uid: Option<u32>, upstream_port: u16, ca_pem: &str, extra: &[&str]) -> Tunnel {
         let dir = TempDir::new("tunnel");
         let (log, control, cafile) = (
             dir.path("tunnel.log"),
@@ -33,7 +44,13 @@ impl Tunnel {
             dir.path("ca.pem"),
         );
         std::fs::write(&cafile, ca_pem).unwrap();
-        let child = Command::new(tunnel_bin())
+        let mut command = Command::new(tunnel_bin());
+        if let Some(uid) = uid {
+            let id = Some(nix::unistd::Uid::from_raw(uid));
+            nix::unistd::chown(&dir.0, id, Some(nix::unistd::Gid::from_raw(uid))).unwrap();
+            command.uid(uid).gid(uid);
+        }
+        let child = command
             .args(["--listen", "127.0.0.1:0", "--connect"])
             .arg(format!("127.0.0.1:{upstream_port}"))
             .args([
@@ -164,4 +181,127 @@ pub fn spawn_on_fd(
         std::fs::read_to_string(&log).unwrap_or_default()
     );
     child
+}
+
+/// A line of /proc/PID/status (or /proc/PID/task/TID/status), e.g. `CapEff`.
+pub fn proc_status_field(status_path: &std::path::Path, name: &str) -> String {
+    let status = std::fs::read_to_string(status_path).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("no {name} in {}", status_path.display()))
+        .trim()
+        .to_string()
+}
+
+/// What a client running as another user got: the bytes it received until the tunnel
+/// closed the connection, and how long that took.
+pub struct ForeignClient {
+    pub received: usize,
+    pub took: Duration,
+}
+
+/// Runs a bash `script` (with `arg` as `$1`) as user and group `uid`, for at most 20 s;
+/// its exit code and standard output.
+pub fn bash_as(uid: u32, script: &str, arg: &str) -> (Option<i32>, String) {
+    let out = Command::new("timeout")
+        .args(["20", "bash", "-c", script, "bash", arg])
+        .uid(uid)
+        .gid(uid)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .expect("timeout and bash are needed for these tests");
+    assert_ne!(
+        out.status.code(),
+        Some(124),
+        "the script was still running after 20 s"
+    );
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// bash's way to open a connection to `addr` on descriptor 3 (exit 3 if it fails).
+pub fn bash_connect(addr: SocketAddr) -> String {
+    format!("exec 3<>/dev/tcp/{}/{} || exit 3", addr.ip(), addr.port())
+}
+
+/// Connects to `addr` from a process of user and group `uid`, sends `request` (ASCII)
+/// and counts what comes back, up to as many bytes as it sent, until the connection
+/// closes.
+pub fn client_as(uid: u32, addr: SocketAddr, request: &str) -> ForeignClient {
+    let script = format!(
+        "{}; printf '%s' \"$1\" >&3; head -c ${{#1}} <&3 | wc -c",
+        bash_connect(addr)
+    );
+    let started = Instant::now();
+    let (code, out) = bash_as(uid, &script, request);
+    let took = started.elapsed();
+    assert_ne!(code, Some(3), "could not connect to {addr}");
+    let received = out.trim().parse().unwrap_or(0);
+    ForeignClient { received, took }
+}
+
+/// A plain TCP relay in front of a server, that counts the connections it accepts and
+/// can be frozen: it then stops moving bytes either way but keeps every connection
+/// open, as a mount target that has silently gone away (or a path that blackholes).
+pub struct Relay {
+    pub port: u16,
+    pub accepted: Arc<AtomicU64>,
+    frozen: Arc<AtomicBool>,
+}
+
+impl Relay {
+    pub async fn start(to: SocketAddr) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let frozen = Arc::new(AtomicBool::new(false));
+        let (count, freeze) = (accepted.clone(), frozen.clone());
+        tokio::spawn(async move {
+            while let Ok((near, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::Relaxed);
+                let Ok(far) = tokio::net::TcpStream::connect(to).await else {
+                    continue;
+                };
+                let (nr, nw) = near.into_split();
+                let (fr, fw) = far.into_split();
+                tokio::spawn(pump(nr, fw, freeze.clone()));
+                tokio::spawn(pump(fr, nw, freeze.clone()));
+            }
+        });
+        Relay {
+            port,
+            accepted,
+            frozen,
+        }
+    }
+
+    pub fn freeze(&self) {
+        self.frozen.store(true, Ordering::Relaxed);
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: Arc<AtomicBool>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if frozen.load(Ordering::Relaxed) {
+            // Swallow it and hold both sockets open, answering nothing.
+            std::future::pending::<()>().await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }

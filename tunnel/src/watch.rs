@@ -1,0 +1,353 @@
+//! Noticing a mount target that has silently stopped answering.
+//!
+//! A TCP connection whose far end vanished (a mount target that failed over, a path that
+//! blackholes) can stay open for as long as the kernel's retransmissions last, and a hard
+//! mount waits on it for good: the kernel NFS client only reconnects once the connection
+//! closes. The tunnel watches each connection at the RPC level: while the client has
+//! calls outstanding, the mount target must send something back within the limit, or the
+//! tunnel closes both sides, and the NFS client reconnects through a fresh upstream
+//! connection.
+//!
+//! "Outstanding" is counted from ONC RPC record marking (RFC 5531 section 11): each
+//! record starts with a 4-byte fragment header (last-fragment bit, 31-bit length), and a
+//! record's body starts with the xid and the message type (0 call, 1 reply). Calls from
+//! the client and replies from the mount target are counted; calls from the mount target
+//! (NFSv4.1 callbacks on the back channel) and the client's replies to them are not, so a
+//! callback never makes an idle connection look as if it waited for an answer. An idle
+//! connection (nothing outstanding) is never closed for being idle.
+//!
+//! Cost: the scanner looks at record headers only and skips bodies by their length, and
+//! the watch reads the clock once per poll that received bytes from the mount target;
+//! its timer is re-armed only when it fires, never per read or per RPC.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
+
+/// Counts the RPC calls and replies in one direction of a byte stream, fed in pieces of
+/// any size. Never panics, whatever the bytes.
+#[derive(Debug, Default, Clone)]
+pub struct RpcScanner {
+    /// Fragment header bytes gathered so far (while `frag_left` is 0).
+    mark: [u8; 4],
+    mark_len: u8,
+    /// Body bytes of the current fragment not yet seen.
+    frag_left: u32,
+    /// The current fragment is the record's last.
+    last_frag: bool,
+    /// The record's first 8 body bytes (xid, message type), gathered across fragments.
+    head: [u8; 8],
+    head_len: u8,
+    pub calls: u64,
+    pub replies: u64,
+    /// Every byte fed.
+    pub bytes: u64,
+}
+
+const CALL: u32 = 0;
+const REPLY: u32 = 1;
+
+impl RpcScanner {
+    pub fn feed(&mut self, mut data: &[u8]) {
+        self.bytes += data.len() as u64;
+        while !data.is_empty() {
+            if self.frag_left == 0 && self.mark_len < 4 {
+                let take = data.len().min(4 - self.mark_len as usize);
+                let at = self.mark_len as usize;
+                self.mark[at..at + take].copy_from_slice(&data[..take]);
+                self.mark_len += take as u8;
+                data = &data[take..];
+                if self.mark_len < 4 {
+                    return;
+                }
+                let mark = u32::from_be_bytes(self.mark);
+                self.last_frag = mark & 0x8000_0000 != 0;
+                self.frag_left = mark & 0x7fff_ffff;
+                if self.frag_left == 0 {
+                    self.fragment_done();
+                }
+                continue;
+            }
+            let take = data.len().min(self.frag_left as usize);
+            if self.head_len < 8 {
+                let n = take.min(8 - self.head_len as usize);
+                let at = self.head_len as usize;
+                self.head[at..at + n].copy_from_slice(&data[..n]);
+                self.head_len += n as u8;
+                if self.head_len == 8 {
+                    match u32::from_be_bytes([
+                        self.head[4],
+                        self.head[5],
+                        self.head[6],
+                        self.head[7],
+                    ]) {
+                        CALL => self.calls += 1,
+                        REPLY => self.replies += 1,
+                        _ => {}
+                    }
+                }
+            }
+            self.frag_left -= take as u32;
+            data = &data[take..];
+            if self.frag_left == 0 {
+                self.fragment_done();
+            }
+        }
+    }
+
+    fn fragment_done(&mut self) {
+        self.mark_len = 0;
+        if self.last_frag {
+            self.head_len = 0;
+        }
+    }
+}
+
+/// The mount target kept quiet past the limit while calls were outstanding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Silent {
+    pub waited: Duration,
+    pub outstanding: u64,
+}
+
+impl fmt::Display for Silent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "no answer for {} s with {} RPC call(s) outstanding",
+            self.waited.as_secs(),
+            self.outstanding
+        )
+    }
+}
+
+/// The per-connection watch: fed the two scanners after every poll of the copy.
+#[derive(Debug)]
+pub struct Watch {
+    limit: Duration,
+    calls_seen: u64,
+    replies_seen: u64,
+    bytes_heard: u64,
+    outstanding: u64,
+    /// When the current wait began: the later of the last bytes from the mount target
+    /// and the moment a call made something outstanding.
+    since: Instant,
+    timer: Pin<Box<Sleep>>,
+    armed: bool,
+}
+
+impl Watch {
+    pub fn new(limit: Duration) -> Watch {
+        // Far beyond any sensible limit, and clear of `Instant` overflow.
+        let limit = limit.min(Duration::from_secs(365 * 86_400));
+        Watch {
+            limit,
+            calls_seen: 0,
+            replies_seen: 0,
+            bytes_heard: 0,
+            outstanding: 0,
+            since: Instant::now(),
+            timer: Box::pin(tokio::time::sleep(limit)),
+            armed: false,
+        }
+    }
+
+    /// `up` scans what the client sent, `down` what the mount target sent; `backlog`
+    /// says that bytes from the mount target are waiting for the client to take them (a
+    /// slow client, not a silent server). Ready when the mount target has been silent
+    /// for the whole limit with calls outstanding.
+    pub fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        up: &RpcScanner,
+        down: &RpcScanner,
+        backlog: bool,
+    ) -> Poll<Silent> {
+        let new_calls = up.calls.wrapping_sub(self.calls_seen);
+        let new_replies = down.replies.wrapping_sub(self.replies_seen);
+        let heard = down.bytes != self.bytes_heard;
+        if new_calls != 0 || new_replies != 0 || heard {
+            self.calls_seen = up.calls;
+            self.replies_seen = down.replies;
+            self.bytes_heard = down.bytes;
+            let before = self.outstanding;
+            self.outstanding = before.saturating_add(new_calls).saturating_sub(new_replies);
+            if heard || (before == 0 && self.outstanding > 0) {
+                self.since = Instant::now();
+            }
+        }
+        if self.outstanding > 0 && !self.armed {
+            self.timer.as_mut().reset(self.since + self.limit);
+            self.armed = true;
+        }
+        while self.armed {
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let now = Instant::now();
+            if self.outstanding == 0 {
+                self.armed = false;
+            } else if backlog {
+                self.since = now;
+                self.timer.as_mut().reset(now + self.limit);
+            } else if now >= self.since + self.limit {
+                return Poll::Ready(Silent {
+                    waited: now - self.since,
+                    outstanding: self.outstanding,
+                });
+            } else {
+                self.timer.as_mut().reset(self.since + self.limit);
+            }
+        }
+        Poll::Pending
+    }
+}
+
+/// One RPC record in one fragment: xid, message type (0 call, 1 reply), then `body_len`
+/// more bytes.
+#[cfg(test)]
+pub(crate) fn record(xid: u32, msg_type: u32, body_len: usize) -> Vec<u8> {
+    let len = 8 + body_len;
+    let mut r = ((len as u32) | 0x8000_0000).to_be_bytes().to_vec();
+    r.extend_from_slice(&xid.to_be_bytes());
+    r.extend_from_slice(&msg_type.to_be_bytes());
+    r.extend(std::iter::repeat_n(0xab, body_len));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An NFSv4 NULL call as the kernel's client sends it (AUTH_NONE): RFC 5531 framing.
+    fn nfs_null_call(xid: u32) -> Vec<u8> {
+        let words: [u32; 10] = [xid, CALL, 2, 100003, 4, 0, 0, 0, 0, 0];
+        let mut r = (0x8000_0000u32 | 40).to_be_bytes().to_vec();
+        for w in words {
+            r.extend_from_slice(&w.to_be_bytes());
+        }
+        r
+    }
+
+    #[test]
+    fn counts_calls_and_replies_whatever_the_piece_sizes() {
+        let mut stream = nfs_null_call(1);
+        stream.extend(record(2, CALL, 1_000_000));
+        stream.extend(record(1, REPLY, 20));
+        stream.extend(record(3, 7, 3)); // neither
+        for piece in [1, 2, 3, 5, 7, 4096, stream.len()] {
+            let mut s = RpcScanner::default();
+            for chunk in stream.chunks(piece) {
+                s.feed(chunk);
+            }
+            assert_eq!((s.calls, s.replies), (2, 1), "in pieces of {piece}");
+            assert_eq!(s.bytes, stream.len() as u64);
+        }
+    }
+
+    #[test]
+    fn a_record_in_several_fragments_counts_once_even_with_a_split_header() {
+        // Fragment 1 holds 3 body bytes (part of the xid), fragment 2 the rest; then an
+        // empty last fragment ends a second record that had only a 6-byte fragment.
+        let mut stream = 3u32.to_be_bytes().to_vec();
+        stream.extend_from_slice(&[0, 0, 0]);
+        stream.extend((0x8000_0000u32 | 9).to_be_bytes());
+        stream.extend_from_slice(&[9]); // end of the xid
+        stream.extend(REPLY.to_be_bytes());
+        stream.extend_from_slice(&[1, 2, 3, 4]);
+        stream.extend(6u32.to_be_bytes());
+        stream.extend_from_slice(&[0, 0, 0, 5, 0, 0]);
+        stream.extend(0x8000_0000u32.to_be_bytes());
+        stream.extend(nfs_null_call(6));
+        let mut s = RpcScanner::default();
+        s.feed(&stream);
+        assert_eq!((s.calls, s.replies), (1, 1));
+    }
+
+    #[test]
+    fn never_panics_on_arbitrary_bytes() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for round in 0..2000 {
+            let mut s = RpcScanner::default();
+            let len = round % 300;
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    // Small lengths often, so that many headers are parsed.
+                    if x % 3 == 0 {
+                        0
+                    } else {
+                        x as u8
+                    }
+                })
+                .collect();
+            for chunk in bytes.chunks(1 + round % 7) {
+                s.feed(chunk);
+            }
+            assert_eq!(s.bytes, len as u64);
+        }
+    }
+
+    fn poll_watch(
+        w: &mut Watch,
+        up: &RpcScanner,
+        down: &RpcScanner,
+        backlog: bool,
+    ) -> Poll<Silent> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        w.poll(&mut cx, up, down, backlog)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_with_a_call_outstanding_fires_after_the_limit_and_only_then() {
+        let limit = Duration::from_secs(30);
+        let mut w = Watch::new(limit);
+        let (mut up, mut down) = (RpcScanner::default(), RpcScanner::default());
+        up.feed(&record(1, CALL, 100));
+        assert!(poll_watch(&mut w, &up, &down, false).is_pending());
+        tokio::time::advance(Duration::from_secs(20)).await;
+        // A reply to something else still proves the server is alive: the wait restarts.
+        down.feed(&record(0, REPLY, 10));
+        up.feed(&record(2, CALL, 10));
+        assert!(poll_watch(&mut w, &up, &down, false).is_pending());
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert!(poll_watch(&mut w, &up, &down, false).is_pending());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let silent = match poll_watch(&mut w, &up, &down, false) {
+            Poll::Ready(s) => s,
+            Poll::Pending => panic!("30 s of silence with a call outstanding went unnoticed"),
+        };
+        assert_eq!(silent.outstanding, 1);
+        assert_eq!(silent.waited, limit);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_or_a_server_callback_never_fires() {
+        let mut w = Watch::new(Duration::from_secs(2));
+        let (mut up, mut down) = (RpcScanner::default(), RpcScanner::default());
+        up.feed(&record(1, CALL, 100));
+        down.feed(&record(1, REPLY, 100));
+        // A callback from the server, and the client's reply to it.
+        down.feed(&record(9, CALL, 40));
+        up.feed(&record(9, REPLY, 20));
+        for _ in 0..10 {
+            assert!(poll_watch(&mut w, &up, &down, false).is_pending());
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        // Replies held back by a slow client do not count as the server's silence.
+        up.feed(&record(2, CALL, 100));
+        for _ in 0..10 {
+            assert!(poll_watch(&mut w, &up, &down, true).is_pending());
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        // Once the client has caught up, the call outstanding is watched again.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(poll_watch(&mut w, &up, &down, false).is_ready());
+    }
+}
