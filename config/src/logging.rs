@@ -160,14 +160,15 @@ fn open_append(path: &Path) -> io::Result<File> {
 }
 
 struct Logger {
-    level: LevelFilter,
     stderr: bool,
     file: Option<Mutex<FileSink>>,
 }
 
 impl Log for Logger {
+    /// The level is the `log` crate's global one, so that a program may change it while
+    /// it runs (the watchdog does on SIGHUP).
     fn enabled(&self, metadata: &Metadata) -> bool {
-        metadata.level() <= self.level
+        metadata.level() <= log::max_level()
     }
 
     fn log(&self, record: &Record) {
@@ -200,7 +201,6 @@ pub fn init(spec: LogSpec) -> io::Result<()> {
         None => None,
     };
     let logger = Logger {
-        level: spec.level,
         stderr: spec.stderr,
         file,
     };

@@ -160,6 +160,43 @@ impl MountState {
         result.map(|()| path)
     }
 
+    /// Rewrites an existing state file atomically, and only if it still exists: the new
+    /// text is written to a temporary file that is then *exchanged* with the state file
+    /// (`renameat2(RENAME_EXCHANGE)`, which fails if either is missing). So a program
+    /// that updates a state file (the watchdog) can never bring back one that another
+    /// removed meanwhile (`mount.efs` undoing a failed mount, a teardown). Ok(false):
+    /// it was gone; nothing is left behind either way.
+    pub fn rewrite(&self, dir: &Path, name: &str) -> io::Result<bool> {
+        let path = dir.join(name);
+        let tmp = dir.join(format!(".{name}.new{}", std::process::id()));
+        let json = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
+        let result = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o640)
+                .custom_flags(nix::libc::O_NOFOLLOW)
+                .open(&tmp)?;
+            f.write_all(&json)?;
+            f.write_all(b"\n")?;
+            f.sync_all()?;
+            match nix::fcntl::renameat2(
+                nix::fcntl::AT_FDCWD,
+                &tmp,
+                nix::fcntl::AT_FDCWD,
+                &path,
+                nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+            ) {
+                Ok(()) => File::open(dir)?.sync_all().map(|()| true),
+                Err(nix::errno::Errno::ENOENT) => Ok(false),
+                Err(e) => Err(io::Error::from(e)),
+            }
+        })();
+        // After the exchange the temporary name holds the old text; remove it either way.
+        let _ = fs::remove_file(&tmp);
+        result
+    }
+
     /// Reads one state file.
     pub fn read(path: &Path) -> Result<MountState, StateError> {
         let text = fs::read(path)
@@ -325,6 +362,14 @@ mod tests {
         assert!(!is_state_file_name(".fs-1.mnt.20049.tmp42"));
         assert!(!is_state_file_name("tunnel-20049.sock"));
         assert!(!port_in_use_by_state(&dir, 20124));
+        // A rewrite replaces the file in place, and never brings back a removed one.
+        st.restarts = 7;
+        assert!(st.rewrite(&dir, "fs-deadbeef.mnt.efs.20123").unwrap());
+        assert_eq!(MountState::read(&path).unwrap().restarts, 7);
+        fs::remove_file(&path).unwrap();
+        assert!(!st.rewrite(&dir, "fs-deadbeef.mnt.efs.20123").unwrap());
+        assert!(!path.exists());
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 0, "no temporary left");
         fs::remove_dir_all(&dir).unwrap();
     }
 

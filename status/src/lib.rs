@@ -307,6 +307,18 @@ pub fn render(r: &Report, now_unix: i64) -> String {
                 t.bytes_to_server, t.bytes_from_server, t.connections_open, t.connections_total
             ));
             out.push_str(&format!("  uptime      {} s\n", t.uptime_secs));
+            if t.connects_failed + t.handshakes_failed > 0 {
+                out.push_str(&format!(
+                    "  failures    {} connect (DNS, TCP), {} TLS handshake\n",
+                    t.connects_failed, t.handshakes_failed
+                ));
+            }
+            if t.peer_refused > 0 {
+                out.push_str(&format!(
+                    "  refused     {} local connection(s) not from the kernel's NFS client (see efs-tunnel.log)\n",
+                    t.peer_refused
+                ));
+            }
             if let Some(e) = &t.last_error {
                 out.push_str(&format!("  last error  {}\n", e.message));
             }

@@ -86,7 +86,7 @@ async fn shows_healthy_dead_and_unmounted_tunnels() {
         "{text}"
     );
     assert!(
-        text.contains("tls         TLSv1_3 TLS13_AES_256_GCM_SHA384"),
+        text.contains("tls         TLSv1.3 TLS_AES_256_GCM_SHA384"),
         "{text}"
     );
     assert!(
@@ -117,7 +117,7 @@ async fn shows_healthy_dead_and_unmounted_tunnels() {
         .unwrap();
     assert_eq!(h["state"], "healthy");
     assert_eq!(h["port"], hp);
-    assert_eq!(h["tunnel"]["tls"]["version"], "TLSv1_3");
+    assert_eq!(h["tunnel"]["tls"]["version"], "TLSv1.3");
     assert!(json["watchdog_pid"].is_null());
 }
 

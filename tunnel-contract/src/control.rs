@@ -69,9 +69,10 @@ pub struct Status {
 /// does not know is shown as its IANA code point, e.g. `0x1304`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TlsSession {
-    /// `TLSv1_3` or `TLSv1_2`.
+    /// `TLSv1.3` or `TLSv1.2`.
     pub version: String,
-    /// For example `TLS13_AES_256_GCM_SHA384` or `TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256`.
+    /// The IANA name, for example `TLS_AES_256_GCM_SHA384` or
+    /// `TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256`.
     pub cipher: String,
     pub peer_subject: Option<String>,
     pub peer_not_after_unix: Option<i64>,

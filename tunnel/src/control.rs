@@ -12,7 +12,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::{CipherSuite, ProtocolVersion};
@@ -25,12 +25,12 @@ pub use efs_tunnel_contract::control::{
 
 use crate::shutdown::Shutdown;
 
-/// Our name for a TLS version: `TLSv1_3`, `TLSv1_2`; another version (the policy allows
+/// Our name for a TLS version, as OpenSSL prints it: `TLSv1.3`, `TLSv1.2`; another version (the policy allows
 /// none) as its code point.
 pub fn tls_version_name(version: ProtocolVersion) -> String {
     match version {
-        ProtocolVersion::TLSv1_3 => "TLSv1_3".into(),
-        ProtocolVersion::TLSv1_2 => "TLSv1_2".into(),
+        ProtocolVersion::TLSv1_3 => "TLSv1.3".into(),
+        ProtocolVersion::TLSv1_2 => "TLSv1.2".into(),
         other => code_point(u16::from(other)),
     }
 }
@@ -40,9 +40,9 @@ pub fn tls_version_name(version: ProtocolVersion) -> String {
 pub fn cipher_suite_name(suite: CipherSuite) -> String {
     use CipherSuite as C;
     let name = match suite {
-        C::TLS13_AES_256_GCM_SHA384 => "TLS13_AES_256_GCM_SHA384",
-        C::TLS13_AES_128_GCM_SHA256 => "TLS13_AES_128_GCM_SHA256",
-        C::TLS13_CHACHA20_POLY1305_SHA256 => "TLS13_CHACHA20_POLY1305_SHA256",
+        C::TLS13_AES_256_GCM_SHA384 => "TLS_AES_256_GCM_SHA384",
+        C::TLS13_AES_128_GCM_SHA256 => "TLS_AES_128_GCM_SHA256",
+        C::TLS13_CHACHA20_POLY1305_SHA256 => "TLS_CHACHA20_POLY1305_SHA256",
         C::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 => "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
         C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 => "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
         C::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256 => {
@@ -60,31 +60,6 @@ pub fn cipher_suite_name(suite: CipherSuite) -> String {
 
 fn code_point(code: u16) -> String {
     format!("0x{code:04X}")
-}
-
-/// Our names for a handshake that the connection code describes with rustls' `Debug`
-/// text (`Stats::handshake_ok`'s arguments): each is matched against the `Debug` text
-/// of the values the policy can negotiate, in this same build, and renamed. Text that
-/// matches none (which the policy rules out) is kept as it is.
-pub(crate) fn names_from_debug(version: &str, suite: &str) -> (String, String) {
-    static SUITES: OnceLock<Vec<(String, CipherSuite)>> = OnceLock::new();
-    let suites = SUITES.get_or_init(|| {
-        crate::policy::provider(false)
-            .cipher_suites
-            .iter()
-            .map(|s| (format!("{:?}", s.suite()), s.suite()))
-            .collect()
-    });
-    let versions = [ProtocolVersion::TLSv1_3, ProtocolVersion::TLSv1_2];
-    let version = versions
-        .into_iter()
-        .find(|v| format!("{v:?}") == version)
-        .map_or_else(|| version.to_string(), tls_version_name);
-    let suite = suites
-        .iter()
-        .find(|(debug, _)| debug == suite)
-        .map_or_else(|| suite.to_string(), |(_, s)| cipher_suite_name(*s));
-    (version, suite)
 }
 
 /// The listening side, owned by the tunnel process. Removes its socket file when dropped.
@@ -158,12 +133,12 @@ mod tests {
 
     #[test]
     fn every_negotiable_version_and_suite_has_a_stable_name() {
-        assert_eq!(tls_version_name(ProtocolVersion::TLSv1_3), "TLSv1_3");
-        assert_eq!(tls_version_name(ProtocolVersion::TLSv1_2), "TLSv1_2");
+        assert_eq!(tls_version_name(ProtocolVersion::TLSv1_3), "TLSv1.3");
+        assert_eq!(tls_version_name(ProtocolVersion::TLSv1_2), "TLSv1.2");
         assert_eq!(tls_version_name(ProtocolVersion::TLSv1_0), "0x0301");
         assert_eq!(
             cipher_suite_name(CipherSuite::TLS13_AES_256_GCM_SHA384),
-            "TLS13_AES_256_GCM_SHA384"
+            "TLS_AES_256_GCM_SHA384"
         );
         assert_eq!(
             cipher_suite_name(CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256),
@@ -180,22 +155,5 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), count, "names are distinct");
-    }
-
-    #[test]
-    fn names_do_not_depend_on_rustls_debug_text() {
-        for s in crate::policy::provider(false).cipher_suites {
-            let (version, suite) = names_from_debug(
-                &format!("{:?}", s.version().version),
-                &format!("{:?}", s.suite()),
-            );
-            assert_eq!(version, tls_version_name(s.version().version));
-            assert_eq!(suite, cipher_suite_name(s.suite()));
-        }
-        let (version, suite) = names_from_debug("SomethingNew", "TLS_SOMETHING_NEW");
-        assert_eq!(
-            (version.as_str(), suite.as_str()),
-            ("SomethingNew", "TLS_SOMETHING_NEW")
-        );
     }
 }

@@ -259,11 +259,11 @@ fn record_handshake(shared: &Shared, tls: &upstream::TlsStream) {
     let (_, conn) = tls.get_ref();
     let version = conn
         .protocol_version()
-        .map(|v| format!("{v:?}"))
+        .map(crate::control::tls_version_name)
         .unwrap_or_default();
     let cipher = conn
         .negotiated_cipher_suite()
-        .map(|s| format!("{:?}", s.suite()))
+        .map(|s| crate::control::cipher_suite_name(s.suite()))
         .unwrap_or_default();
     let resumed = matches!(conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
     let peer = conn
@@ -315,10 +315,13 @@ async fn serve_connection(
     let mut tls = match connected {
         Ok(tls) => tls,
         Err(e) => {
-            shared.stats.upstream_failed(format!(
-                "cannot reach {}: {e}; closed the NFS client's connection",
-                shared.target
-            ));
+            shared.stats.upstream_error(
+                crate::stats::FailedStep::of(&e),
+                format!(
+                    "cannot reach {}: {e}; closed the NFS client's connection",
+                    shared.target
+                ),
+            );
             return;
         }
     };

@@ -14,7 +14,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use log::{info, warn};
 
 use crate::certinfo;
-use crate::control::{self, LastError, Status, TlsSession};
+use crate::control::{LastError, Status, TlsSession};
 use crate::upstream::UpstreamError;
 
 #[derive(Debug)]
@@ -85,19 +85,6 @@ impl FailedStep {
             | UpstreamError::Timeout(_) => FailedStep::Connect,
         }
     }
-
-    /// The step a logged failure names, for callers that hand over only the message
-    /// (`cannot reach <target>: <UpstreamError>; ...`): only a handshake failure's text
-    /// has `: TLS handshake ` (a target's own text is `... (TLS name N)`). Pinned to
-    /// [`FailedStep::of`] for every error by a test; callers that have the error should
-    /// use [`Stats::upstream_error`].
-    pub fn from_message(message: &str) -> FailedStep {
-        if message.contains(": TLS handshake ") {
-            FailedStep::Handshake
-        } else {
-            FailedStep::Connect
-        }
-    }
 }
 
 /// Marks one client connection as open for as long as it lives.
@@ -129,9 +116,6 @@ impl Stats {
         cipher: String,
         peer: Option<&[u8]>,
     ) {
-        // The caller describes the session with rustls' `Debug` text; the status shows
-        // our own stable names.
-        let (version, cipher) = control::names_from_debug(&version, &cipher);
         let counter = if resumed {
             &self.handshakes_resumed
         } else {
@@ -158,12 +142,6 @@ impl Stats {
                 e.last_logged = None;
             }
         }
-    }
-
-    /// Records an upstream failure described only by its log message (see
-    /// [`FailedStep::from_message`]); [`Stats::upstream_error`] is the typed form.
-    pub fn upstream_failed(&self, message: String) {
-        self.upstream_error(FailedStep::from_message(&message), message)
     }
 
     /// Records an upstream failure at `step` and logs it: a new message at once, an
@@ -271,25 +249,5 @@ mod tests {
         }
         let st = stats.snapshot();
         assert_eq!((st.connects_failed, st.handshakes_failed), (4, 3));
-    }
-
-    #[test]
-    fn the_message_names_the_same_step_as_the_error() {
-        let target = crate::upstream::Target {
-            host: "fs-1.efs.us-east-1.amazonaws.com".into(),
-            port: 2049,
-            check_host: rustls::pki_types::ServerName::try_from("fs-1.efs.us-east-1.amazonaws.com")
-                .unwrap(),
-            fs_id: Some("fs-1".into()),
-        };
-        for e in every_error() {
-            // As the connection task words it.
-            let message = format!("cannot reach {target}: {e}; closed the NFS client's connection");
-            assert_eq!(
-                FailedStep::from_message(&message),
-                FailedStep::of(&e),
-                "{message}"
-            );
-        }
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! Every failure is an [`UpstreamError`] that says which step failed and why; the
 //! connection task closes the client connection and the tunnel logs the error once (see
-//! `Stats::upstream_failed`).
+//! `Stats::upstream_error`).
 
 use std::fmt;
 use std::io;

@@ -209,8 +209,8 @@ async fn status_reports_what_an_operator_asks() {
     assert_eq!(st.bytes_to_server, 1000);
     assert_eq!(st.bytes_from_server, 1000);
     let tls = st.tls.expect("a handshake happened");
-    assert_eq!(tls.version, "TLSv1_3");
-    assert_eq!(tls.cipher, "TLS13_AES_256_GCM_SHA384");
+    assert_eq!(tls.version, "TLSv1.3");
+    assert_eq!(tls.cipher, "TLS_AES_256_GCM_SHA384");
     assert!(tls.peer_subject.unwrap().contains(WILDCARD));
     let days_left = (tls.peer_not_after_unix.unwrap() - efs_tunnel::stats::unix_now()) / 86_400;
     assert!(

@@ -37,7 +37,7 @@ use crate::tunnels::{Phase, Tunnel};
 
 /// A tunnel whose control socket did not answer: (state file, pid at the time).
 type HealthReport = (PathBuf, i32);
-type HealthTargets = Arc<Mutex<Vec<(PathBuf, PathBuf, i32)>>>;
+type HealthTargets = crate::health::Targets;
 
 pub struct Daemon {
     cfg: Config,
@@ -57,6 +57,7 @@ pub struct Daemon {
     health_rx: Receiver<HealthReport>,
     health_wake: UnixStream,
     health_targets: HealthTargets,
+    health_settings: crate::health::SharedSettings,
     last_sweep: Instant,
     next_ping: Option<Instant>,
 }
@@ -101,7 +102,13 @@ impl Daemon {
             .set_nonblocking(true)
             .map_err(|e| e.to_string())?;
         let health_targets: HealthTargets = Arc::default();
-        crate::health::spawn(&cfg, health_targets.clone(), health_tx, health_wake_tx);
+        let health_settings = Arc::new(Mutex::new(crate::health::Settings::from_config(&cfg)));
+        crate::health::spawn(
+            health_settings.clone(),
+            health_targets.clone(),
+            health_tx,
+            health_wake_tx,
+        );
         Ok(Daemon {
             cfg,
             tunnels: BTreeMap::new(),
@@ -115,6 +122,7 @@ impl Daemon {
             health_rx,
             health_wake,
             health_targets,
+            health_settings,
             last_sweep: Instant::now(),
             next_ping: notify::watchdog_interval().map(|i| Instant::now() + i),
         })
@@ -496,7 +504,11 @@ impl Daemon {
                 for w in &cfg.warnings {
                     warn!("{w}");
                 }
-                info!("SIGHUP: configuration re-read");
+                if let Ok(mut s) = self.health_settings.lock() {
+                    *s = crate::health::Settings::from_config(&cfg);
+                }
+                info!("SIGHUP: configuration re-read; the unmount grace period, poll interval, health check settings and log level apply now (a new state directory or mount table path needs a restart)");
+                log::set_max_level(cfg.logging_level);
                 self.cfg = cfg;
             }
             Err(e) => warn!("SIGHUP: keeping the previous configuration: {e}"),

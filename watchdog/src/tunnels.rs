@@ -371,10 +371,12 @@ impl Tunnel {
         else {
             return;
         };
-        if let Err(e) = self.state.write(dir, &name.to_string_lossy()) {
-            warn!("cannot update {}: {e}", self.state_path.display());
+        match self.state.rewrite(dir, &name.to_string_lossy()) {
+            Ok(true) => self.note_ino(),
+            // Removed meanwhile (mount.efs undid a failed mount): the next rescan lets go.
+            Ok(false) => {}
+            Err(e) => warn!("cannot update {}: {e}", self.state_path.display()),
         }
-        self.note_ino();
     }
 
     /// When the main loop must next look at this tunnel, if at a set time.

@@ -612,3 +612,32 @@ async fn a_mount_riding_on_another_tunnel_keeps_it_alive_and_has_no_tunnel_of_it
         watchdog_log(root)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sighup_rereads_the_grace_period_and_the_log_level() {
+    let scene = Scene::new().await;
+    let root = &scene.root;
+    let m = scene.mount("efs");
+    set_mounts(root, &[(&m.mountpoint, m.port)]);
+    let wd = start_watchdog(root);
+    let text = std::fs::read_to_string(&root.config).unwrap();
+    let text = text
+        .replace(
+            "unmount_grace_period_sec = 1",
+            "unmount_grace_period_sec = 30",
+        )
+        .replace("logging_level = \"debug\"", "logging_level = \"warning\"");
+    std::fs::write(&root.config, text).unwrap();
+    kill(Pid::from_raw(wd.id() as i32), Signal::SIGHUP).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || watchdog_log(root)
+        .contains("SIGHUP: configuration re-read")));
+    set_mounts(root, &[]);
+    std::thread::sleep(Duration::from_secs(4)); // the old grace was 1 s
+    assert!(alive(m.pid()), "torn down with the old grace period");
+    // At level warning, the info line about the unmount is not written.
+    assert!(
+        !watchdog_log(root).contains("No mount found for"),
+        "{}",
+        watchdog_log(root)
+    );
+}
