@@ -6,13 +6,17 @@
 //! integers or strings. Whether a key can be carried over is decided by the real parser
 //! ([`Config::parse`]) on that one key, so this module keeps no second list of keys: a key
 //! it warns about or rejects is written as a comment with the reason, and named in
-//! [`Imported::not_carried`].
+//! [`Imported::not_carried`]; a key the table marks as accepted with no effect is carried,
+//! and named in [`Imported::no_effect`]. The reasons come from the parser's typed
+//! [`Warning`]s and [`ConfigError`]s, matched here, never from their message text.
 
 use std::path::Path;
 
 use toml::Value;
 
-use crate::Config;
+use crate::config::one_line;
+use crate::keys::Effect;
+use crate::{Config, ConfigError, Origin, Warning};
 
 /// The converted file and what could not be carried over.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +24,9 @@ pub struct Imported {
     pub toml: String,
     /// One line per key or section left behind, with the reason.
     pub not_carried: Vec<String>,
+    /// Keys carried over that are accepted but change nothing yet (`[mount-watchdog]
+    /// tls_cert_renewal_interval_min`).
+    pub no_effect: Vec<String>,
 }
 
 struct Section {
@@ -40,6 +47,7 @@ pub fn import_ini(ini: &str, source: &str) -> Imported {
     let sections = parse_ini(ini);
     let mut out = format!("# Converted from {source} by `efs-utils config import`.\n");
     let mut not_carried = Vec::new();
+    let mut no_effect = Vec::new();
     // TOML top-level keys must come before any table: the preamble, then [DEFAULT]
     // wherever it stood, then the other sections in their order.
     let rank = |s: &Section| match s.name.as_str() {
@@ -63,13 +71,18 @@ pub fn import_ini(ini: &str, source: &str) -> Imported {
                 Item::Comment(c) => body.push_str(&format!("#{c}\n")),
                 Item::Key(k, v) => {
                     let line = format!("{k} = {}", toml_value(k, v));
+                    let where_ = table.map(|t| format!("[{t}] ")).unwrap_or_default();
                     match check(table, &line) {
-                        Ok(()) => {
+                        Verdict::Carried => {
                             carried += 1;
                             body.push_str(&format!("{line}\n"));
                         }
-                        Err(why) => {
-                            let where_ = table.map(|t| format!("[{t}] ")).unwrap_or_default();
+                        Verdict::NoEffect => {
+                            carried += 1;
+                            no_effect.push(format!("{where_}{k}"));
+                            body.push_str(&format!("{line}    # {}\n", Effect::NoneYet));
+                        }
+                        Verdict::Left(why) => {
                             not_carried.push(format!("{where_}{k}: {why}"));
                             body.push_str(&format!("# {line}    # not carried over: {why}\n"));
                         }
@@ -92,29 +105,60 @@ pub fn import_ini(ini: &str, source: &str) -> Imported {
     Imported {
         toml: out,
         not_carried,
+        no_effect,
     }
 }
 
-/// Asks the parser about one key: carried over if it takes it without a word.
-fn check(table: Option<&str>, line: &str) -> Result<(), String> {
+/// What the parser made of one key.
+enum Verdict {
+    /// Taken and applied.
+    Carried,
+    /// Taken, but nothing reads it yet.
+    NoEffect,
+    /// Not taken, with the reason.
+    Left(String),
+}
+
+/// Asks the parser about one key, and reads its typed warnings and errors.
+fn check(table: Option<&str>, line: &str) -> Verdict {
     let snippet = match table {
         Some(t) => format!("[{t}]\n{line}\n"),
         None => format!("{line}\n"),
     };
-    let strip = |m: &str| {
-        m.split_once(": ")
-            .map(|(_, r)| r.to_string())
-            .unwrap_or_else(|| m.to_string())
+    let cfg = match Config::parse(&snippet, Path::new("import")) {
+        Ok(cfg) => cfg,
+        Err(e) => return Verdict::Left(refused(&e)),
     };
-    match Config::parse(&snippet, Path::new("import")) {
-        Ok(cfg) if cfg.warnings.is_empty() => Ok(()),
-        Ok(cfg) => Err(cfg
-            .warnings
-            .iter()
-            .map(|w| strip(w))
-            .collect::<Vec<_>>()
-            .join("; ")),
-        Err(e) => Err(strip(&e.to_string())),
+    if !cfg.warnings.is_empty() {
+        let why: Vec<String> = cfg.warnings.iter().map(left_behind).collect();
+        return Verdict::Left(why.join("; "));
+    }
+    let no_effect = cfg
+        .settings()
+        .iter()
+        .any(|s| s.origin == Origin::File && s.effect == Effect::NoneYet);
+    if no_effect {
+        Verdict::NoEffect
+    } else {
+        Verdict::Carried
+    }
+}
+
+fn left_behind(w: &Warning) -> String {
+    match w {
+        Warning::UnknownKey { .. } => "efs-utils.toml has no such key".into(),
+        Warning::UnsupportedSection { section, .. } => format!("[{section}] is not supported yet"),
+        Warning::StunnelOnly { .. } => {
+            "a stunnel setting: the tunnel logs to efs-tunnel.log".into()
+        }
+    }
+}
+
+fn refused(e: &ConfigError) -> String {
+    match e {
+        ConfigError::BadValue { value, invalid, .. } => format!("{value} {invalid}"),
+        ConfigError::Syntax { reason, .. } => format!("not valid TOML: {}", one_line(reason)),
+        ConfigError::Unreadable { reason, .. } => reason.clone(),
     }
 }
 

@@ -12,8 +12,9 @@
 
 pub mod config;
 pub mod import;
+pub mod keys;
 pub mod logging;
 pub mod mounts;
 pub mod state;
 
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, Origin, Setting, Warning};
