@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use log::LevelFilter;
 use toml::{Table, Value};
 
-use crate::keys::{self, Effect, Expected, Invalid, Section, KEYS};
+use crate::keys::{self, Effect, Expected, Invalid, Section};
 use crate::logging;
 
 /// Where the configuration lives unless `EFS_UTILS_CONFIG` says otherwise.
@@ -422,21 +422,20 @@ pub struct Setting {
 impl Config {
     /// Every effective value, with where it came from, in the key table's order.
     pub fn settings(&self) -> Vec<Setting> {
-        KEYS.iter()
-            .flat_map(|key| {
-                keys::rows(key, self).into_iter().map(|(dotted, value)| {
-                    let origin = match self.origins.get(&dotted) {
-                        Some(o) => *o,
-                        None if key.section() == Section::Region => Origin::BuiltInRegion,
-                        None => Origin::Default,
-                    };
-                    Setting {
-                        key: dotted,
-                        value,
-                        origin,
-                        effect: key.effect,
-                    }
-                })
+        keys::rows(self)
+            .into_iter()
+            .map(|(key, dotted, value)| {
+                let origin = match self.origins.get(&dotted) {
+                    Some(o) => *o,
+                    None if key.section() == Section::Region => Origin::BuiltInRegion,
+                    None => Origin::Default,
+                };
+                Setting {
+                    key: dotted,
+                    value,
+                    origin,
+                    effect: key.effect,
+                }
             })
             .collect()
     }
@@ -532,6 +531,7 @@ impl Reader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::KEYS;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("/etc/amazon/efs/efs-utils.toml"))

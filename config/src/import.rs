@@ -147,7 +147,7 @@ fn check(table: Option<&str>, line: &str) -> Verdict {
 fn left_behind(w: &Warning) -> String {
     match w {
         Warning::UnknownKey { .. } => "efs-utils.toml has no such key".into(),
-        Warning::UnsupportedSection { section, .. } => format!("[{section}] is not supported yet"),
+        Warning::UnsupportedSection { .. } => "the section is not supported yet".into(),
         Warning::StunnelOnly { .. } => {
             "a stunnel setting: the tunnel logs to efs-tunnel.log".into()
         }

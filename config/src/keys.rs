@@ -985,22 +985,32 @@ pub(crate) fn apply_defaults(cfg: &mut Config) {
     }
 }
 
-/// One key's effective value as TOML text, with its dotted name; per-region keys give
-/// one row per region that sets them.
-pub(crate) fn rows(key: &'static Key, cfg: &Config) -> Vec<(String, String)> {
-    match &key.at {
-        At::Region(rk) => cfg
-            .regions
-            .iter()
-            .filter_map(|(region, rc)| {
-                rk.show(rc)
-                    .map(|v| (format!("mount.{region}.{}", key.name), v))
-            })
-            .collect(),
-        At::Top(k) | At::Mount(k) | At::Watchdog(k) | At::Paths(k) => {
-            vec![(key.dotted(), k.show(cfg))]
+/// Every effective value as (key, dotted name, TOML text), in table order; the
+/// `[mount.<region>]` keys stand where the first of them does, grouped by region.
+pub(crate) fn rows(cfg: &Config) -> Vec<(&'static Key, String, String)> {
+    let mut out = Vec::new();
+    let mut regions_done = false;
+    for key in KEYS {
+        match &key.at {
+            At::Region(_) if regions_done => {}
+            At::Region(_) => {
+                regions_done = true;
+                for (region, rc) in &cfg.regions {
+                    for rkey in in_section(Section::Region) {
+                        if let At::Region(rk) = &rkey.at {
+                            if let Some(v) = rk.show(rc) {
+                                out.push((rkey, format!("mount.{region}.{}", rkey.name), v));
+                            }
+                        }
+                    }
+                }
+            }
+            At::Top(k) | At::Mount(k) | At::Watchdog(k) | At::Paths(k) => {
+                out.push((key, key.dotted(), k.show(cfg)))
+            }
         }
     }
+    out
 }
 
 /// The keys of one section, in table order.

@@ -1,6 +1,9 @@
-//! `efs-utils config import` and `config check` on amazon-efs-utils' shipped config.
+//! `efs-utils config import` and `config check` on amazon-efs-utils' shipped config, and
+//! the command line's handling of bad arguments.
 
-use std::process::Command;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::process::{Command, Output};
 
 use efs_testkit::root::workspace_bin;
 use efs_testkit::TempDir;
@@ -14,9 +17,11 @@ const INCUMBENT: &str = concat!(
 fn the_incumbents_config_converts_to_one_check_accepts_with_the_same_values() {
     let dir = TempDir::new("import");
     let out_path = dir.path("efs-utils.toml");
+    // --output before the input file: the input is still the input.
     let out = Command::new(workspace_bin("efs-utils"))
-        .args(["config", "import", INCUMBENT, "--output"])
+        .args(["config", "import", "--output"])
         .arg(&out_path)
+        .arg(INCUMBENT)
         .output()
         .unwrap();
     assert!(
@@ -33,6 +38,17 @@ fn the_incumbents_config_converts_to_one_check_accepts_with_the_same_values() {
         left.contains("not carried over: [cloudwatch-log] log_group_name"),
         "{left}"
     );
+    for key in [
+        "[mount] fall_back_to_mount_target_ip_address_enabled",
+        "[mount-watchdog] unmount_count_for_consistency",
+        "[mount-watchdog] tls_cert_renewal_interval_min",
+    ] {
+        assert!(
+            left.contains(&format!("accepted, no effect: {key}\n")),
+            "{left}"
+        );
+    }
+    assert_eq!(left.matches("accepted, no effect").count(), 3, "{left}");
 
     let cfg = efs_config::Config::load_from(&out_path).unwrap();
     assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
@@ -82,6 +98,22 @@ fn the_incumbents_config_converts_to_one_check_accepts_with_the_same_values() {
         shown.contains("mount.port_range_lower_bound = 20049") && shown.contains("# file"),
         "{shown}"
     );
+    let line = |key: &str| {
+        shown
+            .lines()
+            .find(|l| l.starts_with(&format!("{key} = ")))
+            .unwrap_or_else(|| panic!("no {key} in {shown}"))
+            .to_string()
+    };
+    assert!(
+        line("mount-watchdog.tls_cert_renewal_interval_min")
+            .ends_with("# file; accepted, no effect"),
+        "{shown}"
+    );
+    assert!(
+        line("mount-watchdog.unmount_grace_period_sec").ends_with("# file"),
+        "{shown}"
+    );
     assert!(
         shown.contains("mount.instance_metadata_url = \"http://169.254.169.254\""),
         "{shown}"
@@ -106,5 +138,113 @@ fn check_names_the_key_and_reason_and_fails() {
             && err.contains("\"lots\"")
             && err.contains("bad.toml"),
         "{err}"
+    );
+}
+
+fn efs_utils(args: &[&OsStr]) -> Output {
+    Command::new(workspace_bin("efs-utils"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn import_reads_the_input_wherever_output_stands() {
+    let dir = TempDir::new("import-order");
+    let ini = dir.path("efs-utils.conf");
+    std::fs::write(&ini, "[mount]\nregion = eu-west-1\n").unwrap();
+    for output_first in [true, false] {
+        let toml = dir.path(&format!("out-{output_first}.toml"));
+        let (o, i) = (toml.as_os_str(), ini.as_os_str());
+        let args: Vec<&OsStr> = if output_first {
+            vec![
+                "config".as_ref(),
+                "import".as_ref(),
+                "--output".as_ref(),
+                o,
+                i,
+            ]
+        } else {
+            vec![
+                "config".as_ref(),
+                "import".as_ref(),
+                i,
+                "--output".as_ref(),
+                o,
+            ]
+        };
+        let out = efs_utils(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "the TOML went to the file, not stdout"
+        );
+        let cfg = efs_config::Config::load_from(&toml).unwrap();
+        assert_eq!(cfg.mount.region.as_deref(), Some("eu-west-1"));
+    }
+}
+
+#[test]
+fn a_state_dir_mode_others_could_write_is_a_config_error() {
+    let dir = TempDir::new("mode");
+    let cfg = dir.path("efs-utils.toml");
+    std::fs::write(&cfg, "state_file_dir_mode = 777\n").unwrap();
+    let out = efs_utils(&["config".as_ref(), "check".as_ref(), cfg.as_os_str()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "config file {}: state_file_dir_mode = 777 would make the state directory writable by other users; use 750 (the default) or stricter\n",
+            cfg.display()
+        )
+    );
+}
+
+#[test]
+fn a_non_utf8_argument_is_one_line_and_exit_1() {
+    let bad = OsStr::from_bytes(b"--js\xffon");
+    for args in [
+        vec![bad],
+        vec!["status".as_ref(), bad],
+        vec!["config".as_ref(), bad],
+    ] {
+        let out = efs_utils(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            err, "efs-utils: argument \"--js\\xFFon\" is not valid UTF-8: see efs-utils --help\n",
+            "{args:?}"
+        );
+    }
+    // A file name is a path, and any bytes make one.
+    let out = efs_utils(&[
+        "config".as_ref(),
+        "check".as_ref(),
+        OsStr::from_bytes(b"/nonexistent/\xff.toml"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn usage_errors_exit_1_and_version_is_the_incumbents_line() {
+    let out = efs_utils(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("config"));
+    let out = efs_utils(&["status".as_ref(), "--jsn".as_ref()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--jsn"));
+    let out = efs_utils(&["--version".as_ref()]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("efs-utils Version: {}\n", env!("CARGO_PKG_VERSION"))
     );
 }
