@@ -1,14 +1,25 @@
-//! The configuration file: `/etc/amazon/efs/efs-utils.toml`, or the file named by
-//! `EFS_UTILS_CONFIG`. It carries amazon-efs-utils' keys with the same names and defaults
-//! (top-level keys for the incumbent's `[DEFAULT]` section, then `[mount]`,
-//! `[mount.<region>]` and `[mount-watchdog]`), plus a `[paths]` table naming every file
-//! and program the product touches, so that tests run in a temporary directory.
+//! The configuration: `/etc/amazon/efs/efs-utils.toml` (or the file named by
+//! `EFS_UTILS_CONFIG`) over amazon-efs-utils' own `efs-utils.conf`, read natively. It
+//! carries the incumbent's keys with the same names and defaults (top-level keys for the
+//! incumbent's `[DEFAULT]` section, then `[mount]`, `[mount.<region>]` and
+//! `[mount-watchdog]`), plus a `[paths]` table naming every file and program the product
+//! touches, so that tests run in a temporary directory.
 //!
-//! A missing file means defaults. An unknown key is a warning that names it; a value of
-//! the wrong type or out of range is an error naming key, value and file. No other crate
-//! reads files under /etc.
+//! The keys themselves (type, range, default, doc) are in one table, [`crate::keys`];
+//! this module holds the typed [`Config`] every program reads, the layering, and the
+//! errors. Decisions worth keeping:
+//! * Layers ([`Config::load`]): built-in defaults, then `efs-utils.conf`, then
+//!   `efs-utils.toml`, then `AWS_USE_FIPS_ENDPOINT=true`; a later layer wins only for the
+//!   keys it sets, and [`Config::settings`] names each value's [`Origin`]. The INI file is
+//!   converted to TOML tables by the same code `config import` uses, so both mean the
+//!   same.
+//! * A missing file means that layer is absent. An unknown key is a typed [`Warning`]
+//!   that names it; a value of the wrong type or out of range is a [`ConfigError`] naming
+//!   key, value and file, and every program exits non-zero with it.
+//! * No other crate reads files under /etc.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -17,18 +28,27 @@ use log::LevelFilter;
 use toml::{Table, Value};
 
 use crate::keys::{self, Effect, Expected, Invalid, Section};
-use crate::logging;
+use crate::{import, logging};
 
 /// Where the configuration lives unless `EFS_UTILS_CONFIG` says otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/amazon/efs/efs-utils.toml";
 /// The environment variable naming another configuration file.
 pub const CONFIG_ENV: &str = "EFS_UTILS_CONFIG";
+/// amazon-efs-utils' configuration, read under ours ([`Config::load`]): this name, next
+/// to the TOML (`/etc/amazon/efs/efs-utils.conf`).
+pub const INCUMBENT_CONFIG_NAME: &str = "efs-utils.conf";
+/// The environment variable naming another incumbent configuration file.
+pub const INCUMBENT_CONFIG_ENV: &str = "EFS_UTILS_INCUMBENT_CONFIG";
+/// `true` turns FIPS mode on, as for the incumbent.
+pub const FIPS_ENV: &str = "AWS_USE_FIPS_ENDPOINT";
 
 /// The whole effective configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    /// The file it was read from; `None` when no file exists (all defaults).
+    /// The `efs-utils.toml` read; `None` when there is none.
     pub source: Option<PathBuf>,
+    /// The incumbent's `efs-utils.conf` read under it; `None` when there is none.
+    pub incumbent_source: Option<PathBuf>,
     pub logging_level: LevelFilter,
     pub logging_max_bytes: u64,
     pub logging_file_count: u32,
@@ -109,6 +129,7 @@ impl Config {
     fn blank() -> Config {
         Config {
             source: None,
+            incumbent_source: None,
             logging_level: LevelFilter::Off,
             logging_max_bytes: 0,
             logging_file_count: 0,
@@ -247,6 +268,26 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// The text of `path`; `None` if it does not exist.
+fn read_if_present(path: &Path) -> Result<Option<String>, ConfigError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ConfigError::Unreadable {
+            file: path.to_path_buf(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+fn toml_table(text: &str, file: &Path) -> Result<Table, ConfigError> {
+    text.parse()
+        .map_err(|e: toml::de::Error| ConfigError::Syntax {
+            file: file.to_path_buf(),
+            reason: e.to_string(),
+        })
+}
+
 /// The TOML parser's multi-line reason on one line.
 pub(crate) fn one_line(reason: &str) -> String {
     reason.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -304,8 +345,12 @@ pub enum Origin {
     Default,
     /// The built-in per-region list (China and isolated regions).
     BuiltInRegion,
-    /// The configuration file.
-    File,
+    /// amazon-efs-utils' `efs-utils.conf`.
+    Incumbent,
+    /// `efs-utils.toml` (or the file `EFS_UTILS_CONFIG` names).
+    Toml,
+    /// `AWS_USE_FIPS_ENDPOINT=true`, as for the incumbent.
+    FipsEnvironment,
 }
 
 impl fmt::Display for Origin {
@@ -313,62 +358,106 @@ impl fmt::Display for Origin {
         f.write_str(match self {
             Origin::Default => "default",
             Origin::BuiltInRegion => "built-in region default",
-            Origin::File => "file",
+            Origin::Incumbent => "efs-utils.conf",
+            Origin::Toml => "efs-utils.toml",
+            Origin::FipsEnvironment => "AWS_USE_FIPS_ENDPOINT",
         })
     }
 }
 
 impl Config {
-    /// Loads the file named by `EFS_UTILS_CONFIG`, else the default path.
+    /// The effective configuration, as every program sees it: the built-in defaults,
+    /// then amazon-efs-utils' `efs-utils.conf` if present, then `efs-utils.toml` if
+    /// present (each file wins only for what it sets), then `AWS_USE_FIPS_ENDPOINT`.
+    ///
+    /// The TOML is `EFS_UTILS_CONFIG`, else [`DEFAULT_CONFIG_PATH`]. The INI is
+    /// `EFS_UTILS_INCUMBENT_CONFIG`, else [`INCUMBENT_CONFIG_NAME`] next to the TOML
+    /// (`/etc/amazon/efs/efs-utils.conf`): when `EFS_UTILS_CONFIG` moves the TOML into a
+    /// test's temporary root, the machine's `/etc` is not read.
     pub fn load() -> Result<Config, ConfigError> {
-        let path = std::env::var_os(CONFIG_ENV)
+        let toml = std::env::var_os(CONFIG_ENV)
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
-        Config::load_from(&path)
+        let incumbent = std::env::var_os(INCUMBENT_CONFIG_ENV)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| toml.with_file_name(INCUMBENT_CONFIG_NAME));
+        let fips = std::env::var_os(FIPS_ENV);
+        Config::load_layers(&incumbent, &toml, fips.as_deref())
     }
 
-    /// Loads `path`; a file that does not exist means defaults.
+    /// [`Config::load`] with its inputs named: `fips_endpoint` is the value of
+    /// `AWS_USE_FIPS_ENDPOINT`.
+    pub fn load_layers(
+        incumbent: &Path,
+        toml: &Path,
+        fips_endpoint: Option<&OsStr>,
+    ) -> Result<Config, ConfigError> {
+        let mut cfg = Config::default();
+        if let Some(text) = read_if_present(incumbent)? {
+            let table = import::ini_table(&text);
+            cfg.apply(&table, incumbent, Origin::Incumbent)?;
+            cfg.incumbent_source = Some(incumbent.to_path_buf());
+        }
+        if let Some(text) = read_if_present(toml)? {
+            cfg.apply(&toml_table(&text, toml)?, toml, Origin::Toml)?;
+            cfg.source = Some(toml.to_path_buf());
+        }
+        if fips_endpoint.is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+            cfg.mount.fips_mode_enabled = true;
+            cfg.origins
+                .insert("mount.fips_mode_enabled".into(), Origin::FipsEnvironment);
+        }
+        cfg.check_port_range()?;
+        Ok(cfg)
+    }
+
+    /// `path` alone over the defaults (`config check FILE`); a file that does not exist
+    /// means defaults.
     pub fn load_from(path: &Path) -> Result<Config, ConfigError> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Config::parse(&text, path),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
-            Err(e) => Err(ConfigError::Unreadable {
-                file: path.to_path_buf(),
-                reason: e.to_string(),
-            }),
+        match read_if_present(path)? {
+            Some(text) => Config::parse(&text, path),
+            None => Ok(Config::default()),
         }
     }
 
     /// Parses configuration text over the defaults; `file` is only used in messages.
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
-        let table: Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| ConfigError::Syntax {
-                file: file.to_path_buf(),
-                reason: e.to_string(),
-            })?;
-        let mut cfg = Config {
-            source: Some(file.to_path_buf()),
-            ..Config::default()
-        };
-        Reader {
-            file,
-            cfg: &mut cfg,
-        }
-        .section(Section::Top, "", &table)?;
-        cfg.check_port_range(file)?;
+        let mut cfg = Config::default();
+        cfg.apply(&toml_table(text, file)?, file, Origin::Toml)?;
+        cfg.source = Some(file.to_path_buf());
+        cfg.check_port_range()?;
         Ok(cfg)
     }
 
+    /// One file's tables over what is there.
+    fn apply(&mut self, table: &Table, file: &Path, origin: Origin) -> Result<(), ConfigError> {
+        Reader {
+            file,
+            origin,
+            cfg: self,
+        }
+        .section(Section::Top, "", table)
+    }
+
+    /// The file a value came from, for messages.
+    fn file_of(&self, key: &str) -> PathBuf {
+        let file = match self.origins.get(key) {
+            Some(Origin::Incumbent) => self.incumbent_source.as_ref(),
+            _ => self.source.as_ref(),
+        };
+        file.cloned().unwrap_or_default()
+    }
+
     /// The one rule that spans two keys: the port range is not empty.
-    fn check_port_range(&self, file: &Path) -> Result<(), ConfigError> {
+    fn check_port_range(&self) -> Result<(), ConfigError> {
         let range = &self.mount.port_range;
         if range.end > range.start {
             return Ok(());
         }
+        let key = "mount.port_range_upper_bound";
         Err(ConfigError::BadValue {
-            file: file.to_path_buf(),
-            key: "mount.port_range_upper_bound".into(),
+            file: self.file_of(key),
+            key: key.into(),
             value: range.end.to_string(),
             invalid: Invalid::Expected(Expected::Above {
                 key: "port_range_lower_bound",
@@ -444,6 +533,7 @@ impl Config {
 /// Applies one file's tables to a configuration, through the key table.
 struct Reader<'a> {
     file: &'a Path,
+    origin: Origin,
     cfg: &'a mut Config,
 }
 
@@ -482,7 +572,7 @@ impl Reader<'_> {
             if let Some((_, kind)) = keys::find(section, name) {
                 kind.apply(self.cfg, value)
                     .map_err(|i| self.bad(&dotted, value, i))?;
-                self.cfg.origins.insert(dotted, Origin::File);
+                self.cfg.origins.insert(dotted, self.origin);
                 continue;
             }
             let sub = Section::named(name).filter(|_| section == Section::Top);
@@ -522,7 +612,7 @@ impl Reader<'_> {
             let rc = self.cfg.regions.entry(region.to_string()).or_default();
             kind.apply(rc, value)
                 .map_err(|i| self.bad(&dotted, value, i))?;
-            self.cfg.origins.insert(dotted, Origin::File);
+            self.cfg.origins.insert(dotted, self.origin);
         }
         Ok(())
     }
@@ -643,11 +733,11 @@ mod tests {
                 get("logging_level").value.as_str(),
                 get("logging_level").origin
             ),
-            ("\"debug\"", Origin::File)
+            ("\"debug\"", Origin::Toml)
         );
-        assert_eq!(get("mount.region").origin, Origin::File);
+        assert_eq!(get("mount.region").origin, Origin::Toml);
         assert_eq!(get("mount.port_range_lower_bound").origin, Origin::Default);
-        assert_eq!(get("mount.xx-test-1.dns_name_suffix").origin, Origin::File);
+        assert_eq!(get("mount.xx-test-1.dns_name_suffix").origin, Origin::Toml);
         assert_eq!(
             get("mount.cn-north-1.dns_name_suffix").origin,
             Origin::BuiltInRegion
@@ -687,9 +777,9 @@ mod tests {
         assert_eq!(
             no_effect,
             [
-                "mount.fall_back_to_mount_target_ip_address_enabled file",
-                "mount-watchdog.unmount_count_for_consistency file",
-                "mount-watchdog.tls_cert_renewal_interval_min file",
+                "mount.fall_back_to_mount_target_ip_address_enabled efs-utils.toml",
+                "mount-watchdog.unmount_count_for_consistency efs-utils.toml",
+                "mount-watchdog.tls_cert_renewal_interval_min efs-utils.toml",
             ]
         );
     }
@@ -747,5 +837,156 @@ mod tests {
         ] {
             assert!(p.starts_with("/t"), "{p:?}");
         }
+    }
+
+    /// A temporary directory of this test's own, removed at the end.
+    struct Dir(PathBuf);
+    impl Dir {
+        fn new(name: &str) -> Dir {
+            let d = std::env::temp_dir().join(format!("efs-config-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&d);
+            std::fs::create_dir_all(&d).unwrap();
+            Dir(d)
+        }
+        fn file(&self, name: &str, text: &str) -> PathBuf {
+            let p = self.0.join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn the_toml_wins_over_efs_utils_conf_only_for_what_it_sets() {
+        let d = Dir::new("layers");
+        let ini = d.file(
+            "efs-utils.conf",
+            "[DEFAULT]\nlogging_level = DEBUG\n[mount]\nregion = eu-west-1\nport_range_lower_bound = 20100\n\
+             retry_nfs_mount_command_count = 5\n[mount.xx-test-1]\ndns_name_suffix = x.example\n",
+        );
+        let toml = d.file(
+            "efs-utils.toml",
+            "[mount]\nregion = \"us-west-2\"\n[mount-watchdog]\npoll_interval_sec = 7\n",
+        );
+        let cfg = Config::load_layers(&ini, &toml, None).unwrap();
+        assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+        assert_eq!(cfg.mount.region.as_deref(), Some("us-west-2"));
+        assert_eq!(cfg.mount.port_range, 20100..21049);
+        assert_eq!(cfg.mount.retry_nfs_mount_command_count, 5);
+        assert_eq!(cfg.logging_level, LevelFilter::Debug);
+        assert_eq!(cfg.watchdog.poll_interval_sec, 7);
+        assert_eq!(cfg.dns_name_suffix("xx-test-1"), "x.example");
+        let origin = |k: &str| {
+            cfg.settings()
+                .into_iter()
+                .find(|s| s.key == k)
+                .unwrap()
+                .origin
+        };
+        assert_eq!(origin("mount.region"), Origin::Toml);
+        assert_eq!(origin("mount-watchdog.poll_interval_sec"), Origin::Toml);
+        assert_eq!(origin("mount.port_range_lower_bound"), Origin::Incumbent);
+        assert_eq!(origin("logging_level"), Origin::Incumbent);
+        assert_eq!(origin("mount.xx-test-1.dns_name_suffix"), Origin::Incumbent);
+        assert_eq!(origin("mount.port_range_upper_bound"), Origin::Default);
+        assert_eq!(
+            origin("mount.cn-north-1.dns_name_suffix"),
+            Origin::BuiltInRegion
+        );
+        assert_eq!(cfg.incumbent_source.as_deref(), Some(ini.as_path()));
+        assert_eq!(cfg.source.as_deref(), Some(toml.as_path()));
+
+        // Either file alone, or neither.
+        let none = d.0.join("absent");
+        let only_ini = Config::load_layers(&ini, &none, None).unwrap();
+        assert_eq!(only_ini.mount.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(only_ini.source, None);
+        let only_toml = Config::load_layers(&none, &toml, None).unwrap();
+        assert_eq!(only_toml.mount.port_range, 20049..21049);
+        assert_eq!(
+            Config::load_layers(&none, &none, None).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn aws_use_fips_endpoint_true_turns_fips_on() {
+        let d = Dir::new("fips");
+        let toml = d.file("efs-utils.toml", "[mount]\nfips_mode_enabled = false\n");
+        let none = d.0.join("absent.conf");
+        for (env, on) in [
+            (Some("true"), true),
+            (Some("TRUE"), true),
+            (Some("false"), false),
+            (None, false),
+        ] {
+            let cfg = Config::load_layers(&none, &toml, env.map(OsStr::new)).unwrap();
+            assert_eq!(cfg.mount.fips_mode_enabled, on, "{env:?}");
+            let origin = cfg.origins.get("mount.fips_mode_enabled").copied();
+            let want = if on {
+                Origin::FipsEnvironment
+            } else {
+                Origin::Toml
+            };
+            assert_eq!(origin, Some(want), "{env:?}");
+        }
+    }
+
+    #[test]
+    fn a_bad_value_in_efs_utils_conf_names_that_file() {
+        let d = Dir::new("badini");
+        let ini = d.file("efs-utils.conf", "[mount]\nport_range_lower_bound = many\n");
+        let e = Config::load_layers(&ini, &d.0.join("absent"), None).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("config file {}: mount.port_range_lower_bound = \"many\" is invalid: expected a whole number from 1 to 65535", ini.display())
+        );
+        let ini = d.file(
+            "efs-utils.conf",
+            "[mount]\nport_range_lower_bound = 30000\nport_range_upper_bound = 30000\n",
+        );
+        let e = Config::load_layers(&ini, &d.0.join("absent"), None).unwrap_err();
+        assert!(
+            e.to_string().starts_with(&format!(
+                "config file {}: mount.port_range_upper_bound",
+                ini.display()
+            )),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_incumbents_shipped_conf_read_natively_means_what_its_import_means() {
+        let text = include_str!("../../status/tests/fixtures/incumbent-efs-utils.conf");
+        let d = Dir::new("native");
+        let ini = d.file("efs-utils.conf", text);
+        let native = Config::load_layers(&ini, &d.0.join("absent"), None).unwrap();
+        let imported = parse(&crate::import::import_ini(text, "efs-utils.conf").toml).unwrap();
+        let values = |c: &Config| Config {
+            source: None,
+            incumbent_source: None,
+            warnings: Vec::new(),
+            origins: BTreeMap::new(),
+            ..c.clone()
+        };
+        assert_eq!(values(&native), values(&imported));
+        assert!(native.mount.optimize_readahead);
+        assert_eq!(
+            native.mount.stunnel_cafile.as_deref(),
+            Some(Path::new("/etc/amazon/efs/efs-utils.crt"))
+        );
+        // What it has that we do not support is said, naming the file.
+        let w: Vec<String> = native.warnings.iter().map(|w| w.to_string()).collect();
+        assert_eq!(
+            w,
+            [
+                format!("{}: [cloudwatch-log] is not supported yet and is ignored", ini.display()),
+                format!("{}: mount.stunnel_debug_enabled is a stunnel setting and is ignored: the tunnel logs to efs-tunnel.log", ini.display()),
+            ]
+        );
     }
 }

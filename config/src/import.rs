@@ -12,7 +12,7 @@
 
 use std::path::Path;
 
-use toml::Value;
+use toml::{Table, Value};
 
 use crate::config::one_line;
 use crate::keys::Effect;
@@ -70,7 +70,7 @@ pub fn import_ini(ini: &str, source: &str) -> Imported {
                 Item::Blank => body.push('\n'),
                 Item::Comment(c) => body.push_str(&format!("#{c}\n")),
                 Item::Key(k, v) => {
-                    let line = format!("{k} = {}", toml_value(k, v));
+                    let line = format!("{k} = {}", ini_value(k, v));
                     let where_ = table.map(|t| format!("[{t}] ")).unwrap_or_default();
                     match check(table, &line) {
                         Verdict::Carried => {
@@ -136,7 +136,7 @@ fn check(table: Option<&str>, line: &str) -> Verdict {
     let no_effect = cfg
         .settings()
         .iter()
-        .any(|s| s.origin == Origin::File && s.effect == Effect::NoneYet);
+        .any(|s| s.origin == Origin::Toml && s.effect == Effect::NoneYet);
     if no_effect {
         Verdict::NoEffect
     } else {
@@ -162,20 +162,65 @@ fn refused(e: &ConfigError) -> String {
     }
 }
 
-/// INI value to TOML: booleans and whole numbers keep their type, the rest are strings.
-fn toml_value(key: &str, v: &str) -> String {
+/// INI value to TOML: booleans and whole numbers keep their type, the rest are strings
+/// (`state_file_dir_mode`'s digits too: they are octal).
+fn ini_value(key: &str, v: &str) -> Value {
     let v = v.trim();
     if key != "state_file_dir_mode" {
         match v.to_ascii_lowercase().as_str() {
-            "true" | "yes" | "on" => return "true".into(),
-            "false" | "no" | "off" => return "false".into(),
+            "true" | "yes" | "on" => return Value::Boolean(true),
+            "false" | "no" | "off" => return Value::Boolean(false),
             _ => {}
         }
         if let Ok(n) = v.parse::<i64>() {
-            return n.to_string();
+            return Value::Integer(n);
         }
     }
-    Value::String(v.to_string()).to_string()
+    Value::String(v.to_string())
+}
+
+/// `efs-utils.conf` read natively: the tables [`import_ini`] would write, for
+/// [`Config::load`] to apply as the layer under `efs-utils.toml`. `[DEFAULT]` keys are
+/// top-level keys; `[mount.cn-north-1]` is table `cn-north-1` in table `mount`.
+pub(crate) fn ini_table(ini: &str) -> Table {
+    let mut top = Table::new();
+    for section in parse_ini(ini) {
+        let keys = section.items.into_iter().filter_map(|item| match item {
+            Item::Key(k, v) => {
+                let value = ini_value(&k, &v);
+                Some((k, value))
+            }
+            Item::Comment(_) | Item::Blank => None,
+        });
+        match section.name.as_str() {
+            "" | "DEFAULT" => top.extend(keys),
+            name => {
+                let (parent, child) = match name.split_once('.') {
+                    Some((p, c)) => (p, Some(c)),
+                    None => (name, None),
+                };
+                let mut table = take_table(&mut top, parent);
+                match child {
+                    Some(c) => {
+                        let mut sub = take_table(&mut table, c);
+                        sub.extend(keys);
+                        table.insert(c.to_string(), Value::Table(sub));
+                    }
+                    None => table.extend(keys),
+                }
+                top.insert(parent.to_string(), Value::Table(table));
+            }
+        }
+    }
+    top
+}
+
+/// The table `name` out of `t`, or a new one.
+fn take_table(t: &mut Table, name: &str) -> Table {
+    match t.remove(name) {
+        Some(Value::Table(sub)) => sub,
+        _ => Table::new(),
+    }
 }
 
 fn parse_ini(text: &str) -> Vec<Section> {

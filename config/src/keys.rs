@@ -126,9 +126,6 @@ pub enum Shipped {
     CommentedDefault,
     /// `key = default`, set: install paths, which `make install PREFIX=` rewrites.
     SetToDefault,
-    /// `key = VALUE` (TOML text), set to something other than the built-in default,
-    /// as the incumbent's shipped file does.
-    Set(&'static str),
 }
 
 /// What a value must be; the type column of the table, and the tail of a bad value's
@@ -660,13 +657,13 @@ pub static KEYS: &[Key] = &[
     Key {
         name: "optimize_readahead",
         at: At::Mount(Kind::Bool {
-            default: false,
+            default: true,
             get: |c| c.mount.optimize_readahead,
             set: |c, v| c.mount.optimize_readahead = v,
         }),
-        doc: "Raise the mount's read_ahead_kb after mounting (Linux 5.4+ defaults NFS to 128 KiB, too little for EFS).",
+        doc: "Raise the mount's read_ahead_kb after mounting (Linux 5.4+ defaults NFS to 128 KiB, too little for EFS); on, as amazon-efs-utils ships it.",
         effect: MOUNT,
-        shipped: Shipped::Set("true"),
+        shipped: Shipped::CommentedDefault,
     },
     Key {
         name: "fall_back_to_mount_target_ip_address_enabled",
@@ -1059,10 +1056,6 @@ pub fn shipped_toml() -> String {
         for key in in_section(section) {
             out.push_str(&comment(key.doc, key.effect));
             let line = match (key.shipped, key.default_toml(), key.unset_means()) {
-                (Shipped::Set(v), default, _) => {
-                    let default = default.unwrap_or_default();
-                    format!("{} = {v}    # built-in default: {default}\n", key.name)
-                }
                 (Shipped::SetToDefault, Some(d), _) => format!("{} = {d}\n", key.name),
                 (_, Some(d), _) => format!("#{} = {d}\n", key.name),
                 (_, None, Some(u)) => format!("#{} = \"...\"    # unset: {u}\n", key.name),
@@ -1082,11 +1075,14 @@ const SHIPPED_HEADER: &str = "\
 # `efs-utils config check` prints every effective value and where it came from; man
 # efs-utils.toml(5) describes every key.
 #
+# If amazon-efs-utils' efs-utils.conf is next to this file, it is read first, and this
+# file wins only for what it sets.
+#
 # Every key is here with its built-in default, commented out (`#key = value`), so that
-# `config check` says \"default\" for it, a value an admin sets stands out, and a better
-# built-in default reaches this machine on upgrade. Only [paths] (the install layout:
-# `make install PREFIX=` rewrites paths.tunnel) and optimize_readahead (on, as
-# amazon-efs-utils ships it) are set.
+# this file sets nothing over efs-utils.conf that the admin did not set, `config check`
+# says \"default\" for it, and a better built-in default reaches this machine on upgrade.
+# Only [paths] is set: the install layout (`make install PREFIX=` rewrites paths.tunnel),
+# which efs-utils.conf does not have.
 #
 # (In the source tree this file is generated from config/src/keys.rs: edit that table.)
 ";
@@ -1272,15 +1268,11 @@ mod tests {
     fn the_shipped_file_means_the_built_in_defaults_but_for_what_it_sets() {
         let cfg = Config::parse(&shipped_toml(), Path::new("efs-utils.toml")).unwrap();
         assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
-        let mut want = Config::default();
-        for key in KEYS {
-            if let (Shipped::Set(v), Some(kind)) = (key.shipped, key.global()) {
-                let v: Value =
-                    toml::from_str::<toml::Table>(&format!("v = {v}")).unwrap()["v"].clone();
-                kind.apply(&mut want, &v).unwrap();
-            }
-        }
-        assert_eq!(cfg.origins.len(), KEYS.iter().filter(|k| k.shipped != Shipped::CommentedDefault && k.section() != Section::Region).count());
+        // Set: [paths] only, at their defaults.
+        let set: BTreeSet<String> = cfg.origins.keys().cloned().collect();
+        let paths: BTreeSet<String> = in_section(Section::Paths).map(Key::dotted).collect();
+        assert_eq!(set, paths);
+        let want = Config::default();
         assert_eq!(
             Config {
                 source: None,

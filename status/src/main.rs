@@ -130,6 +130,8 @@ fn status(json: bool) -> ExitCode {
 }
 
 /// `config check [FILE]`: every effective value, its origin, and whether it does anything.
+/// Without FILE, what the programs see (efs-utils.conf and efs-utils.toml over the
+/// defaults, and the environment); with FILE, that TOML file alone over the defaults.
 fn check(file: Option<&Path>) -> ExitCode {
     let loaded = match file {
         Some(f) => Config::load_from(f),
@@ -142,9 +144,18 @@ fn check(file: Option<&Path>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match &cfg.source {
-        Some(p) => println!("# effective configuration from {}", p.display()),
-        None => println!("# no configuration file: every value is a default"),
+    let files: Vec<String> = [&cfg.incumbent_source, &cfg.source]
+        .into_iter()
+        .flatten()
+        .map(|p| p.display().to_string())
+        .collect();
+    if files.is_empty() {
+        println!("# no configuration file: every value is a default");
+    } else {
+        println!(
+            "# effective configuration: the defaults, then {} (a later file wins for what it sets)",
+            files.join(", then ")
+        );
     }
     let settings = cfg.settings();
     let width = settings

@@ -95,7 +95,8 @@ fn the_incumbents_config_converts_to_one_check_accepts_with_the_same_values() {
         String::from_utf8_lossy(&check.stderr)
     );
     assert!(
-        shown.contains("mount.port_range_lower_bound = 20049") && shown.contains("# file"),
+        shown.contains("mount.port_range_lower_bound = 20049")
+            && shown.contains("# efs-utils.toml"),
         "{shown}"
     );
     let line = |key: &str| {
@@ -107,11 +108,11 @@ fn the_incumbents_config_converts_to_one_check_accepts_with_the_same_values() {
     };
     assert!(
         line("mount-watchdog.tls_cert_renewal_interval_min")
-            .ends_with("# file; accepted, no effect"),
+            .ends_with("# efs-utils.toml; accepted, no effect"),
         "{shown}"
     );
     assert!(
-        line("mount-watchdog.unmount_grace_period_sec").ends_with("# file"),
+        line("mount-watchdog.unmount_grace_period_sec").ends_with("# efs-utils.toml"),
         "{shown}"
     );
     assert!(
@@ -151,7 +152,7 @@ fn efs_utils(args: &[&OsStr]) -> Output {
 #[test]
 fn import_reads_the_input_wherever_output_stands() {
     let dir = TempDir::new("import-order");
-    let ini = dir.path("efs-utils.conf");
+    let ini = dir.path("in.conf");
     std::fs::write(&ini, "[mount]\nregion = eu-west-1\n").unwrap();
     for output_first in [true, false] {
         let toml = dir.path(&format!("out-{output_first}.toml"));
@@ -246,5 +247,91 @@ fn usage_errors_exit_1_and_version_is_the_incumbents_line() {
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         format!("efs-utils Version: {}\n", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn check_shows_efs_utils_conf_under_efs_utils_toml_and_each_values_origin() {
+    let dir = TempDir::new("layers");
+    let toml = dir.path("efs-utils.toml");
+    std::fs::write(&toml, "[mount]\nregion = \"us-west-2\"\n").unwrap();
+    std::fs::write(
+        dir.path("efs-utils.conf"),
+        "[mount]\nregion = eu-west-1\nport_range_lower_bound = 20100\n",
+    )
+    .unwrap();
+    let check = |env: &[(&str, &std::path::Path)], fips: Option<&str>| {
+        let mut cmd = Command::new(workspace_bin("efs-utils"));
+        cmd.args(["config", "check"])
+            .env("EFS_UTILS_CONFIG", &toml)
+            .env_remove("EFS_UTILS_INCUMBENT_CONFIG")
+            .env_remove("AWS_USE_FIPS_ENDPOINT");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        if let Some(f) = fips {
+            cmd.env("AWS_USE_FIPS_ENDPOINT", f);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let line = |shown: &str, key: &str| {
+        let l = shown
+            .lines()
+            .find(|l| l.starts_with(&format!("{key} = ")))
+            .unwrap_or_else(|| panic!("no {key} in {shown}"));
+        l.split_whitespace().collect::<Vec<_>>().join(" ")
+    };
+
+    // efs-utils.conf next to the TOML is read under it.
+    let shown = check(&[], None);
+    assert!(
+        shown.starts_with(&format!(
+            "# effective configuration: the defaults, then {}, then {} ",
+            dir.path("efs-utils.conf").display(),
+            toml.display()
+        )),
+        "{shown}"
+    );
+    assert_eq!(
+        line(&shown, "mount.region"),
+        "mount.region = \"us-west-2\" # efs-utils.toml"
+    );
+    assert_eq!(
+        line(&shown, "mount.port_range_lower_bound"),
+        "mount.port_range_lower_bound = 20100 # efs-utils.conf"
+    );
+    assert_eq!(
+        line(&shown, "mount.port_range_upper_bound"),
+        "mount.port_range_upper_bound = 21049 # default"
+    );
+    assert_eq!(
+        line(&shown, "mount.fips_mode_enabled"),
+        "mount.fips_mode_enabled = false # default"
+    );
+
+    // AWS_USE_FIPS_ENDPOINT=true, as for the incumbent.
+    let shown = check(&[], Some("true"));
+    assert_eq!(
+        line(&shown, "mount.fips_mode_enabled"),
+        "mount.fips_mode_enabled = true # AWS_USE_FIPS_ENDPOINT"
+    );
+
+    // EFS_UTILS_INCUMBENT_CONFIG names another INI file.
+    let other = dir.path("other.conf");
+    std::fs::write(&other, "[mount-watchdog]\npoll_interval_sec = 9\n").unwrap();
+    let shown = check(&[("EFS_UTILS_INCUMBENT_CONFIG", &other)], None);
+    assert_eq!(
+        line(&shown, "mount-watchdog.poll_interval_sec"),
+        "mount-watchdog.poll_interval_sec = 9 # efs-utils.conf"
+    );
+    assert_eq!(
+        line(&shown, "mount.port_range_lower_bound"),
+        "mount.port_range_lower_bound = 20049 # default"
     );
 }
