@@ -1108,7 +1108,9 @@ fn comment(doc: &str, effect: Effect) -> String {
     out
 }
 
-/// The per-region keys, documented, then the built-in regions as commented sections.
+/// The per-region keys, documented, then the built-in regions as commented sections,
+/// indented (`#  key = v`) so that a script uncommenting `#stunnel_cafile = ` of
+/// `[mount]` does not also uncomment them.
 fn region_part() -> String {
     let mut out = String::from(
         "\n# [mount.<region>]: overrides for one region. The built-in ones follow, commented.\n",
@@ -1117,11 +1119,11 @@ fn region_part() -> String {
         out.push_str(&comment(&format!("{}: {}", key.name, key.doc), key.effect));
     }
     for (region, rc) in &default_regions() {
-        out.push_str(&format!("\n#[mount.{region}]\n"));
+        out.push_str(&format!("\n#  [mount.{region}]\n"));
         for key in in_section(Section::Region) {
             if let At::Region(rk) = &key.at {
                 if let Some(v) = rk.show(rc) {
-                    out.push_str(&format!("#{} = {v}\n", key.name));
+                    out.push_str(&format!("#  {} = {v}\n", key.name));
                 }
             }
         }
@@ -1161,13 +1163,13 @@ mod tests {
         }
     }
 
-    /// Keys a TOML file names, set (`key = v`) or as commented defaults (`#key = v`),
-    /// under `[table]` or commented `#[table]` headers.
+    /// Keys a TOML file names, set (`key = v`) or as commented defaults (`#key = v`,
+    /// `#  key = v`), under `[table]` or commented `#  [table]` headers.
     fn named_in_toml(text: &str) -> Names {
         let mut section = Some(Section::Top);
         let mut names = Names::new();
         for line in text.lines() {
-            let line = line.strip_prefix('#').unwrap_or(line);
+            let line = line.strip_prefix('#').unwrap_or(line).trim_start();
             if let Some(t) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
                 section = section_of(t);
             } else if let Some((k, _)) = line.split_once(" = ") {
@@ -1282,13 +1284,7 @@ mod tests {
             want
         );
         // Uncommenting a built-in region section changes nothing.
-        let uncommented = shipped_toml()
-            .replace("#[mount.", "[mount.")
-            .replace("\n#dns_name_suffix", "\ndns_name_suffix")
-            .replace(
-                "\n#stunnel_cafile = \"/etc/pki",
-                "\nstunnel_cafile = \"/etc/pki",
-            );
+        let uncommented = shipped_toml().replace("\n#  ", "\n");
         let cfg2 = Config::parse(&uncommented, Path::new("efs-utils.toml")).unwrap();
         assert_eq!(cfg2.regions, default_regions());
     }

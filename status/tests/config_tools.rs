@@ -99,21 +99,12 @@ fn the_incumbents_config_converts_to_one_check_accepts_with_the_same_values() {
             && shown.contains("# efs-utils.toml"),
         "{shown}"
     );
-    let line = |key: &str| {
-        shown
-            .lines()
-            .find(|l| l.starts_with(&format!("{key} = ")))
-            .unwrap_or_else(|| panic!("no {key} in {shown}"))
-            .to_string()
-    };
-    assert!(
-        line("mount-watchdog.tls_cert_renewal_interval_min")
-            .ends_with("# efs-utils.toml; accepted, no effect"),
-        "{shown}"
-    );
-    assert!(
-        line("mount-watchdog.unmount_grace_period_sec").ends_with("# efs-utils.toml"),
-        "{shown}"
+    assert_rows(
+        &shown,
+        &[
+            "mount-watchdog.tls_cert_renewal_interval_min = 60 # efs-utils.toml; accepted, no effect",
+            "mount-watchdog.unmount_grace_period_sec = 30 # efs-utils.toml",
+        ],
     );
     assert!(
         shown.contains("mount.instance_metadata_url = \"http://169.254.169.254\""),
@@ -260,18 +251,13 @@ fn check_shows_efs_utils_conf_under_efs_utils_toml_and_each_values_origin() {
         "[mount]\nregion = eu-west-1\nport_range_lower_bound = 20100\n",
     )
     .unwrap();
-    let check = |env: &[(&str, &std::path::Path)], fips: Option<&str>| {
+    let check = |env: &[(&str, &OsStr)]| {
         let mut cmd = Command::new(workspace_bin("efs-utils"));
         cmd.args(["config", "check"])
             .env("EFS_UTILS_CONFIG", &toml)
             .env_remove("EFS_UTILS_INCUMBENT_CONFIG")
-            .env_remove("AWS_USE_FIPS_ENDPOINT");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        if let Some(f) = fips {
-            cmd.env("AWS_USE_FIPS_ENDPOINT", f);
-        }
+            .env_remove("AWS_USE_FIPS_ENDPOINT")
+            .envs(env.iter().copied());
         let out = cmd.output().unwrap();
         assert!(
             out.status.success(),
@@ -280,16 +266,9 @@ fn check_shows_efs_utils_conf_under_efs_utils_toml_and_each_values_origin() {
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let line = |shown: &str, key: &str| {
-        let l = shown
-            .lines()
-            .find(|l| l.starts_with(&format!("{key} = ")))
-            .unwrap_or_else(|| panic!("no {key} in {shown}"));
-        l.split_whitespace().collect::<Vec<_>>().join(" ")
-    };
 
     // efs-utils.conf next to the TOML is read under it.
-    let shown = check(&[], None);
+    let shown = check(&[]);
     assert!(
         shown.starts_with(&format!(
             "# effective configuration: the defaults, then {}, then {} ",
@@ -298,40 +277,44 @@ fn check_shows_efs_utils_conf_under_efs_utils_toml_and_each_values_origin() {
         )),
         "{shown}"
     );
-    assert_eq!(
-        line(&shown, "mount.region"),
-        "mount.region = \"us-west-2\" # efs-utils.toml"
-    );
-    assert_eq!(
-        line(&shown, "mount.port_range_lower_bound"),
-        "mount.port_range_lower_bound = 20100 # efs-utils.conf"
-    );
-    assert_eq!(
-        line(&shown, "mount.port_range_upper_bound"),
-        "mount.port_range_upper_bound = 21049 # default"
-    );
-    assert_eq!(
-        line(&shown, "mount.fips_mode_enabled"),
-        "mount.fips_mode_enabled = false # default"
+    assert_rows(
+        &shown,
+        &[
+            "mount.region = \"us-west-2\" # efs-utils.toml",
+            "mount.port_range_lower_bound = 20100 # efs-utils.conf",
+            "mount.port_range_upper_bound = 21049 # default",
+            "mount.fips_mode_enabled = false # default",
+        ],
     );
 
     // AWS_USE_FIPS_ENDPOINT=true, as for the incumbent.
-    let shown = check(&[], Some("true"));
-    assert_eq!(
-        line(&shown, "mount.fips_mode_enabled"),
-        "mount.fips_mode_enabled = true # AWS_USE_FIPS_ENDPOINT"
+    let shown = check(&[("AWS_USE_FIPS_ENDPOINT", "true".as_ref())]);
+    assert_rows(
+        &shown,
+        &["mount.fips_mode_enabled = true # AWS_USE_FIPS_ENDPOINT"],
     );
 
     // EFS_UTILS_INCUMBENT_CONFIG names another INI file.
     let other = dir.path("other.conf");
     std::fs::write(&other, "[mount-watchdog]\npoll_interval_sec = 9\n").unwrap();
-    let shown = check(&[("EFS_UTILS_INCUMBENT_CONFIG", &other)], None);
-    assert_eq!(
-        line(&shown, "mount-watchdog.poll_interval_sec"),
-        "mount-watchdog.poll_interval_sec = 9 # efs-utils.conf"
+    let shown = check(&[("EFS_UTILS_INCUMBENT_CONFIG", other.as_os_str())]);
+    assert_rows(
+        &shown,
+        &[
+            "mount-watchdog.poll_interval_sec = 9 # efs-utils.conf",
+            "mount.port_range_lower_bound = 20049 # default",
+        ],
     );
-    assert_eq!(
-        line(&shown, "mount.port_range_lower_bound"),
-        "mount.port_range_lower_bound = 20049 # default"
-    );
+}
+
+/// Each `want` row ("key = value # origin", spaces squeezed) is in `config check`'s output.
+fn assert_rows(shown: &str, want: &[&str]) {
+    for w in want {
+        let key = w.split(" = ").next().unwrap_or(w);
+        let row = shown
+            .lines()
+            .find(|l| l.starts_with(&format!("{key} = ")))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "));
+        assert_eq!(row.as_deref(), Some(*w), "{shown}");
+    }
 }
