@@ -20,6 +20,10 @@
 //!   `config check` and `config import` say "accepted, no effect" for them.
 //! * efs-tunnel never reads the file: mount.efs passes it what it needs. [`Effect`] names
 //!   the programs whose behaviour a key changes, the tunnel included.
+//! * The shipped file sets only `[paths]` (the install layout, which `make install`
+//!   rewrites); every other key is its commented default, so that it never masks a value
+//!   of the incumbent's `efs-utils.conf` read under it. Hence `optimize_readahead`'s
+//!   built-in default is `true`, the value amazon-efs-utils ships (its code's is false).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
