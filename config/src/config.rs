@@ -1,14 +1,25 @@
-//! The configuration file: `/etc/amazon/efs/efs-utils.toml`, or the file named by
-//! `EFS_UTILS_CONFIG`. It carries amazon-efs-utils' keys with the same names and defaults
-//! (top-level keys for the incumbent's `[DEFAULT]` section, then `[mount]`,
-//! `[mount.<region>]` and `[mount-watchdog]`), plus a `[paths]` table naming every file
-//! and program the product touches, so that tests run in a temporary directory.
+//! The configuration: `/etc/amazon/efs/efs-utils.toml` (or the file named by
+//! `EFS_UTILS_CONFIG`) over amazon-efs-utils' own `efs-utils.conf`, read natively. It
+//! carries the incumbent's keys with the same names and defaults (top-level keys for the
+//! incumbent's `[DEFAULT]` section, then `[mount]`, `[mount.<region>]` and
+//! `[mount-watchdog]`), plus a `[paths]` table naming every file and program the product
+//! touches, so that tests run in a temporary directory.
 //!
-//! A missing file means defaults. An unknown key is a warning that names it; a value of
-//! the wrong type or out of range is an error naming key, value and file. No other crate
-//! reads files under /etc.
+//! The keys themselves (type, range, default, doc) are in one table, [`crate::keys`];
+//! this module holds the typed [`Config`] every program reads, the layering, and the
+//! errors. Decisions worth keeping:
+//! * Layers ([`Config::load`]): built-in defaults, then `efs-utils.conf`, then
+//!   `efs-utils.toml`, then `AWS_USE_FIPS_ENDPOINT=true`; a later layer wins only for the
+//!   keys it sets, and [`Config::settings`] names each value's [`Origin`]. The INI file is
+//!   converted to TOML tables by the same code `config import` uses, so both mean the
+//!   same.
+//! * A missing file means that layer is absent. An unknown key is a typed [`Warning`]
+//!   that names it; a value of the wrong type or out of range is a [`ConfigError`] naming
+//!   key, value and file, and every program exits non-zero with it.
+//! * No other crate reads files under /etc.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -16,18 +27,28 @@ use std::path::{Path, PathBuf};
 use log::LevelFilter;
 use toml::{Table, Value};
 
-use crate::logging;
+use crate::keys::{self, Effect, Expected, Invalid, Section};
+use crate::{import, logging};
 
 /// Where the configuration lives unless `EFS_UTILS_CONFIG` says otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/amazon/efs/efs-utils.toml";
 /// The environment variable naming another configuration file.
 pub const CONFIG_ENV: &str = "EFS_UTILS_CONFIG";
+/// amazon-efs-utils' configuration, read under ours ([`Config::load`]): this name, next
+/// to the TOML (`/etc/amazon/efs/efs-utils.conf`).
+pub const INCUMBENT_CONFIG_NAME: &str = "efs-utils.conf";
+/// The environment variable naming another incumbent configuration file.
+pub const INCUMBENT_CONFIG_ENV: &str = "EFS_UTILS_INCUMBENT_CONFIG";
+/// `true` turns FIPS mode on, as for the incumbent.
+pub const FIPS_ENV: &str = "AWS_USE_FIPS_ENDPOINT";
 
 /// The whole effective configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    /// The file it was read from; `None` when no file exists (all defaults).
+    /// The `efs-utils.toml` read; `None` when there is none.
     pub source: Option<PathBuf>,
+    /// The incumbent's `efs-utils.conf` read under it; `None` when there is none.
+    pub incumbent_source: Option<PathBuf>,
     pub logging_level: LevelFilter,
     pub logging_max_bytes: u64,
     pub logging_file_count: u32,
@@ -39,9 +60,10 @@ pub struct Config {
     pub watchdog: WatchdogConfig,
     pub paths: Paths,
     /// Unknown keys and other things the operator should know; not fatal.
-    pub warnings: Vec<String>,
-    /// Dotted keys (`mount.region`, `mount.cn-north-1.dns_name_suffix`) the file set.
-    pub from_file: std::collections::BTreeSet<String>,
+    pub warnings: Vec<Warning>,
+    /// Where each value a file set came from, by dotted key (`mount.region`,
+    /// `mount.cn-north-1.dns_name_suffix`); a key not here has its default.
+    pub origins: BTreeMap<String, Origin>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -102,61 +124,73 @@ pub struct Paths {
     pub sysfs_bdi: PathBuf,
 }
 
-impl Default for Config {
-    fn default() -> Self {
+impl Config {
+    /// The shape with every field empty; [`Default`] fills it from the key table.
+    fn blank() -> Config {
         Config {
             source: None,
-            logging_level: LevelFilter::Info,
-            logging_max_bytes: 1_048_576,
-            logging_file_count: 10,
-            state_file_dir_mode: 0o750,
+            incumbent_source: None,
+            logging_level: LevelFilter::Off,
+            logging_max_bytes: 0,
+            logging_file_count: 0,
+            state_file_dir_mode: 0,
             mount: MountConfig {
-                dns_name_format: "{az}.{fs_id}.efs.{region}.{dns_name_suffix}".into(),
-                dns_name_suffix: "amazonaws.com".into(),
+                dns_name_format: String::new(),
+                dns_name_suffix: String::new(),
                 region: None,
                 stunnel_cafile: None,
-                stunnel_check_cert_hostname: true,
+                stunnel_check_cert_hostname: false,
                 stunnel_check_cert_validity: false,
                 fips_mode_enabled: false,
-                port_range: 20049..21049,
+                port_range: 0..0,
                 optimize_readahead: false,
-                fall_back_to_mount_target_ip_address_enabled: true,
+                fall_back_to_mount_target_ip_address_enabled: false,
                 disable_fetch_ec2_metadata_token: false,
-                retry_nfs_mount_command: true,
-                retry_nfs_mount_command_count: 3,
-                retry_nfs_mount_command_timeout_sec: 15,
-                instance_metadata_url: "http://169.254.169.254".into(),
+                retry_nfs_mount_command: false,
+                retry_nfs_mount_command_count: 0,
+                retry_nfs_mount_command_timeout_sec: 0,
+                instance_metadata_url: String::new(),
             },
-            regions: default_regions(),
+            regions: BTreeMap::new(),
             watchdog: WatchdogConfig {
-                enabled: true,
-                poll_interval_sec: 1,
-                unmount_count_for_consistency: 5,
-                unmount_grace_period_sec: 30,
-                tls_cert_renewal_interval_min: 60,
-                stunnel_health_check_enabled: true,
-                stunnel_health_check_interval_min: 5,
-                stunnel_health_check_command_timeout_sec: 30,
+                enabled: false,
+                poll_interval_sec: 0,
+                unmount_count_for_consistency: 0,
+                unmount_grace_period_sec: 0,
+                tls_cert_renewal_interval_min: 0,
+                stunnel_health_check_enabled: false,
+                stunnel_health_check_interval_min: 0,
+                stunnel_health_check_command_timeout_sec: 0,
             },
             paths: Paths {
-                state_dir: "/var/run/efs".into(),
-                log_dir: "/var/log/amazon/efs".into(),
-                mount_nfs: "/sbin/mount.nfs4".into(),
-                systemctl: "systemctl".into(),
-                systemd_run_dir: "/run/systemd/system".into(),
-                mountinfo: "/proc/self/mountinfo".into(),
-                nfsfs: "/proc/fs/nfsfs".into(),
-                tunnel: "/usr/bin/efs-tunnel".into(),
-                sysfs_bdi: "/sys/class/bdi".into(),
+                state_dir: PathBuf::new(),
+                log_dir: PathBuf::new(),
+                mount_nfs: PathBuf::new(),
+                systemctl: PathBuf::new(),
+                systemd_run_dir: PathBuf::new(),
+                mountinfo: PathBuf::new(),
+                nfsfs: PathBuf::new(),
+                tunnel: PathBuf::new(),
+                sysfs_bdi: PathBuf::new(),
             },
             warnings: Vec::new(),
-            from_file: Default::default(),
+            origins: BTreeMap::new(),
         }
     }
 }
 
+/// Built-in defaults: every key's default from [`keys::KEYS`], and the built-in regions.
+impl Default for Config {
+    fn default() -> Self {
+        let mut cfg = Config::blank();
+        keys::apply_defaults(&mut cfg);
+        cfg.regions = default_regions();
+        cfg
+    }
+}
+
 /// The incumbent's per-region DNS suffixes, so that they work without a config file too.
-fn default_regions() -> BTreeMap<String, RegionConfig> {
+pub(crate) fn default_regions() -> BTreeMap<String, RegionConfig> {
     let system_bundle = Some(PathBuf::from(
         "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
     ));
@@ -188,17 +222,21 @@ fn default_regions() -> BTreeMap<String, RegionConfig> {
 pub enum ConfigError {
     Unreadable {
         file: PathBuf,
+        /// The system's reason.
         reason: String,
     },
     Syntax {
         file: PathBuf,
+        /// The TOML parser's reason.
         reason: String,
     },
     BadValue {
         file: PathBuf,
+        /// Dotted: `mount.port_range_lower_bound`.
         key: String,
+        /// As written, in TOML.
         value: String,
-        expected: String,
+        invalid: Invalid,
     },
 }
 
@@ -212,16 +250,16 @@ impl fmt::Display for ConfigError {
                 f,
                 "config file {} is not valid TOML: {}",
                 file.display(),
-                reason.trim().replace('\n', " ")
+                one_line(reason)
             ),
             ConfigError::BadValue {
                 file,
                 key,
                 value,
-                expected,
+                invalid,
             } => write!(
                 f,
-                "config file {}: {key} = {value} is invalid: expected {expected}",
+                "config file {}: {key} = {value} {invalid}",
                 file.display()
             ),
         }
@@ -230,94 +268,202 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// The text of `path`; `None` if it does not exist.
+fn read_if_present(path: &Path) -> Result<Option<String>, ConfigError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ConfigError::Unreadable {
+            file: path.to_path_buf(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+fn toml_table(text: &str, file: &Path) -> Result<Table, ConfigError> {
+    text.parse()
+        .map_err(|e: toml::de::Error| ConfigError::Syntax {
+            file: file.to_path_buf(),
+            reason: e.to_string(),
+        })
+}
+
+/// The TOML parser's multi-line reason on one line.
+pub(crate) fn one_line(reason: &str) -> String {
+    reason.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Something in a file the operator should know about; the file is still used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Warning {
+    /// Not a key of ours: a typo, or a key of a newer or older version.
+    UnknownKey { file: PathBuf, key: String },
+    /// One of the incumbent's sections we do not support yet (`[cloudwatch-log]`, ...).
+    UnsupportedSection { file: PathBuf, section: String },
+    /// One of the incumbent's stunnel-only keys; the tunnel has its own log.
+    StunnelOnly { file: PathBuf, key: String },
+}
+
+impl Warning {
+    /// What is wrong, without the file: `config import` reports it per key.
+    pub fn reason(&self) -> String {
+        match self {
+            Warning::UnknownKey { key, .. } => format!("unknown key {key} is ignored"),
+            Warning::UnsupportedSection { section, .. } => {
+                format!("[{section}] is not supported yet and is ignored")
+            }
+            Warning::StunnelOnly { key, .. } => format!(
+                "{key} is a stunnel setting and is ignored: the tunnel logs to efs-tunnel.log"
+            ),
+        }
+    }
+
+    fn file(&self) -> &Path {
+        match self {
+            Warning::UnknownKey { file, .. }
+            | Warning::UnsupportedSection { file, .. }
+            | Warning::StunnelOnly { file, .. } => file,
+        }
+    }
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.file().display(), self.reason())
+    }
+}
+
+/// The incumbent's sections that we accept with a warning instead of calling unknown.
+const UNSUPPORTED_SECTIONS: [&str; 3] = ["cloudwatch-log", "client-info", "proxy"];
+/// The incumbent's `[mount]` keys that only meant something to stunnel.
+const STUNNEL_ONLY_KEYS: [&str; 2] = ["stunnel_debug_enabled", "stunnel_logs_file"];
+
+/// Where an effective value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The key table's built-in default.
+    Default,
+    /// The built-in per-region list (China and isolated regions).
+    BuiltInRegion,
+    /// amazon-efs-utils' `efs-utils.conf`.
+    Incumbent,
+    /// `efs-utils.toml` (or the file `EFS_UTILS_CONFIG` names).
+    Toml,
+    /// `AWS_USE_FIPS_ENDPOINT=true`, as for the incumbent.
+    FipsEnvironment,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Origin::Default => "default",
+            Origin::BuiltInRegion => "built-in region default",
+            Origin::Incumbent => "efs-utils.conf",
+            Origin::Toml => "efs-utils.toml",
+            Origin::FipsEnvironment => "AWS_USE_FIPS_ENDPOINT",
+        })
+    }
+}
+
 impl Config {
-    /// Loads the file named by `EFS_UTILS_CONFIG`, else the default path.
+    /// The effective configuration, as every program sees it: the built-in defaults,
+    /// then amazon-efs-utils' `efs-utils.conf` if present, then `efs-utils.toml` if
+    /// present (each file wins only for what it sets), then `AWS_USE_FIPS_ENDPOINT`.
+    ///
+    /// The TOML is `EFS_UTILS_CONFIG`, else [`DEFAULT_CONFIG_PATH`]. The INI is
+    /// `EFS_UTILS_INCUMBENT_CONFIG`, else [`INCUMBENT_CONFIG_NAME`] next to the TOML
+    /// (`/etc/amazon/efs/efs-utils.conf`): when `EFS_UTILS_CONFIG` moves the TOML into a
+    /// test's temporary root, the machine's `/etc` is not read.
     pub fn load() -> Result<Config, ConfigError> {
-        let path = std::env::var_os(CONFIG_ENV)
+        let toml = std::env::var_os(CONFIG_ENV)
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
-        Config::load_from(&path)
+        let incumbent = std::env::var_os(INCUMBENT_CONFIG_ENV)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| toml.with_file_name(INCUMBENT_CONFIG_NAME));
+        let fips = std::env::var_os(FIPS_ENV);
+        Config::load_layers(&incumbent, &toml, fips.as_deref())
     }
 
-    /// Loads `path`; a file that does not exist means defaults.
-    pub fn load_from(path: &Path) -> Result<Config, ConfigError> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Config::parse(&text, path),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
-            Err(e) => Err(ConfigError::Unreadable {
-                file: path.to_path_buf(),
-                reason: e.to_string(),
-            }),
+    /// [`Config::load`] with its inputs named: `fips_endpoint` is the value of
+    /// `AWS_USE_FIPS_ENDPOINT`.
+    pub fn load_layers(
+        incumbent: &Path,
+        toml: &Path,
+        fips_endpoint: Option<&OsStr>,
+    ) -> Result<Config, ConfigError> {
+        let mut cfg = Config::default();
+        if let Some(text) = read_if_present(incumbent)? {
+            let table = import::ini_table(&text);
+            cfg.apply(&table, incumbent, Origin::Incumbent)?;
+            cfg.incumbent_source = Some(incumbent.to_path_buf());
         }
-    }
-
-    /// Parses configuration text; `file` is only used in messages.
-    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
-        let table: Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| ConfigError::Syntax {
-                file: file.to_path_buf(),
-                reason: e.to_string(),
-            })?;
-        let mut cfg = Config {
-            source: Some(file.to_path_buf()),
-            ..Config::default()
-        };
-        let mut r = Reader {
-            file,
-            warnings: Vec::new(),
-            applied: Default::default(),
-        };
-        for (key, value) in &table {
-            let before = r.warnings.len();
-            match key.as_str() {
-                "logging_level" => {
-                    let s = r.string(key, value)?;
-                    cfg.logging_level = logging::parse_level(&s).ok_or_else(|| {
-                        r.bad(key, value, "one of debug, info, warning, error, critical")
-                    })?;
-                }
-                "logging_max_bytes" => {
-                    cfg.logging_max_bytes = r.int(key, value, 0, u32::MAX as i64)? as u64
-                }
-                "logging_file_count" => cfg.logging_file_count = r.int(key, value, 0, 1000)? as u32,
-                "state_file_dir_mode" => {
-                    let s = match value {
-                        Value::Integer(i) => i.to_string(),
-                        other => r.string(key, other)?,
-                    };
-                    cfg.state_file_dir_mode = u32::from_str_radix(&s, 8)
-                        .ok()
-                        .filter(|m| *m <= 0o777)
-                        .ok_or_else(|| r.bad(key, value, "an octal mode such as \"750\""))?;
-                }
-                "mount" => r.mount(value, &mut cfg)?,
-                "mount-watchdog" => r.watchdog(value, &mut cfg.watchdog)?,
-                "paths" => r.paths(value, &mut cfg.paths)?,
-                // Sections the incumbent has that we do not use yet: accepted, not applied.
-                "cloudwatch-log" | "client-info" | "proxy" => {
-                    r.warn(format!("[{key}] is not supported yet and is ignored"))
-                }
-                _ => r.unknown(key),
-            }
-            if r.warnings.len() == before && !value.is_table() {
-                r.applied.insert(key.clone());
-            }
+        if let Some(text) = read_if_present(toml)? {
+            cfg.apply(&toml_table(&text, toml)?, toml, Origin::Toml)?;
+            cfg.source = Some(toml.to_path_buf());
         }
-        if cfg.mount.port_range.end <= cfg.mount.port_range.start {
-            return Err(ConfigError::BadValue {
-                file: file.to_path_buf(),
-                key: "mount.port_range_upper_bound".into(),
-                value: cfg.mount.port_range.end.to_string(),
-                expected: format!(
-                    "a value strictly greater than port_range_lower_bound ({})",
-                    cfg.mount.port_range.start
-                ),
-            });
+        if fips_endpoint.is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+            cfg.mount.fips_mode_enabled = true;
+            cfg.origins
+                .insert("mount.fips_mode_enabled".into(), Origin::FipsEnvironment);
         }
-        cfg.warnings = r.warnings;
-        cfg.from_file = r.applied;
+        cfg.check_port_range()?;
         Ok(cfg)
+    }
+
+    /// `path` alone over the defaults (`config check FILE`); a file that does not exist
+    /// means defaults.
+    pub fn load_from(path: &Path) -> Result<Config, ConfigError> {
+        match read_if_present(path)? {
+            Some(text) => Config::parse(&text, path),
+            None => Ok(Config::default()),
+        }
+    }
+
+    /// Parses configuration text over the defaults; `file` is only used in messages.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let mut cfg = Config::default();
+        cfg.apply(&toml_table(text, file)?, file, Origin::Toml)?;
+        cfg.source = Some(file.to_path_buf());
+        cfg.check_port_range()?;
+        Ok(cfg)
+    }
+
+    /// One file's tables over what is there.
+    fn apply(&mut self, table: &Table, file: &Path, origin: Origin) -> Result<(), ConfigError> {
+        Reader {
+            file,
+            origin,
+            cfg: self,
+        }
+        .section(Section::Top, "", table)
+    }
+
+    /// The file a value came from, for messages.
+    fn file_of(&self, key: &str) -> PathBuf {
+        let file = match self.origins.get(key) {
+            Some(Origin::Incumbent) => self.incumbent_source.as_ref(),
+            _ => self.source.as_ref(),
+        };
+        file.cloned().unwrap_or_default()
+    }
+
+    /// The one rule that spans two keys: the port range is not empty.
+    fn check_port_range(&self) -> Result<(), ConfigError> {
+        let range = &self.mount.port_range;
+        if range.end > range.start {
+            return Ok(());
+        }
+        let key = "mount.port_range_upper_bound";
+        Err(ConfigError::BadValue {
+            file: self.file_of(key),
+            key: key.into(),
+            value: range.end.to_string(),
+            invalid: Invalid::Expected(Expected::Above {
+                key: "port_range_lower_bound",
+                value: range.start.into(),
+            }),
+        })
     }
 
     /// `dns_name_suffix` for a region: its `[mount.<region>]` section first, then `[mount]`.
@@ -355,356 +501,118 @@ impl Config {
 pub struct Setting {
     /// Dotted key: `logging_level`, `mount.region`, `mount.cn-north-1.dns_name_suffix`.
     pub key: String,
-    /// As TOML: `"us-east-1"`, `true`, `20049`.
+    /// As TOML: `"us-east-1"`, `true`, `20049`; or `(unset: ...)`.
     pub value: String,
-    /// `file`, `default`, or `built-in region default`.
-    pub source: &'static str,
+    pub origin: Origin,
+    /// Which programs read it, or that it is accepted with no effect.
+    pub effect: Effect,
 }
 
 impl Config {
-    /// Every effective value, with where it came from.
+    /// Every effective value, with where it came from, in the key table's order.
     pub fn settings(&self) -> Vec<Setting> {
-        let text = |v: &str| Value::String(v.to_string()).to_string();
-        let path = |p: &Path| text(&p.to_string_lossy());
-        let m = &self.mount;
-        let w = &self.watchdog;
-        let p = &self.paths;
-        let level = self.logging_level.to_string().to_lowercase();
-        let mut list: Vec<(String, String)> = vec![
-            ("logging_level".into(), text(&level)),
-            (
-                "logging_max_bytes".into(),
-                self.logging_max_bytes.to_string(),
-            ),
-            (
-                "logging_file_count".into(),
-                self.logging_file_count.to_string(),
-            ),
-            (
-                "state_file_dir_mode".into(),
-                text(&format!("{:o}", self.state_file_dir_mode)),
-            ),
-            ("mount.dns_name_format".into(), text(&m.dns_name_format)),
-            ("mount.dns_name_suffix".into(), text(&m.dns_name_suffix)),
-            (
-                "mount.region".into(),
-                m.region
-                    .as_deref()
-                    .map(text)
-                    .unwrap_or_else(|| "(unset)".into()),
-            ),
-            (
-                "mount.stunnel_cafile".into(),
-                m.stunnel_cafile
-                    .as_deref()
-                    .map(path)
-                    .unwrap_or_else(|| "(unset: built-in roots)".into()),
-            ),
-            (
-                "mount.stunnel_check_cert_hostname".into(),
-                m.stunnel_check_cert_hostname.to_string(),
-            ),
-            (
-                "mount.stunnel_check_cert_validity".into(),
-                m.stunnel_check_cert_validity.to_string(),
-            ),
-            (
-                "mount.fips_mode_enabled".into(),
-                m.fips_mode_enabled.to_string(),
-            ),
-            (
-                "mount.port_range_lower_bound".into(),
-                m.port_range.start.to_string(),
-            ),
-            (
-                "mount.port_range_upper_bound".into(),
-                m.port_range.end.to_string(),
-            ),
-            (
-                "mount.optimize_readahead".into(),
-                m.optimize_readahead.to_string(),
-            ),
-            (
-                "mount.fall_back_to_mount_target_ip_address_enabled".into(),
-                m.fall_back_to_mount_target_ip_address_enabled.to_string(),
-            ),
-            (
-                "mount.disable_fetch_ec2_metadata_token".into(),
-                m.disable_fetch_ec2_metadata_token.to_string(),
-            ),
-            (
-                "mount.retry_nfs_mount_command".into(),
-                m.retry_nfs_mount_command.to_string(),
-            ),
-            (
-                "mount.retry_nfs_mount_command_count".into(),
-                m.retry_nfs_mount_command_count.to_string(),
-            ),
-            (
-                "mount.retry_nfs_mount_command_timeout_sec".into(),
-                m.retry_nfs_mount_command_timeout_sec.to_string(),
-            ),
-            (
-                "mount.instance_metadata_url".into(),
-                text(&m.instance_metadata_url),
-            ),
-        ];
-        for (region, rc) in &self.regions {
-            if let Some(v) = &rc.dns_name_suffix {
-                list.push((format!("mount.{region}.dns_name_suffix"), text(v)));
-            }
-            if let Some(v) = &rc.stunnel_cafile {
-                list.push((format!("mount.{region}.stunnel_cafile"), path(v)));
-            }
-        }
-        list.extend([
-            ("mount-watchdog.enabled".into(), w.enabled.to_string()),
-            (
-                "mount-watchdog.poll_interval_sec".into(),
-                w.poll_interval_sec.to_string(),
-            ),
-            (
-                "mount-watchdog.unmount_count_for_consistency".into(),
-                w.unmount_count_for_consistency.to_string(),
-            ),
-            (
-                "mount-watchdog.unmount_grace_period_sec".into(),
-                w.unmount_grace_period_sec.to_string(),
-            ),
-            (
-                "mount-watchdog.tls_cert_renewal_interval_min".into(),
-                w.tls_cert_renewal_interval_min.to_string(),
-            ),
-            (
-                "mount-watchdog.stunnel_health_check_enabled".into(),
-                w.stunnel_health_check_enabled.to_string(),
-            ),
-            (
-                "mount-watchdog.stunnel_health_check_interval_min".into(),
-                w.stunnel_health_check_interval_min.to_string(),
-            ),
-            (
-                "mount-watchdog.stunnel_health_check_command_timeout_sec".into(),
-                w.stunnel_health_check_command_timeout_sec.to_string(),
-            ),
-            ("paths.state_dir".into(), path(&p.state_dir)),
-            ("paths.log_dir".into(), path(&p.log_dir)),
-            ("paths.mount_nfs".into(), path(&p.mount_nfs)),
-            ("paths.systemctl".into(), path(&p.systemctl)),
-            ("paths.systemd_run_dir".into(), path(&p.systemd_run_dir)),
-            ("paths.mountinfo".into(), path(&p.mountinfo)),
-            ("paths.nfsfs".into(), path(&p.nfsfs)),
-            ("paths.tunnel".into(), path(&p.tunnel)),
-            ("paths.sysfs_bdi".into(), path(&p.sysfs_bdi)),
-        ]);
-        let builtin = default_regions();
-        list.into_iter()
-            .map(|(key, value)| {
-                let source = if self.from_file.contains(&key) {
-                    "file"
-                } else if key.matches('.').count() == 2
-                    && builtin
-                        .keys()
-                        .any(|r| key.starts_with(&format!("mount.{r}.")))
-                {
-                    "built-in region default"
-                } else {
-                    "default"
+        keys::rows(self)
+            .into_iter()
+            .map(|(key, dotted, value)| {
+                let origin = match self.origins.get(&dotted) {
+                    Some(o) => *o,
+                    None if key.section() == Section::Region => Origin::BuiltInRegion,
+                    None => Origin::Default,
                 };
-                Setting { key, value, source }
+                Setting {
+                    key: dotted,
+                    value,
+                    origin,
+                    effect: key.effect,
+                }
             })
             .collect()
     }
 }
 
-/// Typed access to TOML values with messages that name key, value and file.
+/// Applies one file's tables to a configuration, through the key table.
 struct Reader<'a> {
     file: &'a Path,
-    warnings: Vec<String>,
-    applied: std::collections::BTreeSet<String>,
+    origin: Origin,
+    cfg: &'a mut Config,
 }
 
 impl Reader<'_> {
-    fn bad(&self, key: &str, value: &Value, expected: &str) -> ConfigError {
+    fn bad(&self, key: &str, value: &Value, invalid: Invalid) -> ConfigError {
         ConfigError::BadValue {
             file: self.file.to_path_buf(),
             key: key.to_string(),
             value: value.to_string(),
-            expected: expected.to_string(),
+            invalid,
         }
     }
 
-    fn warn(&mut self, message: String) {
-        self.warnings
-            .push(format!("{}: {message}", self.file.display()));
+    fn warn(&mut self, warning: Warning) {
+        self.cfg.warnings.push(warning);
     }
 
-    fn unknown(&mut self, key: &str) {
-        self.warn(format!("unknown key {key} is ignored"));
+    fn unknown(&mut self, key: String) {
+        let file = self.file.to_path_buf();
+        self.warn(Warning::UnknownKey { file, key });
     }
 
-    fn string(&self, key: &str, v: &Value) -> Result<String, ConfigError> {
-        v.as_str()
-            .map(str::to_string)
-            .ok_or_else(|| self.bad(key, v, "a string"))
-    }
-
-    fn bool(&self, key: &str, v: &Value) -> Result<bool, ConfigError> {
-        match v {
-            Value::Boolean(b) => Ok(*b),
-            // The incumbent's INI values, for configs converted by hand.
-            Value::String(s) if matches!(s.to_ascii_lowercase().as_str(), "true" | "yes" | "1") => {
-                Ok(true)
+    /// The keys of one table: `prefix` is its dotted path (`""` for the top level).
+    fn section(
+        &mut self,
+        section: Section,
+        prefix: &str,
+        table: &Table,
+    ) -> Result<(), ConfigError> {
+        for (name, value) in table {
+            let dotted = if prefix.is_empty() {
+                name.clone()
+            } else {
+                format!("{prefix}.{name}")
+            };
+            if let Some((_, kind)) = keys::find(section, name) {
+                kind.apply(self.cfg, value)
+                    .map_err(|i| self.bad(&dotted, value, i))?;
+                self.cfg.origins.insert(dotted, self.origin);
+                continue;
             }
-            Value::String(s) if matches!(s.to_ascii_lowercase().as_str(), "false" | "no" | "0") => {
-                Ok(false)
-            }
-            _ => Err(self.bad(key, v, "true or false")),
-        }
-    }
-
-    fn int(&self, key: &str, v: &Value, min: i64, max: i64) -> Result<i64, ConfigError> {
-        let n = match v {
-            Value::Integer(i) => Some(*i),
-            Value::String(s) => s.trim().parse().ok(),
-            _ => None,
-        };
-        n.filter(|n| (min..=max).contains(n))
-            .ok_or_else(|| self.bad(key, v, &format!("a whole number from {min} to {max}")))
-    }
-
-    fn table<'v>(&self, key: &str, v: &'v Value) -> Result<&'v Table, ConfigError> {
-        v.as_table().ok_or_else(|| self.bad(key, v, "a table"))
-    }
-
-    fn mount(&mut self, v: &Value, cfg: &mut Config) -> Result<(), ConfigError> {
-        let m = &mut cfg.mount;
-        let (mut lower, mut upper) = (m.port_range.start, m.port_range.end);
-        for (k, v) in self.table("mount", v)? {
-            let key = format!("mount.{k}");
-            let key = key.as_str();
-            let before = self.warnings.len();
-            match k.as_str() {
-                "dns_name_format" => {
-                    let s = self.string(key, v)?;
-                    if !s.contains("{fs_id}") {
-                        return Err(self.bad(key, v, "a format that includes {fs_id}"));
-                    }
-                    m.dns_name_format = s;
+            let sub = Section::named(name).filter(|_| section == Section::Top);
+            let top = section == Section::Top;
+            let mount = section == Section::Mount;
+            match (sub, value) {
+                (Some(s), Value::Table(t)) => self.section(s, &dotted, t)?,
+                (Some(_), v) => {
+                    return Err(self.bad(&dotted, v, Invalid::Expected(Expected::Table)))
                 }
-                "dns_name_suffix" => m.dns_name_suffix = self.string(key, v)?,
-                "region" => m.region = Some(self.string(key, v)?),
-                "stunnel_cafile" => m.stunnel_cafile = Some(PathBuf::from(self.string(key, v)?)),
-                "stunnel_check_cert_hostname" => {
-                    m.stunnel_check_cert_hostname = self.bool(key, v)?
+                (None, Value::Table(t)) if mount => self.region(name, &dotted, t)?,
+                (None, _) if top && UNSUPPORTED_SECTIONS.contains(&name.as_str()) => {
+                    let file = self.file.to_path_buf();
+                    self.warn(Warning::UnsupportedSection {
+                        file,
+                        section: dotted,
+                    })
                 }
-                "stunnel_check_cert_validity" => {
-                    m.stunnel_check_cert_validity = self.bool(key, v)?
+                (None, _) if mount && STUNNEL_ONLY_KEYS.contains(&name.as_str()) => {
+                    let file = self.file.to_path_buf();
+                    self.warn(Warning::StunnelOnly { file, key: dotted })
                 }
-                "fips_mode_enabled" => m.fips_mode_enabled = self.bool(key, v)?,
-                "port_range_lower_bound" => lower = self.int(key, v, 1, 65535)? as u16,
-                "port_range_upper_bound" => upper = self.int(key, v, 1, 65535)? as u16,
-                "optimize_readahead" => m.optimize_readahead = self.bool(key, v)?,
-                "fall_back_to_mount_target_ip_address_enabled" => {
-                    m.fall_back_to_mount_target_ip_address_enabled = self.bool(key, v)?
-                }
-                "disable_fetch_ec2_metadata_token" => {
-                    m.disable_fetch_ec2_metadata_token = self.bool(key, v)?
-                }
-                "retry_nfs_mount_command" => m.retry_nfs_mount_command = self.bool(key, v)?,
-                "retry_nfs_mount_command_count" => {
-                    m.retry_nfs_mount_command_count = self.int(key, v, 1, 100)? as u32
-                }
-                "retry_nfs_mount_command_timeout_sec" => {
-                    m.retry_nfs_mount_command_timeout_sec = self.int(key, v, 1, 3600)? as u64
-                }
-                "instance_metadata_url" => m.instance_metadata_url = self.string(key, v)?,
-                "stunnel_debug_enabled" | "stunnel_logs_file" => self.warn(format!(
-                    "{key} is a stunnel setting and is ignored: the tunnel logs to efs-tunnel.log"
-                )),
-                region if v.is_table() => {
-                    let mut rc = cfg.regions.get(region).cloned().unwrap_or_default();
-                    for (rk, rv) in self.table(key, v)? {
-                        let rkey = format!("{key}.{rk}");
-                        match rk.as_str() {
-                            "dns_name_suffix" => rc.dns_name_suffix = Some(self.string(&rkey, rv)?),
-                            "stunnel_cafile" => {
-                                rc.stunnel_cafile = Some(PathBuf::from(self.string(&rkey, rv)?))
-                            }
-                            _ => {
-                                self.unknown(&rkey);
-                                continue;
-                            }
-                        }
-                        self.applied.insert(rkey);
-                    }
-                    cfg.regions.insert(region.to_string(), rc);
-                }
-                _ => self.unknown(key),
-            }
-            if self.warnings.len() == before && !v.is_table() {
-                self.applied.insert(key.to_string());
-            }
-        }
-        m.port_range = lower..upper;
-        Ok(())
-    }
-
-    fn watchdog(&mut self, v: &Value, w: &mut WatchdogConfig) -> Result<(), ConfigError> {
-        for (k, v) in self.table("mount-watchdog", v)? {
-            let key = format!("mount-watchdog.{k}");
-            let key = key.as_str();
-            let before = self.warnings.len();
-            match k.as_str() {
-                "enabled" => w.enabled = self.bool(key, v)?,
-                "poll_interval_sec" => w.poll_interval_sec = self.int(key, v, 1, 3600)? as u64,
-                "unmount_count_for_consistency" => {
-                    w.unmount_count_for_consistency = self.int(key, v, 0, 1000)? as u32
-                }
-                "unmount_grace_period_sec" => {
-                    w.unmount_grace_period_sec = self.int(key, v, 0, 86_400)? as u64
-                }
-                "tls_cert_renewal_interval_min" => {
-                    w.tls_cert_renewal_interval_min = self.int(key, v, 1, 1440)? as u64
-                }
-                "stunnel_health_check_enabled" => {
-                    w.stunnel_health_check_enabled = self.bool(key, v)?
-                }
-                "stunnel_health_check_interval_min" => {
-                    w.stunnel_health_check_interval_min = self.int(key, v, 1, 1440)? as u64
-                }
-                "stunnel_health_check_command_timeout_sec" => {
-                    w.stunnel_health_check_command_timeout_sec = self.int(key, v, 1, 3600)? as u64
-                }
-                _ => self.unknown(key),
-            }
-            if self.warnings.len() == before {
-                self.applied.insert(key.to_string());
+                _ => self.unknown(dotted),
             }
         }
         Ok(())
     }
 
-    fn paths(&mut self, v: &Value, p: &mut Paths) -> Result<(), ConfigError> {
-        for (k, v) in self.table("paths", v)? {
-            let key = format!("paths.{k}");
-            let before = self.warnings.len();
-            let path = || self.string(&key, v).map(PathBuf::from);
-            match k.as_str() {
-                "state_dir" => p.state_dir = path()?,
-                "log_dir" => p.log_dir = path()?,
-                "mount_nfs" => p.mount_nfs = path()?,
-                "systemctl" => p.systemctl = path()?,
-                "systemd_run_dir" => p.systemd_run_dir = path()?,
-                "mountinfo" => p.mountinfo = path()?,
-                "nfsfs" => p.nfsfs = path()?,
-                "tunnel" => p.tunnel = path()?,
-                "sysfs_bdi" => p.sysfs_bdi = path()?,
-                _ => self.unknown(&key),
-            }
-            if self.warnings.len() == before {
-                self.applied.insert(key);
-            }
+    /// One `[mount.<region>]` table, over the region's built-in values.
+    fn region(&mut self, region: &str, prefix: &str, table: &Table) -> Result<(), ConfigError> {
+        for (name, value) in table {
+            let dotted = format!("{prefix}.{name}");
+            let Some((_, kind)) = keys::find_region(name) else {
+                self.unknown(dotted);
+                continue;
+            };
+            let rc = self.cfg.regions.entry(region.to_string()).or_default();
+            kind.apply(rc, value)
+                .map_err(|i| self.bad(&dotted, value, i))?;
+            self.cfg.origins.insert(dotted, self.origin);
         }
         Ok(())
     }
@@ -713,6 +621,7 @@ impl Reader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::KEYS;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("/etc/amazon/efs/efs-utils.toml"))
@@ -758,10 +667,23 @@ mod tests {
     fn unknown_keys_are_warnings_that_name_the_key() {
         let cfg =
             parse("colour = 1\n[mount]\nportrange = 3\n[mount-watchdog]\nenable = true\n").unwrap();
-        let w = cfg.warnings.join("\n");
-        assert!(w.contains("unknown key colour"), "{w}");
-        assert!(w.contains("unknown key mount.portrange"), "{w}");
-        assert!(w.contains("unknown key mount-watchdog.enable"), "{w}");
+        let unknown: Vec<&str> = cfg
+            .warnings
+            .iter()
+            .filter_map(|w| match w {
+                Warning::UnknownKey { key, .. } => Some(key.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            unknown,
+            ["colour", "mount.portrange", "mount-watchdog.enable"]
+        );
+        let shown = cfg.warnings[0].to_string();
+        assert_eq!(
+            shown,
+            "/etc/amazon/efs/efs-utils.toml: unknown key colour is ignored"
+        );
     }
 
     #[test]
@@ -809,17 +731,89 @@ mod tests {
         assert_eq!(
             (
                 get("logging_level").value.as_str(),
-                get("logging_level").source
+                get("logging_level").origin
             ),
-            ("\"debug\"", "file")
+            ("\"debug\"", Origin::Toml)
         );
-        assert_eq!(get("mount.region").source, "file");
-        assert_eq!(get("mount.port_range_lower_bound").source, "default");
-        assert_eq!(get("mount.xx-test-1.dns_name_suffix").source, "file");
+        assert_eq!(get("mount.region").origin, Origin::Toml);
+        assert_eq!(get("mount.port_range_lower_bound").origin, Origin::Default);
+        assert_eq!(get("mount.xx-test-1.dns_name_suffix").origin, Origin::Toml);
         assert_eq!(
-            get("mount.cn-north-1.dns_name_suffix").source,
-            "built-in region default"
+            get("mount.cn-north-1.dns_name_suffix").origin,
+            Origin::BuiltInRegion
         );
+        assert_eq!(get("mount.stunnel_cafile").value, "(unset: built-in roots)");
+    }
+
+    #[test]
+    fn a_state_dir_mode_others_could_write_is_refused() {
+        for mode in ["777", "770", "752"] {
+            let e = parse(&format!("state_file_dir_mode = \"{mode}\"\n")).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!("config file /etc/amazon/efs/efs-utils.toml: state_file_dir_mode = \"{mode}\" would make the state directory writable by other users; use 750 (the default) or stricter")
+            );
+        }
+        for (mode, want) in [("\"700\"", 0o700), ("755", 0o755), ("\"0750\"", 0o750)] {
+            let cfg = parse(&format!("state_file_dir_mode = {mode}\n")).unwrap();
+            assert_eq!(cfg.state_file_dir_mode, want, "{mode}");
+        }
+    }
+
+    #[test]
+    fn keys_accepted_with_no_effect_say_so() {
+        let cfg = parse(
+            "[mount]\nfall_back_to_mount_target_ip_address_enabled = false\n\
+             [mount-watchdog]\nunmount_count_for_consistency = 3\ntls_cert_renewal_interval_min = 5\n",
+        )
+        .unwrap();
+        assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+        let no_effect: Vec<String> = cfg
+            .settings()
+            .into_iter()
+            .filter(|s| s.effect == Effect::NoneYet)
+            .map(|s| format!("{} {}", s.key, s.origin))
+            .collect();
+        assert_eq!(
+            no_effect,
+            [
+                "mount.fall_back_to_mount_target_ip_address_enabled efs-utils.toml",
+                "mount-watchdog.unmount_count_for_consistency efs-utils.toml",
+                "mount-watchdog.tls_cert_renewal_interval_min efs-utils.toml",
+            ]
+        );
+    }
+
+    #[test]
+    fn every_key_shows_its_table_default_with_no_file() {
+        let cfg = Config::default();
+        let settings = cfg.settings();
+        for key in KEYS.iter().filter(|k| k.section() != Section::Region) {
+            let shown = settings.iter().find(|s| s.key == key.dotted()).unwrap();
+            let want = key
+                .default_toml()
+                .or(key.unset_means().map(|u| format!("(unset: {u})")));
+            assert_eq!(Some(shown.value.clone()), want, "{}", key.dotted());
+            assert_eq!(shown.origin, Origin::Default);
+        }
+        // And each default is a value its own key accepts.
+        for key in KEYS {
+            if let Some(d) = key.default_toml() {
+                let text = match key.section().table() {
+                    Some(t) => format!("[{t}]\n{} = {d}\n", key.name),
+                    None => format!("{} = {d}\n", key.name),
+                };
+                let cfg = parse(&text).unwrap();
+                assert_eq!(
+                    Config {
+                        source: None,
+                        origins: BTreeMap::new(),
+                        ..cfg
+                    },
+                    Config::default()
+                );
+            }
+        }
     }
 
     #[test]
@@ -843,5 +837,156 @@ mod tests {
         ] {
             assert!(p.starts_with("/t"), "{p:?}");
         }
+    }
+
+    /// A temporary directory of this test's own, removed at the end.
+    struct Dir(PathBuf);
+    impl Dir {
+        fn new(name: &str) -> Dir {
+            let d = std::env::temp_dir().join(format!("efs-config-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&d);
+            std::fs::create_dir_all(&d).unwrap();
+            Dir(d)
+        }
+        fn file(&self, name: &str, text: &str) -> PathBuf {
+            let p = self.0.join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn the_toml_wins_over_efs_utils_conf_only_for_what_it_sets() {
+        let d = Dir::new("layers");
+        let ini = d.file(
+            "efs-utils.conf",
+            "[DEFAULT]\nlogging_level = DEBUG\n[mount]\nregion = eu-west-1\nport_range_lower_bound = 20100\n\
+             retry_nfs_mount_command_count = 5\n[mount.xx-test-1]\ndns_name_suffix = x.example\n",
+        );
+        let toml = d.file(
+            "efs-utils.toml",
+            "[mount]\nregion = \"us-west-2\"\n[mount-watchdog]\npoll_interval_sec = 7\n",
+        );
+        let cfg = Config::load_layers(&ini, &toml, None).unwrap();
+        assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+        assert_eq!(cfg.mount.region.as_deref(), Some("us-west-2"));
+        assert_eq!(cfg.mount.port_range, 20100..21049);
+        assert_eq!(cfg.mount.retry_nfs_mount_command_count, 5);
+        assert_eq!(cfg.logging_level, LevelFilter::Debug);
+        assert_eq!(cfg.watchdog.poll_interval_sec, 7);
+        assert_eq!(cfg.dns_name_suffix("xx-test-1"), "x.example");
+        let origin = |k: &str| {
+            cfg.settings()
+                .into_iter()
+                .find(|s| s.key == k)
+                .unwrap()
+                .origin
+        };
+        assert_eq!(origin("mount.region"), Origin::Toml);
+        assert_eq!(origin("mount-watchdog.poll_interval_sec"), Origin::Toml);
+        assert_eq!(origin("mount.port_range_lower_bound"), Origin::Incumbent);
+        assert_eq!(origin("logging_level"), Origin::Incumbent);
+        assert_eq!(origin("mount.xx-test-1.dns_name_suffix"), Origin::Incumbent);
+        assert_eq!(origin("mount.port_range_upper_bound"), Origin::Default);
+        assert_eq!(
+            origin("mount.cn-north-1.dns_name_suffix"),
+            Origin::BuiltInRegion
+        );
+        assert_eq!(cfg.incumbent_source.as_deref(), Some(ini.as_path()));
+        assert_eq!(cfg.source.as_deref(), Some(toml.as_path()));
+
+        // Either file alone, or neither.
+        let none = d.0.join("absent");
+        let only_ini = Config::load_layers(&ini, &none, None).unwrap();
+        assert_eq!(only_ini.mount.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(only_ini.source, None);
+        let only_toml = Config::load_layers(&none, &toml, None).unwrap();
+        assert_eq!(only_toml.mount.port_range, 20049..21049);
+        assert_eq!(
+            Config::load_layers(&none, &none, None).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn aws_use_fips_endpoint_true_turns_fips_on() {
+        let d = Dir::new("fips");
+        let toml = d.file("efs-utils.toml", "[mount]\nfips_mode_enabled = false\n");
+        let none = d.0.join("absent.conf");
+        for (env, on) in [
+            (Some("true"), true),
+            (Some("TRUE"), true),
+            (Some("false"), false),
+            (None, false),
+        ] {
+            let cfg = Config::load_layers(&none, &toml, env.map(OsStr::new)).unwrap();
+            assert_eq!(cfg.mount.fips_mode_enabled, on, "{env:?}");
+            let origin = cfg.origins.get("mount.fips_mode_enabled").copied();
+            let want = if on {
+                Origin::FipsEnvironment
+            } else {
+                Origin::Toml
+            };
+            assert_eq!(origin, Some(want), "{env:?}");
+        }
+    }
+
+    #[test]
+    fn a_bad_value_in_efs_utils_conf_names_that_file() {
+        let d = Dir::new("badini");
+        let ini = d.file("efs-utils.conf", "[mount]\nport_range_lower_bound = many\n");
+        let e = Config::load_layers(&ini, &d.0.join("absent"), None).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("config file {}: mount.port_range_lower_bound = \"many\" is invalid: expected a whole number from 1 to 65535", ini.display())
+        );
+        let ini = d.file(
+            "efs-utils.conf",
+            "[mount]\nport_range_lower_bound = 30000\nport_range_upper_bound = 30000\n",
+        );
+        let e = Config::load_layers(&ini, &d.0.join("absent"), None).unwrap_err();
+        assert!(
+            e.to_string().starts_with(&format!(
+                "config file {}: mount.port_range_upper_bound",
+                ini.display()
+            )),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_incumbents_shipped_conf_read_natively_means_what_its_import_means() {
+        let text = include_str!("../../status/tests/fixtures/incumbent-efs-utils.conf");
+        let d = Dir::new("native");
+        let ini = d.file("efs-utils.conf", text);
+        let native = Config::load_layers(&ini, &d.0.join("absent"), None).unwrap();
+        let imported = parse(&crate::import::import_ini(text, "efs-utils.conf").toml).unwrap();
+        let values = |c: &Config| Config {
+            source: None,
+            incumbent_source: None,
+            warnings: Vec::new(),
+            origins: BTreeMap::new(),
+            ..c.clone()
+        };
+        assert_eq!(values(&native), values(&imported));
+        assert!(native.mount.optimize_readahead);
+        assert_eq!(
+            native.mount.stunnel_cafile.as_deref(),
+            Some(Path::new("/etc/amazon/efs/efs-utils.crt"))
+        );
+        // What it has that we do not support is said, naming the file.
+        let w: Vec<String> = native.warnings.iter().map(|w| w.to_string()).collect();
+        assert_eq!(
+            w,
+            [
+                format!("{}: [cloudwatch-log] is not supported yet and is ignored", ini.display()),
+                format!("{}: mount.stunnel_debug_enabled is a stunnel setting and is ignored: the tunnel logs to efs-tunnel.log", ini.display()),
+            ]
+        );
     }
 }

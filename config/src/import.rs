@@ -6,13 +6,17 @@
 //! integers or strings. Whether a key can be carried over is decided by the real parser
 //! ([`Config::parse`]) on that one key, so this module keeps no second list of keys: a key
 //! it warns about or rejects is written as a comment with the reason, and named in
-//! [`Imported::not_carried`].
+//! [`Imported::not_carried`]; a key the table marks as accepted with no effect is carried,
+//! and named in [`Imported::no_effect`]. The reasons come from the parser's typed
+//! [`Warning`]s and [`ConfigError`]s, matched here, never from their message text.
 
 use std::path::Path;
 
-use toml::Value;
+use toml::{Table, Value};
 
-use crate::Config;
+use crate::config::one_line;
+use crate::keys::Effect;
+use crate::{Config, ConfigError, Origin, Warning};
 
 /// The converted file and what could not be carried over.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +24,9 @@ pub struct Imported {
     pub toml: String,
     /// One line per key or section left behind, with the reason.
     pub not_carried: Vec<String>,
+    /// Keys carried over that are accepted but change nothing yet (`[mount-watchdog]
+    /// tls_cert_renewal_interval_min`).
+    pub no_effect: Vec<String>,
 }
 
 struct Section {
@@ -40,6 +47,7 @@ pub fn import_ini(ini: &str, source: &str) -> Imported {
     let sections = parse_ini(ini);
     let mut out = format!("# Converted from {source} by `efs-utils config import`.\n");
     let mut not_carried = Vec::new();
+    let mut no_effect = Vec::new();
     // TOML top-level keys must come before any table: the preamble, then [DEFAULT]
     // wherever it stood, then the other sections in their order.
     let rank = |s: &Section| match s.name.as_str() {
@@ -62,14 +70,19 @@ pub fn import_ini(ini: &str, source: &str) -> Imported {
                 Item::Blank => body.push('\n'),
                 Item::Comment(c) => body.push_str(&format!("#{c}\n")),
                 Item::Key(k, v) => {
-                    let line = format!("{k} = {}", toml_value(k, v));
+                    let line = format!("{k} = {}", ini_value(k, v));
+                    let where_ = table.map(|t| format!("[{t}] ")).unwrap_or_default();
                     match check(table, &line) {
-                        Ok(()) => {
+                        Verdict::Carried => {
                             carried += 1;
                             body.push_str(&format!("{line}\n"));
                         }
-                        Err(why) => {
-                            let where_ = table.map(|t| format!("[{t}] ")).unwrap_or_default();
+                        Verdict::NoEffect => {
+                            carried += 1;
+                            no_effect.push(format!("{where_}{k}"));
+                            body.push_str(&format!("{line}    # {}\n", Effect::NoneYet));
+                        }
+                        Verdict::Left(why) => {
                             not_carried.push(format!("{where_}{k}: {why}"));
                             body.push_str(&format!("# {line}    # not carried over: {why}\n"));
                         }
@@ -92,46 +105,122 @@ pub fn import_ini(ini: &str, source: &str) -> Imported {
     Imported {
         toml: out,
         not_carried,
+        no_effect,
     }
 }
 
-/// Asks the parser about one key: carried over if it takes it without a word.
-fn check(table: Option<&str>, line: &str) -> Result<(), String> {
+/// What the parser made of one key.
+enum Verdict {
+    /// Taken and applied.
+    Carried,
+    /// Taken, but nothing reads it yet.
+    NoEffect,
+    /// Not taken, with the reason.
+    Left(String),
+}
+
+/// Asks the parser about one key, and reads its typed warnings and errors.
+fn check(table: Option<&str>, line: &str) -> Verdict {
     let snippet = match table {
         Some(t) => format!("[{t}]\n{line}\n"),
         None => format!("{line}\n"),
     };
-    let strip = |m: &str| {
-        m.split_once(": ")
-            .map(|(_, r)| r.to_string())
-            .unwrap_or_else(|| m.to_string())
+    let cfg = match Config::parse(&snippet, Path::new("import")) {
+        Ok(cfg) => cfg,
+        Err(e) => return Verdict::Left(refused(&e)),
     };
-    match Config::parse(&snippet, Path::new("import")) {
-        Ok(cfg) if cfg.warnings.is_empty() => Ok(()),
-        Ok(cfg) => Err(cfg
-            .warnings
-            .iter()
-            .map(|w| strip(w))
-            .collect::<Vec<_>>()
-            .join("; ")),
-        Err(e) => Err(strip(&e.to_string())),
+    if !cfg.warnings.is_empty() {
+        let why: Vec<String> = cfg.warnings.iter().map(left_behind).collect();
+        return Verdict::Left(why.join("; "));
+    }
+    let no_effect = cfg
+        .settings()
+        .iter()
+        .any(|s| s.origin == Origin::Toml && s.effect == Effect::NoneYet);
+    if no_effect {
+        Verdict::NoEffect
+    } else {
+        Verdict::Carried
     }
 }
 
-/// INI value to TOML: booleans and whole numbers keep their type, the rest are strings.
-fn toml_value(key: &str, v: &str) -> String {
+fn left_behind(w: &Warning) -> String {
+    match w {
+        Warning::UnknownKey { .. } => "efs-utils.toml has no such key".into(),
+        Warning::UnsupportedSection { .. } => "the section is not supported yet".into(),
+        Warning::StunnelOnly { .. } => {
+            "a stunnel setting: the tunnel logs to efs-tunnel.log".into()
+        }
+    }
+}
+
+fn refused(e: &ConfigError) -> String {
+    match e {
+        ConfigError::BadValue { value, invalid, .. } => format!("{value} {invalid}"),
+        ConfigError::Syntax { reason, .. } => format!("not valid TOML: {}", one_line(reason)),
+        ConfigError::Unreadable { reason, .. } => reason.clone(),
+    }
+}
+
+/// INI value to TOML: booleans and whole numbers keep their type, the rest are strings
+/// (`state_file_dir_mode`'s digits too: they are octal).
+fn ini_value(key: &str, v: &str) -> Value {
     let v = v.trim();
     if key != "state_file_dir_mode" {
         match v.to_ascii_lowercase().as_str() {
-            "true" | "yes" | "on" => return "true".into(),
-            "false" | "no" | "off" => return "false".into(),
+            "true" | "yes" | "on" => return Value::Boolean(true),
+            "false" | "no" | "off" => return Value::Boolean(false),
             _ => {}
         }
         if let Ok(n) = v.parse::<i64>() {
-            return n.to_string();
+            return Value::Integer(n);
         }
     }
-    Value::String(v.to_string()).to_string()
+    Value::String(v.to_string())
+}
+
+/// `efs-utils.conf` read natively: the tables [`import_ini`] would write, for
+/// [`Config::load`] to apply as the layer under `efs-utils.toml`. `[DEFAULT]` keys are
+/// top-level keys; `[mount.cn-north-1]` is table `cn-north-1` in table `mount`.
+pub(crate) fn ini_table(ini: &str) -> Table {
+    let mut top = Table::new();
+    for section in parse_ini(ini) {
+        let keys = section.items.into_iter().filter_map(|item| match item {
+            Item::Key(k, v) => {
+                let value = ini_value(&k, &v);
+                Some((k, value))
+            }
+            Item::Comment(_) | Item::Blank => None,
+        });
+        match section.name.as_str() {
+            "" | "DEFAULT" => top.extend(keys),
+            name => {
+                let (parent, child) = match name.split_once('.') {
+                    Some((p, c)) => (p, Some(c)),
+                    None => (name, None),
+                };
+                let mut table = take_table(&mut top, parent);
+                match child {
+                    Some(c) => {
+                        let mut sub = take_table(&mut table, c);
+                        sub.extend(keys);
+                        table.insert(c.to_string(), Value::Table(sub));
+                    }
+                    None => table.extend(keys),
+                }
+                top.insert(parent.to_string(), Value::Table(table));
+            }
+        }
+    }
+    top
+}
+
+/// The table `name` out of `t`, or a new one.
+fn take_table(t: &mut Table, name: &str) -> Table {
+    match t.remove(name) {
+        Some(Value::Table(sub)) => sub,
+        _ => Table::new(),
+    }
 }
 
 fn parse_ini(text: &str) -> Vec<Section> {

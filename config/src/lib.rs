@@ -4,7 +4,8 @@
 //! One crate owns these facts so that `mount.efs`, the tunnel, the watchdog and the status
 //! command can never drift apart (the incumbent copied its state-file naming into two
 //! programs and shipped a bug when the copies differed):
-//! * [`config`]: the TOML configuration and its `[paths]` table;
+//! * [`config`]: the configuration (efs-utils.toml over efs-utils.conf) and `[paths]`;
+//! * [`keys`]: the one table of configuration keys everything else derives from;
 //! * [`state`]: state file names, mountpoint mangling, the JSON schema, atomic writes;
 //! * [`import`]: amazon-efs-utils' INI configuration converted to ours;
 //! * [`mounts`]: the mount table, and which tunnel ports it references;
@@ -12,8 +13,9 @@
 
 pub mod config;
 pub mod import;
+pub mod keys;
 pub mod logging;
 pub mod mounts;
 pub mod state;
 
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, Origin, Setting, Warning};

@@ -1,6 +1,9 @@
-//! `efs-utils config import` and `config check` on amazon-efs-utils' shipped config.
+//! `efs-utils config import` and `config check` on amazon-efs-utils' shipped config, and
+//! the command line's handling of bad arguments.
 
-use std::process::Command;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::process::{Command, Output};
 
 use efs_testkit::root::workspace_bin;
 use efs_testkit::TempDir;
@@ -14,9 +17,11 @@ const INCUMBENT: &str = concat!(
 fn the_incumbents_config_converts_to_one_check_accepts_with_the_same_values() {
     let dir = TempDir::new("import");
     let out_path = dir.path("efs-utils.toml");
+    // --output before the input file: the input is still the input.
     let out = Command::new(workspace_bin("efs-utils"))
-        .args(["config", "import", INCUMBENT, "--output"])
+        .args(["config", "import", "--output"])
         .arg(&out_path)
+        .arg(INCUMBENT)
         .output()
         .unwrap();
     assert!(
@@ -33,6 +38,17 @@ fn the_incumbents_config_converts_to_one_check_accepts_with_the_same_values() {
         left.contains("not carried over: [cloudwatch-log] log_group_name"),
         "{left}"
     );
+    for key in [
+        "[mount] fall_back_to_mount_target_ip_address_enabled",
+        "[mount-watchdog] unmount_count_for_consistency",
+        "[mount-watchdog] tls_cert_renewal_interval_min",
+    ] {
+        assert!(
+            left.contains(&format!("accepted, no effect: {key}\n")),
+            "{left}"
+        );
+    }
+    assert_eq!(left.matches("accepted, no effect").count(), 3, "{left}");
 
     let cfg = efs_config::Config::load_from(&out_path).unwrap();
     assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
@@ -79,8 +95,16 @@ fn the_incumbents_config_converts_to_one_check_accepts_with_the_same_values() {
         String::from_utf8_lossy(&check.stderr)
     );
     assert!(
-        shown.contains("mount.port_range_lower_bound = 20049") && shown.contains("# file"),
+        shown.contains("mount.port_range_lower_bound = 20049")
+            && shown.contains("# efs-utils.toml"),
         "{shown}"
+    );
+    assert_rows(
+        &shown,
+        &[
+            "mount-watchdog.tls_cert_renewal_interval_min = 60 # efs-utils.toml; accepted, no effect",
+            "mount-watchdog.unmount_grace_period_sec = 30 # efs-utils.toml",
+        ],
     );
     assert!(
         shown.contains("mount.instance_metadata_url = \"http://169.254.169.254\""),
@@ -107,4 +131,190 @@ fn check_names_the_key_and_reason_and_fails() {
             && err.contains("bad.toml"),
         "{err}"
     );
+}
+
+fn efs_utils(args: &[&OsStr]) -> Output {
+    Command::new(workspace_bin("efs-utils"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn import_reads_the_input_wherever_output_stands() {
+    let dir = TempDir::new("import-order");
+    let ini = dir.path("in.conf");
+    std::fs::write(&ini, "[mount]\nregion = eu-west-1\n").unwrap();
+    for output_first in [true, false] {
+        let toml = dir.path(&format!("out-{output_first}.toml"));
+        let (o, i) = (toml.as_os_str(), ini.as_os_str());
+        let args: Vec<&OsStr> = if output_first {
+            vec![
+                "config".as_ref(),
+                "import".as_ref(),
+                "--output".as_ref(),
+                o,
+                i,
+            ]
+        } else {
+            vec![
+                "config".as_ref(),
+                "import".as_ref(),
+                i,
+                "--output".as_ref(),
+                o,
+            ]
+        };
+        let out = efs_utils(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "the TOML went to the file, not stdout"
+        );
+        let cfg = efs_config::Config::load_from(&toml).unwrap();
+        assert_eq!(cfg.mount.region.as_deref(), Some("eu-west-1"));
+    }
+}
+
+#[test]
+fn a_state_dir_mode_others_could_write_is_a_config_error() {
+    let dir = TempDir::new("mode");
+    let cfg = dir.path("efs-utils.toml");
+    std::fs::write(&cfg, "state_file_dir_mode = 777\n").unwrap();
+    let out = efs_utils(&["config".as_ref(), "check".as_ref(), cfg.as_os_str()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "config file {}: state_file_dir_mode = 777 would make the state directory writable by other users; use 750 (the default) or stricter\n",
+            cfg.display()
+        )
+    );
+}
+
+#[test]
+fn a_non_utf8_argument_is_one_line_and_exit_1() {
+    let bad = OsStr::from_bytes(b"--js\xffon");
+    for args in [
+        vec![bad],
+        vec!["status".as_ref(), bad],
+        vec!["config".as_ref(), bad],
+    ] {
+        let out = efs_utils(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            err, "efs-utils: argument \"--js\\xFFon\" is not valid UTF-8: see efs-utils --help\n",
+            "{args:?}"
+        );
+    }
+    // A file name is a path, and any bytes make one.
+    let out = efs_utils(&[
+        "config".as_ref(),
+        "check".as_ref(),
+        OsStr::from_bytes(b"/nonexistent/\xff.toml"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn usage_errors_exit_1_and_version_is_the_incumbents_line() {
+    let out = efs_utils(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("config"));
+    let out = efs_utils(&["status".as_ref(), "--jsn".as_ref()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--jsn"));
+    let out = efs_utils(&["--version".as_ref()]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("efs-utils Version: {}\n", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn check_shows_efs_utils_conf_under_efs_utils_toml_and_each_values_origin() {
+    let dir = TempDir::new("layers");
+    let toml = dir.path("efs-utils.toml");
+    std::fs::write(&toml, "[mount]\nregion = \"us-west-2\"\n").unwrap();
+    std::fs::write(
+        dir.path("efs-utils.conf"),
+        "[mount]\nregion = eu-west-1\nport_range_lower_bound = 20100\n",
+    )
+    .unwrap();
+    let check = |env: &[(&str, &OsStr)]| {
+        let mut cmd = Command::new(workspace_bin("efs-utils"));
+        cmd.args(["config", "check"])
+            .env("EFS_UTILS_CONFIG", &toml)
+            .env_remove("EFS_UTILS_INCUMBENT_CONFIG")
+            .env_remove("AWS_USE_FIPS_ENDPOINT")
+            .envs(env.iter().copied());
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    // efs-utils.conf next to the TOML is read under it.
+    let shown = check(&[]);
+    assert!(
+        shown.starts_with(&format!(
+            "# effective configuration: the defaults, then {}, then {} ",
+            dir.path("efs-utils.conf").display(),
+            toml.display()
+        )),
+        "{shown}"
+    );
+    assert_rows(
+        &shown,
+        &[
+            "mount.region = \"us-west-2\" # efs-utils.toml",
+            "mount.port_range_lower_bound = 20100 # efs-utils.conf",
+            "mount.port_range_upper_bound = 21049 # default",
+            "mount.fips_mode_enabled = false # default",
+        ],
+    );
+
+    // AWS_USE_FIPS_ENDPOINT=true, as for the incumbent.
+    let shown = check(&[("AWS_USE_FIPS_ENDPOINT", "true".as_ref())]);
+    assert_rows(
+        &shown,
+        &["mount.fips_mode_enabled = true # AWS_USE_FIPS_ENDPOINT"],
+    );
+
+    // EFS_UTILS_INCUMBENT_CONFIG names another INI file.
+    let other = dir.path("other.conf");
+    std::fs::write(&other, "[mount-watchdog]\npoll_interval_sec = 9\n").unwrap();
+    let shown = check(&[("EFS_UTILS_INCUMBENT_CONFIG", other.as_os_str())]);
+    assert_rows(
+        &shown,
+        &[
+            "mount-watchdog.poll_interval_sec = 9 # efs-utils.conf",
+            "mount.port_range_lower_bound = 20049 # default",
+        ],
+    );
+}
+
+/// Each `want` row ("key = value # origin", spaces squeezed) is in `config check`'s output.
+fn assert_rows(shown: &str, want: &[&str]) {
+    for w in want {
+        let key = w.split(" = ").next().unwrap_or(w);
+        let row = shown
+            .lines()
+            .find(|l| l.starts_with(&format!("{key} = ")))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "));
+        assert_eq!(row.as_deref(), Some(*w), "{shown}");
+    }
 }

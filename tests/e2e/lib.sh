@@ -37,7 +37,7 @@ install_efs_utils() {
 configure_for_tests() {
     sed -i -e 's|^#stunnel_cafile = .*|stunnel_cafile = "/etc/amazon/efs/e2e-ca.pem"|' \
         -e 's|^#region = .*|region = "us-east-1"|' \
-        -e 's|^unmount_grace_period_sec = .*|unmount_grace_period_sec = 3|' \
+        -e 's|^#\?unmount_grace_period_sec = .*|unmount_grace_period_sec = 3|' \
         /etc/amazon/efs/efs-utils.toml
     systemctl daemon-reload 2>/dev/null || true
 }
