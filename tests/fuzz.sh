@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Fuzzes every parser that takes outside input (issue #14; docs/fuzzing.md): builds the
 # cargo-fuzz crate in fuzz/ with nightly, then runs each target for a bounded time, one at
-# a time, from its seeds (fuzz/corpus/<target>/) and its regressions
-# (fuzz/regressions/<target>/). Fails on any crash, hang (-timeout) or oversized
+# a time, from its seeds (fuzz/corpus/<target>/), its regressions
+# (fuzz/regressions/<target>/) and its dictionary if it has one (fuzz/dict/<target>.dict). Fails on any crash, hang (-timeout) or oversized
 # allocation (-rss_limit_mb, -malloc_limit_mb), and prints, per target, the executions
 # and the time libFuzzer reports.
 #
@@ -42,13 +42,15 @@ for t in $targets; do
     mkdir -p "work/$t"
     dirs=("work/$t" "corpus/$t")
     [ -d "regressions/$t" ] && dirs+=("regressions/$t")
+    extra=()
+    [ -f "dict/$t.dict" ] && extra+=("-dict=dict/$t.dict")
     log="work/logs/$t.log"
     t0=$(date +%s%3N)
     rc=0
     cargo +nightly fuzz run "$t" "${dirs[@]}" -- \
         -max_total_time="$seconds" -timeout="$timeout" \
         -rss_limit_mb="$rss_mb" -malloc_limit_mb="$rss_mb" \
-        -print_final_stats=1 >"$log" 2>&1 || rc=$?
+        -print_final_stats=1 "${extra[@]}" >"$log" 2>&1 || rc=$?
     t1=$(date +%s%3N)
     execs=$(grep -a '^stat::number_of_executed_units:' "$log" | awk '{print $2}' | tail -1)
     rate=$(grep -a '^stat::average_exec_per_sec:' "$log" | awk '{print $2}' | tail -1)

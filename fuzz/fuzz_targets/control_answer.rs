@@ -4,7 +4,8 @@
 //! (status/src/lib.rs, `render`).
 //!
 //! A thread of the harness plays the tunnel: it reads the request line and writes the
-//! input as the answer. Checks: no panic, no hang (the query has a timeout, the answer's
+//! input as the answer; the input's first 8 bytes are also an expiry date, so that the
+//! table sees the whole range of i64. Checks: no panic, no hang (the query has a timeout, the answer's
 //! size a limit).
 
 #![no_main]
@@ -16,7 +17,7 @@ use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use efs_tunnel::control::{query_status, Status};
+use efs_tunnel::control::{query_status, Status, TlsSession};
 use efs_utils::{render, Report, Row};
 use libfuzzer_sys::fuzz_target;
 
@@ -44,6 +45,24 @@ fn fake_tunnel() -> &'static (PathBuf, Mutex<SyncSender<Vec<u8>>>) {
 }
 
 fuzz_target!(|data: &[u8]| {
+    // Mutating JSON text seldom lands an extreme number in the right field: the input's
+    // first 8 bytes are also the certificate's expiry of a well-formed answer, as they are
+    // and as an offset from either end of i64.
+    if let Some(bits) = data.first_chunk::<8>() {
+        let raw = i64::from_le_bytes(*bits);
+        let near = raw & 0xffff_ffff;
+        for not_after in [raw, i64::MIN + near, i64::MAX - near] {
+            show(Status {
+                tls: Some(TlsSession {
+                    version: "TLSv1_3".into(),
+                    cipher: "TLS13_AES_256_GCM_SHA384".into(),
+                    peer_subject: Some("CN=*.efs.us-east-1.amazonaws.com".into()),
+                    peer_not_after_unix: Some(not_after),
+                }),
+                ..Status::default()
+            });
+        }
+    }
     let (path, tx) = fake_tunnel();
     tx.lock()
         .expect("fake tunnel channel")
