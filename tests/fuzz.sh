@@ -2,9 +2,10 @@
 # Fuzzes every parser that takes outside input (issue #14; docs/fuzzing.md): builds the
 # cargo-fuzz crate in fuzz/ with nightly, then runs each target for a bounded time, one at
 # a time, from its seeds (fuzz/corpus/<target>/), its regressions
-# (fuzz/regressions/<target>/) and its dictionary if it has one (fuzz/dict/<target>.dict). Fails on any crash, hang (-timeout) or oversized
-# allocation (-rss_limit_mb, -malloc_limit_mb), and prints, per target, the executions
-# and the time libFuzzer reports.
+# (fuzz/regressions/<target>/) and its dictionary if it has one (fuzz/dict/<target>.dict).
+# Fails on any crash, hang (-timeout) or oversized allocation (-rss_limit_mb,
+# -malloc_limit_mb), and prints, per target, the executions (libFuzzer's final
+# stat::number_of_executed_units) and the wall time.
 #
 # Environment: FUZZ_SECONDS (per target, default 20), FUZZ_TARGETS (space-separated
 # subset, default all), FUZZ_TIMEOUT (seconds one input may take, default 10),
