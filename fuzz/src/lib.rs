@@ -21,15 +21,27 @@ pub fn split_nul_str(data: &[u8], max: usize) -> Option<Vec<&str>> {
         .collect()
 }
 
-/// A directory of this process's own, made once and emptied of a previous run's files.
+static SCRATCH: OnceLock<PathBuf> = OnceLock::new();
+
+/// A directory of this process's own, made once and removed when libFuzzer exits normally
+/// (after a crash it stays, next to the crash's input).
 pub fn scratch_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
+    SCRATCH.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("efs-fuzz-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("scratch directory");
+        // SAFETY: registers a plain function with no arguments, as atexit(3) requires.
+        unsafe {
+            libc::atexit(remove_scratch);
+        }
         dir
     })
+}
+
+extern "C" fn remove_scratch() {
+    if let Some(dir) = SCRATCH.get() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 /// Writes to a closed socket return EPIPE instead of killing the process.
