@@ -10,8 +10,13 @@ use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
+use crate::options::is_region_name;
+
 const TOKEN_TIMEOUT: Duration = Duration::from_millis(500);
 const GET_TIMEOUT: Duration = Duration::from_secs(1);
+
+const TOKEN_PATH: &str = "/latest/api/token";
+const DOCUMENT_PATH: &str = "/latest/dynamic/instance-identity/document";
 
 /// The instance's region from its identity document.
 pub fn region(base_url: &str, use_token: bool) -> Result<String, String> {
@@ -27,10 +32,11 @@ pub fn region(base_url: &str, use_token: bool) -> Result<String, String> {
             request(
                 host,
                 "PUT",
-                "/latest/api/token",
+                TOKEN_PATH,
                 &[("X-aws-ec2-metadata-token-ttl-seconds", "21600")],
                 TOKEN_TIMEOUT,
             )
+            .and_then(|raw| token_of_answer(&raw))
             .ok()
         })
     } else {
@@ -40,29 +46,61 @@ pub fn region(base_url: &str, use_token: bool) -> Result<String, String> {
         .as_deref()
         .map(|t| vec![("X-aws-ec2-metadata-token", t)])
         .unwrap_or_default();
-    let doc = request(
-        host,
-        "GET",
-        "/latest/dynamic/instance-identity/document",
-        &headers,
-        GET_TIMEOUT,
-    )?;
-    let json: serde_json::Value =
-        serde_json::from_str(&doc).map_err(|e| format!("identity document is not JSON: {e}"))?;
-    json.get("region")
-        .and_then(|r| r.as_str())
-        .map(str::to_string)
-        .ok_or_else(|| "identity document has no region".to_string())
+    let raw = request(host, "GET", DOCUMENT_PATH, &headers, GET_TIMEOUT)?;
+    region_of_answer(&raw)
 }
 
-/// One request; the body of a 200 answer.
+/// The session token in the service's raw answer to the token request (status line,
+/// headers, body). Public, like [`region_of_answer`], so that the fuzz target
+/// `imds_answer` reaches what the service says without a socket.
+/// The token is sent back as a header value, so it must be one: visible ASCII only (a CR
+/// or LF in it would write headers of its own into the next request).
+pub fn token_of_answer(raw: &[u8]) -> Result<String, String> {
+    let token = body_of("PUT", TOKEN_PATH, raw)?;
+    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!("PUT {TOKEN_PATH}: the answer is not a token"));
+    }
+    Ok(token)
+}
+
+/// The region in the service's raw answer to the identity document request.
+pub fn region_of_answer(raw: &[u8]) -> Result<String, String> {
+    let doc = body_of("GET", DOCUMENT_PATH, raw)?;
+    let json: serde_json::Value =
+        serde_json::from_str(&doc).map_err(|e| format!("identity document is not JSON: {e}"))?;
+    let region = json
+        .get("region")
+        .and_then(|r| r.as_str())
+        .ok_or("identity document has no region")?;
+    // It goes into DNS names and the certificate name: a region name, or nothing.
+    if !is_region_name(region) {
+        return Err(format!(
+            "identity document names an invalid region {:?}",
+            region.chars().take(64).collect::<String>()
+        ));
+    }
+    Ok(region.to_string())
+}
+
+/// The body of a 200 answer to `method path`.
+fn body_of(method: &str, path: &str, raw: &[u8]) -> Result<String, String> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("malformed HTTP answer")?;
+    let status = head.split_whitespace().nth(1).unwrap_or("");
+    if status != "200" {
+        return Err(format!("{method} {path}: HTTP {status}"));
+    }
+    Ok(body.trim().to_string())
+}
+
+/// One request; the raw answer.
 fn request(
     host: &str,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
     timeout: Duration,
-) -> Result<String, String> {
+) -> Result<Vec<u8>, String> {
     let addr = host
         .to_socket_addrs()
         .ok()
@@ -91,11 +129,52 @@ fn request(
     s.take(1 << 20)
         .read_to_end(&mut resp)
         .map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&resp);
-    let (head, body) = text.split_once("\r\n\r\n").ok_or("malformed HTTP answer")?;
-    let status = head.split_whitespace().nth(1).unwrap_or("");
-    if status != "200" {
-        return Err(format!("{method} {path}: HTTP {status}"));
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: &str, body: &str) -> Vec<u8> {
+        format!(
+            "HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
     }
-    Ok(body.trim().to_string())
+
+    #[test]
+    fn token_answers() {
+        assert_eq!(
+            token_of_answer(&answer("200 OK", "AQAEAGk2ZbG8ZJ2Q==\n")).unwrap(),
+            "AQAEAGk2ZbG8ZJ2Q=="
+        );
+        assert!(token_of_answer(&answer("403 Forbidden", "")).is_err());
+        assert!(token_of_answer(b"garbage").is_err());
+        // Found by fuzzing: a token is sent back as a header, so it must be one.
+        for bad in ["", "abc\r\nX-Injected: 1", "t\u{e9}", "a b"] {
+            assert!(token_of_answer(&answer("200 OK", bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn identity_document_answers() {
+        let doc = r#"{ "availabilityZone" : "eu-west-1b", "region" : "eu-west-1" }"#;
+        assert_eq!(
+            region_of_answer(&answer("200 OK", doc)).unwrap(),
+            "eu-west-1"
+        );
+        assert!(region_of_answer(&answer("401 Unauthorized", ""))
+            .unwrap_err()
+            .contains("HTTP 401"));
+        assert!(region_of_answer(&answer("200 OK", "{}"))
+            .unwrap_err()
+            .contains("no region"));
+        // Found by fuzzing: the region goes into DNS names.
+        let odd = r#"{"region": "us-east-1.evil.example/x"}"#;
+        assert!(region_of_answer(&answer("200 OK", odd))
+            .unwrap_err()
+            .contains("invalid region"));
+    }
 }

@@ -20,6 +20,16 @@ pub struct Device {
 
 /// `fs-id`, `fs-id:/path`, or an EFS DNS name (optionally AZ-specific) with `:/path`.
 pub fn parse_device(spec: &str) -> Result<Device, String> {
+    parse_device_with(spec, canonical_names)
+}
+
+/// [`parse_device`] with the DNS look-up given: `canonical_names(host)` returns the
+/// canonical names of a spec that is neither a file system id nor an EFS DNS name. Public
+/// so that the fuzz target `device_spec` can check the whole parse without DNS.
+pub fn parse_device_with(
+    spec: &str,
+    canonical_names: impl Fn(&str) -> Result<Vec<String>, String>,
+) -> Result<Device, String> {
     let (remote, path) = match spec.split_once(':') {
         Some((r, p)) => (r, if p.is_empty() { "/" } else { p }),
         None => (spec, "/"),
@@ -194,6 +204,10 @@ mod tests {
             .contains("did not resolve to a valid DNS name"));
         assert!(parse_device("fs-XYZ:/").is_err());
         assert!(parse_device("").is_err());
+        let cname = |_: &str| Ok(vec!["fs-1.efs.eu-west-1.amazonaws.com.".to_string()]);
+        let d = parse_device_with("efs.example.com:/data", cname).unwrap();
+        assert_eq!((d.fs_id.as_str(), d.path.as_str()), ("fs-1", "/data"));
+        assert_eq!(d.region.as_deref(), Some("eu-west-1"));
     }
 
     #[test]
