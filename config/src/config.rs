@@ -86,6 +86,11 @@ pub struct MountConfig {
     pub retry_nfs_mount_command_timeout_sec: u64,
     /// Base URL of the instance metadata service (tests point it at a local fake).
     pub instance_metadata_url: String,
+    /// Tunnels serve only root's sockets (the kernel's NFS client).
+    pub tunnel_peer_check_enabled: bool,
+    /// A connection whose mount target stays silent this long while calls are
+    /// outstanding is closed so that the NFS client reconnects; 0: never.
+    pub tunnel_dead_upstream_timeout_sec: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -150,6 +155,8 @@ impl Config {
                 retry_nfs_mount_command_count: 0,
                 retry_nfs_mount_command_timeout_sec: 0,
                 instance_metadata_url: String::new(),
+                tunnel_peer_check_enabled: false,
+                tunnel_dead_upstream_timeout_sec: 0,
             },
             regions: BTreeMap::new(),
             watchdog: WatchdogConfig {

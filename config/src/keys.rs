@@ -729,6 +729,30 @@ pub static KEYS: &[Key] = &[
         shipped: Shipped::CommentedDefault,
     },
     Key {
+        name: "tunnel_peer_check_enabled",
+        at: At::Mount(Kind::Bool {
+            default: true,
+            get: |c| c.mount.tunnel_peer_check_enabled,
+            set: |c, v| c.mount.tunnel_peer_check_enabled = v,
+        }),
+        doc: "Tunnels serve only sockets root holds (the kernel's NFS client): any other local user could otherwise send NFS requests with the mount's credentials. Off only for an NFS client that runs as another user.",
+        effect: MOUNT_AND_TUNNEL,
+        shipped: Shipped::CommentedDefault,
+    },
+    Key {
+        name: "tunnel_dead_upstream_timeout_sec",
+        at: At::Mount(Kind::Int {
+            min: 0,
+            max: 86400,
+            default: 30,
+            get: |c| c.mount.tunnel_dead_upstream_timeout_sec as i64,
+            set: |c, v| c.mount.tunnel_dead_upstream_timeout_sec = v as u64,
+        }),
+        doc: "Close a connection whose mount target sends nothing this long while NFS calls are outstanding, so that the hard mount reconnects (also TCP_USER_TIMEOUT); 0: never. Idle connections are never closed.",
+        effect: MOUNT_AND_TUNNEL,
+        shipped: Shipped::CommentedDefault,
+    },
+    Key {
         name: "instance_metadata_url",
         at: At::Mount(Kind::Text {
             default: "http://169.254.169.254",

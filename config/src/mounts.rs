@@ -241,9 +241,11 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
+        // `\ooo` up to `\377`, one byte; anything else is kept as it is.
         if b[i] == b'\\'
             && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+            && (b'0'..=b'3').contains(&b[i + 1])
+            && b[i + 2..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
         {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
@@ -277,6 +279,13 @@ torn line without separator
             p[&20357],
             vec!["/mnt/efs".to_string(), "/mnt/my efs".to_string()]
         );
+    }
+
+    #[test]
+    fn escapes_above_one_byte_are_kept_as_written() {
+        let line =
+            "29 16 0:25 / /mnt/a\\777b\\011c rw - nfs4 127.0.0.1:/ rw,port=20049,addr=127.0.0.1\n";
+        assert_eq!(nfs_mounts(line)[0].mountpoint, "/mnt/a\\777b\tc");
     }
 
     // Taken in the e2e guest (Linux 6.1, knfsd): three mounts of one file system through

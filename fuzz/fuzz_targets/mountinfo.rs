@@ -1,38 +1,41 @@
-//! Fuzz target `mountinfo`: the mount table (config/src/mounts.rs, `nfs_mounts` and
-//! `parse`), which the watchdog and the status command read from /proc/self/mountinfo.
+//! Fuzz target `mountinfo`: the kernel's view of NFS mounts (config/src/mounts.rs): the
+//! mount table (/proc/self/mountinfo) and the NFS client's tables
+//! (/proc/fs/nfsfs/servers, volumes), which the watchdog, the status command and
+//! `mount.efs` read to decide which tunnels are in use. The input is the three files
+//! joined by 0x01 bytes.
 //!
-//! Checks: no panic; `parse` is exactly the local NFS mounts with a port.
+//! Checks: no panic; every local NFS mount with a port keeps that port in use; every
+//! local client or volume port is in use; a mount's transport is one of the ports in use.
 
 #![no_main]
 
-use efs_config::mounts;
+use efs_config::mounts::KernelView;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    // Open finding (docs/fuzzing.md): an octal escape above \377 (`\777`) overflows the
-    // u8 arithmetic of `unescape`, a panic in debug builds. The kernel never writes one.
-    // Reproducer: fuzz/regressions/mountinfo/.
-    if !cfg!(feature = "open-findings") && has_escape_above_255(text) {
-        return;
+    let mut parts = text.splitn(3, '\u{1}');
+    let (mountinfo, servers, volumes) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
+    let view = KernelView::parse(mountinfo, servers, volumes);
+    let ports = view.ports_in_use();
+    for m in &view.mounts {
+        if let (true, Some(port)) = (m.local, m.port) {
+            assert!(ports.contains_key(&port), "{m:?}");
+        }
+        if let Some(t) = view.transport_port(m) {
+            assert!(ports[&t].contains(&m.mountpoint), "{m:?}");
+        }
+        let _ = view.local_mount_at(&m.mountpoint);
     }
-    let all = mounts::nfs_mounts(text);
-    let ports = mounts::parse(text);
-    let local: Vec<_> = all.iter().filter(|m| m.local && m.port.is_some()).collect();
-    assert_eq!(ports.values().map(Vec::len).sum::<usize>(), local.len());
-    for m in local {
-        let port = m.port.unwrap_or_default();
-        assert!(ports[&port].contains(&m.mountpoint));
+    for t in view.clients.iter().chain(view.volumes.iter().map(|v| &v.transport)) {
+        if t.local() {
+            assert!(ports.contains_key(&t.port));
+        }
     }
 });
-
-/// True if `text` has `\ooo` with a value above 0o377.
-fn has_escape_above_255(text: &str) -> bool {
-    text.as_bytes().windows(4).any(|w| {
-        w[0] == b'\\'
-            && (b'4'..=b'7').contains(&w[1])
-            && w[2..].iter().all(|c| (b'0'..=b'7').contains(c))
-    })
-}

@@ -246,8 +246,8 @@ impl Mount<'_> {
             log_max_bytes: cfg.logging_max_bytes,
             log_file_count: cfg.logging_file_count,
             log_level: cfg.logging_level.to_string().to_lowercase(),
-            allow_any_peer: false,
-            dead_upstream_sec: efs_tunnel_contract::command::DEFAULT_DEAD_UPSTREAM_SEC,
+            allow_any_peer: !cfg.mount.tunnel_peer_check_enabled,
+            dead_upstream_sec: cfg.mount.tunnel_dead_upstream_timeout_sec,
         };
         info!("Starting TLS tunnel: \"{}\"", spec.to_args().join(" "));
         let tunnel =

@@ -629,3 +629,34 @@ async fn a_mount_put_on_a_connection_no_tunnel_of_ours_describes_is_refused() {
     );
     root.assert_nothing_left();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_tunnels_peer_check_and_dead_upstream_limit_come_from_the_config() {
+    let root = Root::new("");
+    let (_server, ip) = server(&root, WILDCARD).await;
+    let (_, _, st) = tls_mount(&root, "defaults", &ip, "");
+    assert!(
+        !st.cmd.iter().any(|a| a == "--allow-any-peer"),
+        "{:?}",
+        st.cmd
+    );
+    assert!(
+        !st.cmd.iter().any(|a| a == "--dead-upstream-sec"),
+        "30 s is the tunnel's default"
+    );
+
+    let root = Root::new("tunnel_peer_check_enabled = false\ntunnel_dead_upstream_timeout_sec = 5");
+    let (_server, ip) = server(&root, WILDCARD).await;
+    let (_, _, st) = tls_mount(&root, "relaxed", &ip, "");
+    assert!(
+        st.cmd.iter().any(|a| a == "--allow-any-peer"),
+        "{:?}",
+        st.cmd
+    );
+    let at = st
+        .cmd
+        .iter()
+        .position(|a| a == "--dead-upstream-sec")
+        .unwrap();
+    assert_eq!(st.cmd[at + 1], "5");
+}

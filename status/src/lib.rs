@@ -294,7 +294,9 @@ pub fn render(r: &Report, now_unix: i64) -> String {
             if let Some(tls) = &t.tls {
                 out.push_str(&format!("  tls         {} {}\n", tls.version, tls.cipher));
                 if let Some(subject) = &tls.peer_subject {
-                    let days = tls.peer_not_after_unix.map(|t| (t - now_unix) / 86_400);
+                    let days = tls
+                        .peer_not_after_unix
+                        .map(|t| t.saturating_sub(now_unix) / 86_400);
                     out.push_str(&format!(
                         "  certificate {subject}{}\n",
                         days.map(|d| format!(", expires in {d} days"))

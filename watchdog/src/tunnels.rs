@@ -206,7 +206,7 @@ impl Tunnel {
         });
         self.phase = Phase::Running;
         self.started = Instant::now();
-        self.state.restarts += 1;
+        self.state.restarts = self.state.restarts.saturating_add(1);
         self.state.pid = pid;
         // Logged before the state names the new pid, so that whoever sees the new pid
         // also finds the line.
