@@ -767,3 +767,83 @@ async fn other_mounts_at_the_mountpoint_are_mounted_over_as_before() {
     );
     assert_eq!(root.nfs_calls().len(), calls);
 }
+
+const NO_WATCHDOG: &str = "amazon-efs-mount-watchdog is not running, and without systemd";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_systemd_a_mount_calls_no_systemctl_and_prints_nothing_about_the_watchdog() {
+    let root = Root::new("");
+    std::fs::remove_dir(root.dir.path("systemd")).unwrap(); // no /run/systemd/system
+    let (_server, ip) = server(&root, WILDCARD).await;
+    let tls = format!("tls,mounttargetip={ip}");
+    let run = root.mount(&["fs-12345678", &root.mountpoint("a"), "-o", &tls]);
+    run.assert_ok();
+    assert_eq!(run.stderr(), "", "nothing on the terminal");
+    assert_eq!(root.systemctl_calls(), "");
+    // One line in mount.log says no watchdog runs, and how to run one.
+    let log = root.log();
+    assert_eq!(count_lines(&log, NO_WATCHDOG), 1, "{log}");
+    assert!(
+        first_line_with(&log, NO_WATCHDOG)
+            .unwrap()
+            .contains("Run amazon-efs-mount-watchdog as root in the background"),
+        "{log}"
+    );
+
+    // With a watchdog running (as the EFS CSI driver runs it), not even that line.
+    let wd = KillOnDrop(
+        std::process::Command::new(watchdog_bin())
+            .env("EFS_UTILS_CONFIG", &root.config)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(stdio_file(&root.dir, "watchdog.stderr"))
+            .spawn()
+            .unwrap(),
+    );
+    let watchdog_log = || {
+        std::fs::read_to_string(root.dir.path("log").join("mount-watchdog.log")).unwrap_or_default()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || watchdog_log()
+            .contains("watching ")),
+        "{}",
+        watchdog_log()
+    );
+    let run = root.mount(&["fs-12345678", &root.mountpoint("b"), "-o", &tls]);
+    run.assert_ok();
+    assert_eq!(run.stderr(), "");
+    assert_eq!(root.systemctl_calls(), "");
+    assert_eq!(count_lines(&root.log(), NO_WATCHDOG), 1, "{}", root.log());
+    drop(wd);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_systemd_a_running_watchdog_is_not_started_again() {
+    let root = Root::new("");
+    let (_server, ip) = server(&root, WILDCARD).await;
+    // A watchdog systemd does not know about (started by hand): systemctl would start a
+    // second one.
+    let _wd = KillOnDrop(
+        std::process::Command::new(watchdog_bin())
+            .env("EFS_UTILS_CONFIG", &root.config)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(stdio_file(&root.dir, "watchdog.stderr"))
+            .spawn()
+            .unwrap(),
+    );
+    let lock_held = || efs_watchdog::lock::is_held(&root.state_dir()) == Some(true);
+    assert!(wait_until(Duration::from_secs(10), lock_held));
+    root.mount(&[
+        "fs-12345678",
+        &root.mountpoint("a"),
+        "-o",
+        &format!("tls,mounttargetip={ip}"),
+    ])
+    .assert_ok();
+    assert_eq!(
+        root.systemctl_calls(),
+        "",
+        "no systemctl while a watchdog runs"
+    );
+}
