@@ -768,6 +768,29 @@ async fn other_mounts_at_the_mountpoint_are_mounted_over_as_before() {
     assert_eq!(root.nfs_calls().len(), calls);
 }
 
+/// Starts the real watchdog, not through systemd (as the EFS CSI driver starts it), and
+/// waits until it runs.
+fn start_watchdog(root: &Root) -> KillOnDrop {
+    let wd = KillOnDrop(
+        std::process::Command::new(watchdog_bin())
+            .env("EFS_UTILS_CONFIG", &root.config)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(stdio_file(&root.dir, "watchdog.stderr"))
+            .spawn()
+            .unwrap(),
+    );
+    let log = || {
+        std::fs::read_to_string(root.dir.path("log").join("mount-watchdog.log")).unwrap_or_default()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || log().contains("watching ")),
+        "{}",
+        log()
+    );
+    wd
+}
+
 const NO_WATCHDOG: &str = "amazon-efs-mount-watchdog is not running, and without systemd";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -791,24 +814,7 @@ async fn without_systemd_a_mount_calls_no_systemctl_and_prints_nothing_about_the
     );
 
     // With a watchdog running (as the EFS CSI driver runs it), not even that line.
-    let wd = KillOnDrop(
-        std::process::Command::new(watchdog_bin())
-            .env("EFS_UTILS_CONFIG", &root.config)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(stdio_file(&root.dir, "watchdog.stderr"))
-            .spawn()
-            .unwrap(),
-    );
-    let watchdog_log = || {
-        std::fs::read_to_string(root.dir.path("log").join("mount-watchdog.log")).unwrap_or_default()
-    };
-    assert!(
-        wait_until(Duration::from_secs(10), || watchdog_log()
-            .contains("watching ")),
-        "{}",
-        watchdog_log()
-    );
+    let wd = start_watchdog(&root);
     let run = root.mount(&["fs-12345678", &root.mountpoint("b"), "-o", &tls]);
     run.assert_ok();
     assert_eq!(run.stderr(), "");
@@ -823,17 +829,7 @@ async fn under_systemd_a_running_watchdog_is_not_started_again() {
     let (_server, ip) = server(&root, WILDCARD).await;
     // A watchdog systemd does not know about (started by hand): systemctl would start a
     // second one.
-    let _wd = KillOnDrop(
-        std::process::Command::new(watchdog_bin())
-            .env("EFS_UTILS_CONFIG", &root.config)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(stdio_file(&root.dir, "watchdog.stderr"))
-            .spawn()
-            .unwrap(),
-    );
-    let lock_held = || efs_watchdog::lock::is_held(&root.state_dir()) == Some(true);
-    assert!(wait_until(Duration::from_secs(10), lock_held));
+    let _wd = start_watchdog(&root);
     root.mount(&[
         "fs-12345678",
         &root.mountpoint("a"),
