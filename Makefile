@@ -14,7 +14,7 @@ DESTDIR ?=
 CARGO ?= cargo
 BINS := efs-tunnel amazon-efs-mount-watchdog efs-utils
 
-.PHONY: build install uninstall test deb
+.PHONY: build install uninstall test deb rpm
 
 build:
 	$(CARGO) build --release --locked -p efs-tunnel -p efs-mount-helper -p efs-watchdog -p efs-utils
@@ -37,6 +37,9 @@ install: build
 
 deb:
 	packaging/build-deb.sh
+
+rpm:
+	packaging/build-rpm.sh
 
 uninstall:
 	rm -f $(DESTDIR)$(SBINDIR)/mount.efs $(DESTDIR)$(UNITDIR)/amazon-efs-mount-watchdog.service
