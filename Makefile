@@ -1,7 +1,8 @@
 # Build and install efs-utils. `make install` puts files where the Debian package will:
 #   /sbin/mount.efs, $(PREFIX)/bin/{efs-tunnel,amazon-efs-mount-watchdog,efs-utils},
-#   the systemd unit, /etc/amazon/efs/efs-utils.toml (kept if it exists), the man pages,
-#   /var/log/amazon/efs.
+#   the systemd unit, /etc/amazon/efs/efs-utils.toml (kept if it exists),
+#   /etc/amazon/efs/efs-utils.crt (Amazon Root CA 1-4, replaced on every install, as the
+#   incumbent's is), the man pages, /var/log/amazon/efs.
 # DESTDIR installs into a staging root (the e2e guest is installed this way).
 
 PREFIX ?= /usr
@@ -13,7 +14,7 @@ DESTDIR ?=
 CARGO ?= cargo
 BINS := efs-tunnel amazon-efs-mount-watchdog efs-utils
 
-.PHONY: build install uninstall test deb
+.PHONY: build install uninstall test deb rpm
 
 build:
 	$(CARGO) build --release --locked -p efs-tunnel -p efs-mount-helper -p efs-watchdog -p efs-utils
@@ -29,6 +30,7 @@ install: build
 	test -e $(DESTDIR)$(SYSCONFDIR)/amazon/efs/efs-utils.toml || \
 		sed 's|"/usr/bin/efs-tunnel"|"$(PREFIX)/bin/efs-tunnel"|' config/efs-utils.toml \
 		>$(DESTDIR)$(SYSCONFDIR)/amazon/efs/efs-utils.toml
+	install -m 0444 config/efs-utils.crt $(DESTDIR)$(SYSCONFDIR)/amazon/efs/efs-utils.crt
 	install -d -m 0750 $(DESTDIR)/var/log/amazon/efs
 	for m in man/*.8; do install -D -m 0644 $$m $(DESTDIR)$(MANDIR)/man8/$$(basename $$m); done
 	for m in man/*.5; do install -D -m 0644 $$m $(DESTDIR)$(MANDIR)/man5/$$(basename $$m); done
@@ -36,8 +38,12 @@ install: build
 deb:
 	packaging/build-deb.sh
 
+rpm:
+	packaging/build-rpm.sh
+
 uninstall:
 	rm -f $(DESTDIR)$(SBINDIR)/mount.efs $(DESTDIR)$(UNITDIR)/amazon-efs-mount-watchdog.service
+	rm -f $(DESTDIR)$(SYSCONFDIR)/amazon/efs/efs-utils.crt
 	for b in $(BINS); do rm -f $(DESTDIR)$(PREFIX)/bin/$$b; done
 	for m in man/*.8; do rm -f $(DESTDIR)$(MANDIR)/man8/$$(basename $$m); done
 	for m in man/*.5; do rm -f $(DESTDIR)$(MANDIR)/man5/$$(basename $$m); done

@@ -9,12 +9,14 @@
 //! * [`launch`]: choosing the port and starting the tunnel;
 //! * [`nfs`]: running `mount.nfs4`, with retries;
 //! * [`sharing`]: which tunnel the kernel really gave the mount (it may share another's);
-//! * [`watchdog`]: starting the watchdog.
+//! * [`watchdog`]: starting the watchdog;
+//! * [`already`]: a mount that is already there (`mount -a` run twice) is left alone.
 //!
 //! Exit codes follow mount(8): 1 for usage and invalid options, `mount.nfs4`'s own code
 //! when it fails, 32 for any other failure. A failure after the tunnel started stops the
 //! tunnel and removes its state: a failed mount leaves nothing behind.
 
+pub mod already;
 pub mod args;
 pub mod imds;
 pub mod launch;
@@ -197,6 +199,15 @@ impl Mount<'_> {
     /// Through a tunnel on 127.0.0.1.
     fn tls(&self) -> Result<(), MountError> {
         let cfg = self.cfg;
+        if let Some(st) = already::mounted(cfg, &self.inv.mountpoint, self.fs_id, self.path) {
+            let msg = already::message(&self.inv.mountpoint);
+            info!(
+                "{msg} ({} through the tunnel on port {})",
+                st.fs_id, st.port
+            );
+            println!("{msg}");
+            return Ok(());
+        }
         let paths = &cfg.paths;
         let cafile = self
             .opts

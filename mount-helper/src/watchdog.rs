@@ -1,23 +1,31 @@
-//! Starting the watchdog after a TLS mount, so that a dead tunnel is restarted. Under
-//! systemd (its runtime directory exists, as sd_booted(3) checks) the unit is started
-//! without waiting (`systemctl start --no-block`) if it is not active; elsewhere (a
-//! container, another init) the operator is told once, and the mount goes on.
+//! Making sure a watchdog runs after a TLS mount, so that a dead tunnel is restarted.
+//! A watchdog that holds its lock on the state directory (see `efs_watchdog::lock`) runs,
+//! whoever started it (systemd, the EFS CSI driver, an operator): then nothing is done.
+//! Otherwise, under systemd (its runtime directory exists, as sd_booted(3) checks) the
+//! unit is started without waiting (`systemctl start --no-block`) if it is not active.
+//! Elsewhere (a container, another init) `mount.efs` cannot start it: one line in
+//! `mount.log` says so and how to run it, nothing on the terminal, and the mount goes on.
 
 use std::process::{Command, Stdio};
 
 use efs_config::Config;
-use log::{info, warn};
+use log::{debug, info, warn};
 
 pub const UNIT: &str = "amazon-efs-mount-watchdog";
 
 pub fn ensure_running(cfg: &Config) {
     let paths = &cfg.paths;
-    if !paths.systemd_run_dir.is_dir() {
-        let msg = format!(
-            "Could not start {UNIT}: systemd is not running here. Start {UNIT} yourself, so that tunnels are restarted if they die"
+    if efs_watchdog::lock::is_held(&paths.state_dir) == Some(true) {
+        debug!(
+            "{UNIT} runs (it holds the lock on {})",
+            paths.state_dir.display()
         );
-        warn!("{msg}");
-        eprintln!("{msg}");
+        return;
+    }
+    if !paths.systemd_run_dir.is_dir() {
+        warn!(
+            "{UNIT} is not running, and without systemd mount.efs does not start it: a tunnel that dies is not restarted until one runs. Run {UNIT} as root in the background (from the container's entrypoint or your init system; one per host, a second one exits)"
+        );
         return;
     }
     let systemctl = |args: &[&str]| {

@@ -660,3 +660,216 @@ async fn the_tunnels_peer_check_and_dead_upstream_limit_come_from_the_config() {
         .unwrap();
     assert_eq!(st.cmd[at + 1], "5");
 }
+/// Writes the mount table mount.efs reads, as the kernel would after these NFS mounts:
+/// (mountpoint, source, superblock options).
+fn set_mount_table(root: &Root, mounts: &[(&str, &str, &str)]) {
+    let mut text = String::from("22 1 0:21 / / rw,relatime - ext4 /dev/root rw\n");
+    for (i, (mp, source, opts)) in mounts.iter().enumerate() {
+        text.push_str(&format!(
+            "{} 22 0:{} / {} rw,relatime - nfs4 {source} {opts}\n",
+            40 + i,
+            60 + i,
+            mp.replace(' ', "\\040")
+        ));
+    }
+    std::fs::write(root.dir.path("mountinfo"), text).unwrap();
+}
+
+/// From now on the stand-in mount.nfs4 also plays the kernel's mount table: each mount it
+/// makes goes on top, with the port it was given.
+fn kernel_adds_mounts(root: &Root) {
+    let d = root.dir.0.display();
+    let text = std::fs::read_to_string(&root.config).unwrap();
+    let orig = root.dir.path("bin").join("mount.nfs4-stand-in");
+    let wrapper = root.dir.path("bin").join("mount.nfs4-kernel");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nport=$(printf '%s\\n' \"$4\" | tr , '\\n' | sed -n 's/^port=//p')\n\
+             echo \"99 22 0:99 / $2 rw - nfs4 $1 rw,vers=4.1,port=$port,addr=127.0.0.1\" >> {d}/mountinfo\n\
+             exec {} \"$@\"\n",
+            orig.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let from = format!("mount_nfs = \"{}\"", orig.display());
+    assert!(text.contains(&from));
+    let to = format!("mount_nfs = \"{}\"", wrapper.display());
+    std::fs::write(&root.config, text.replace(&from, &to)).unwrap();
+}
+
+fn tunnel_opts(port: u16) -> String {
+    format!("rw,vers=4.1,rsize=1048576,wsize=1048576,hard,noresvport,proto=tcp,port={port},timeo=600,retrans=2,addr=127.0.0.1")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mount_a_run_twice_leaves_the_first_mount_alone_and_starts_nothing() {
+    let root = Root::new("");
+    let (_server, ip) = server(&root, WILDCARD).await;
+    let (mp, port, st) = tls_mount(&root, "efs", &ip, "");
+    set_mount_table(&root, &[(&mp, "127.0.0.1:/", &tunnel_opts(port))]);
+    let states = root.state_files();
+
+    // The fstab line again, as `mount -a` passes it (with a trailing slash this time).
+    let run = root.mount(&[
+        "fs-12345678:/",
+        &format!("{mp}/"),
+        "-o",
+        &format!("_netdev,tls,mounttargetip={ip}"),
+    ]);
+    run.assert_ok();
+    assert_eq!(
+        run.stdout().trim(),
+        format!("{mp}/ is already mounted, please run 'mount' command to verify")
+    );
+    assert_eq!(run.stderr(), "");
+    assert_eq!(root.nfs_calls().len(), 1, "no second NFS mount");
+    assert_eq!(root.tunnel_pids(), vec![st.pid], "no second tunnel");
+    assert_eq!(root.state_files(), states);
+    assert_eq!(
+        count_lines(
+            &root.log(),
+            "is already mounted, please run 'mount' command to verify"
+        ),
+        1,
+        "{}",
+        root.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn other_mounts_at_the_mountpoint_are_mounted_over_as_before() {
+    let root = Root::new("");
+    let (_server, ip) = server(&root, WILDCARD).await;
+    let tls = format!("tls,mounttargetip={ip}");
+    kernel_adds_mounts(&root);
+    // fs-87654321 is mounted at the mountpoint through one of our tunnels.
+    let mp = root.mountpoint("shared");
+    root.mount(&["fs-87654321", &mp, "-o", &tls]).assert_ok();
+    let port = port_of(&root.nfs_calls()[0][3]);
+    let ours = tunnel_opts(port);
+    let plain = "rw,vers=4.1,addr=10.0.0.5".to_string();
+    let unknown = tunnel_opts(20001);
+    let cases = [
+        ("another file system", "127.0.0.1:/", &ours, "fs-12345678:/"),
+        ("plain NFS", "10.0.0.5:/", &plain, "fs-12345678:/"),
+        (
+            "a port no state file describes",
+            "127.0.0.1:/",
+            &unknown,
+            "fs-12345678:/",
+        ),
+        (
+            "another path of the file system",
+            "127.0.0.1:/sub",
+            &ours,
+            "fs-87654321:/",
+        ),
+    ];
+    for (what, source, opts, device) in cases {
+        set_mount_table(&root, &[(&mp, source, opts)]);
+        let calls = root.nfs_calls().len();
+        let run = root.mount(&[device, &mp, "-o", &tls]);
+        run.assert_ok();
+        assert!(
+            !run.stdout().contains("already mounted"),
+            "{what}: {}",
+            run.stdout()
+        );
+        assert_eq!(root.nfs_calls().len(), calls + 1, "{what}: mounted over");
+    }
+
+    // Whereas the same file system and path on top is left alone, even when another
+    // mount lies below it.
+    set_mount_table(
+        &root,
+        &[(&mp, "10.0.0.5:/", &plain), (&mp, "127.0.0.1:/", &ours)],
+    );
+    let calls = root.nfs_calls().len();
+    let run = root.mount(&["fs-87654321:/", &mp, "-o", &tls]);
+    run.assert_ok();
+    assert!(
+        run.stdout().contains("is already mounted"),
+        "{}",
+        run.stdout()
+    );
+    assert_eq!(root.nfs_calls().len(), calls);
+}
+
+/// Starts the real watchdog, not through systemd (as the EFS CSI driver starts it), and
+/// waits until it runs.
+fn start_watchdog(root: &Root) -> KillOnDrop {
+    let wd = KillOnDrop(
+        std::process::Command::new(watchdog_bin())
+            .env("EFS_UTILS_CONFIG", &root.config)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(stdio_file(&root.dir, "watchdog.stderr"))
+            .spawn()
+            .unwrap(),
+    );
+    let log = || {
+        std::fs::read_to_string(root.dir.path("log").join("mount-watchdog.log")).unwrap_or_default()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || log().contains("watching ")),
+        "{}",
+        log()
+    );
+    wd
+}
+
+const NO_WATCHDOG: &str = "amazon-efs-mount-watchdog is not running, and without systemd";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_systemd_a_mount_calls_no_systemctl_and_prints_nothing_about_the_watchdog() {
+    let root = Root::new("");
+    std::fs::remove_dir(root.dir.path("systemd")).unwrap(); // no /run/systemd/system
+    let (_server, ip) = server(&root, WILDCARD).await;
+    let tls = format!("tls,mounttargetip={ip}");
+    let run = root.mount(&["fs-12345678", &root.mountpoint("a"), "-o", &tls]);
+    run.assert_ok();
+    assert_eq!(run.stderr(), "", "nothing on the terminal");
+    assert_eq!(root.systemctl_calls(), "");
+    // One line in mount.log says no watchdog runs, and how to run one.
+    let log = root.log();
+    assert_eq!(count_lines(&log, NO_WATCHDOG), 1, "{log}");
+    assert!(
+        first_line_with(&log, NO_WATCHDOG)
+            .unwrap()
+            .contains("Run amazon-efs-mount-watchdog as root in the background"),
+        "{log}"
+    );
+
+    // With a watchdog running (as the EFS CSI driver runs it), not even that line.
+    let wd = start_watchdog(&root);
+    let run = root.mount(&["fs-12345678", &root.mountpoint("b"), "-o", &tls]);
+    run.assert_ok();
+    assert_eq!(run.stderr(), "");
+    assert_eq!(root.systemctl_calls(), "");
+    assert_eq!(count_lines(&root.log(), NO_WATCHDOG), 1, "{}", root.log());
+    drop(wd);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_systemd_a_running_watchdog_is_not_started_again() {
+    let root = Root::new("");
+    let (_server, ip) = server(&root, WILDCARD).await;
+    // A watchdog systemd does not know about (started by hand): systemctl would start a
+    // second one.
+    let _wd = start_watchdog(&root);
+    root.mount(&[
+        "fs-12345678",
+        &root.mountpoint("a"),
+        "-o",
+        &format!("tls,mounttargetip={ip}"),
+    ])
+    .assert_ok();
+    assert_eq!(
+        root.systemctl_calls(),
+        "",
+        "no systemctl while a watchdog runs"
+    );
+}

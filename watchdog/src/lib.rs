@@ -7,10 +7,12 @@
 //! * [`daemon`]: the main loop: what it waits on, and what it does for each event;
 //! * [`tunnels`]: adopting, restarting and tearing down one tunnel;
 //! * [`health`]: the health check thread;
+//! * [`lock`]: one watchdog per state directory;
 //! * [`sys`]: pidfd syscalls (the crate's only `unsafe`); [`notify`]: sd_notify.
 
 pub mod daemon;
 pub mod health;
+pub mod lock;
 pub mod notify;
 pub mod sys;
 pub mod tunnels;

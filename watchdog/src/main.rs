@@ -1,8 +1,11 @@
-//! `amazon-efs-mount-watchdog`: a thin shell around [`efs_watchdog::daemon`].
+//! `amazon-efs-mount-watchdog`: a thin shell around [`efs_watchdog::daemon`]. Before it
+//! logs, reads state or touches a tunnel it takes the one-watchdog lock
+//! ([`efs_watchdog::lock`]): a second watchdog exits at once with its own exit code.
 
 use std::process::ExitCode;
 
 use efs_config::{logging, Config};
+use efs_watchdog::lock;
 use log::{error, info, warn};
 
 const USAGE: &str = "Usage: amazon-efs-mount-watchdog [--version] [-h|--help]";
@@ -36,6 +39,22 @@ fn main() -> ExitCode {
             eprintln!("amazon-efs-mount-watchdog: {e}");
             return ExitCode::from(1);
         }
+    };
+    // Held until main returns. Only stderr on refusal: a supervisor restarting us in a
+    // loop must not fill the log.
+    let _lock = match cfg.watchdog.enabled {
+        false => None,
+        true => match lock::acquire(&cfg.paths.state_dir, cfg.state_file_dir_mode) {
+            Ok(l) => Some(l),
+            Err(e @ lock::LockError::Held { .. }) => {
+                eprintln!("amazon-efs-mount-watchdog: {e}");
+                return ExitCode::from(lock::EXIT_ALREADY_RUNNING);
+            }
+            Err(e) => {
+                eprintln!("amazon-efs-mount-watchdog: {e}");
+                return ExitCode::from(1);
+            }
+        },
     };
     if let Err(e) = logging::init(cfg.log_spec("mount-watchdog.log", true)) {
         eprintln!("amazon-efs-mount-watchdog: cannot open its log: {e}; logging to stderr only");

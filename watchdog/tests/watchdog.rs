@@ -641,3 +641,88 @@ async fn sighup_rereads_the_grace_period_and_the_log_level() {
         watchdog_log(root)
     );
 }
+/// Runs a watchdog to its end (a second one ends at once) and says how long it took.
+fn run_watchdog(root: &Root) -> (std::process::Output, Duration) {
+    let t0 = Instant::now();
+    let out = Command::new(watchdog_bin())
+        .env("EFS_UTILS_CONFIG", &root.config)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (out, t0.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_watchdog_exits_at_once_and_the_first_keeps_working() {
+    let scene = Scene::new().await;
+    let root = &scene.root;
+    let m = scene.mount("efs");
+    set_mounts(root, &[(&m.mountpoint, m.port)]);
+    let first = start_watchdog(root);
+    let pid = m.pid();
+    let state_before = std::fs::read(&m.state_path).unwrap();
+    let log_before = watchdog_log(root);
+
+    let (out, took) = run_watchdog(root);
+    assert_eq!(out.status.code(), Some(8), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains(&format!(
+            "another amazon-efs-mount-watchdog (pid {}) already watches the tunnels of {}",
+            first.id(),
+            root.state_dir().display()
+        )),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+
+    // Restarted in a tight loop, as the EFS CSI driver does: each one exits, and none
+    // touches the tunnel, its state or the log.
+    let t0 = Instant::now();
+    for _ in 0..30 {
+        assert_eq!(run_watchdog(root).0.status.code(), Some(8));
+    }
+    assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+    assert_eq!(std::fs::read(&m.state_path).unwrap(), state_before);
+    assert_eq!(watchdog_log(root), log_before);
+    assert!(alive(pid));
+    assert_eq!(root.tunnel_pids(), vec![pid]);
+
+    // The first one still does its work.
+    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || m.pid() != pid && alive(m.pid())));
+    assert_eq!(
+        round_trip(m.port, b"still watched").unwrap(),
+        b"still watched"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_watchdogs_lock_is_free_even_while_the_tunnels_it_started_live_on() {
+    let scene = Scene::new().await;
+    let root = &scene.root;
+    let m = scene.mount("efs");
+    set_mounts(root, &[(&m.mountpoint, m.port)]);
+    let mut first = start_watchdog(root);
+    // The watchdog restarts the tunnel: the new tunnel is its own child.
+    let pid = m.pid();
+    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || m.pid() != pid && alive(m.pid())));
+    let child_tunnel = m.pid();
+
+    kill(Pid::from_raw(first.id() as i32), Signal::SIGKILL).unwrap();
+    let _ = first.wait();
+    assert!(alive(child_tunnel), "tunnels outlive the watchdog");
+
+    // A new watchdog takes over at once (the tunnel did not inherit the lock) and adopts
+    // the tunnel.
+    let second = start_watchdog(root);
+    assert_eq!(m.pid(), child_tunnel, "adopted, not replaced");
+    let (out, _) = run_watchdog(root);
+    assert_eq!(out.status.code(), Some(8));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("(pid {})", second.id())),
+        "{out:?}"
+    );
+}
