@@ -24,6 +24,13 @@ cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --all-targets --locked
 
+# The RPM: built from `make install` (the release build the e2e step reuses) with
+# Debian's rpm, then its file list, dependencies and scriptlets checked.
+tests/package-rpm.sh
+
+# Every parser of outside input under libFuzzer, a bounded time each (docs/fuzzing.md).
+FUZZ_SECONDS=${FUZZ_SECONDS:-10} tests/fuzz.sh
+
 # Real-kernel end-to-end cases in a User-Mode Linux guest (builds its image once, cached
 # under /var/cache/efs-e2e). Ends with "e2e: N passed, N failed".
 tests/e2e/run.sh

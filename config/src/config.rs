@@ -224,6 +224,11 @@ pub(crate) fn default_regions() -> BTreeMap<String, RegionConfig> {
     m
 }
 
+/// The CA bundle efs-utils installs: Amazon Root CA 1-4 (`config/efs-utils.crt`, checked
+/// against webpki-roots by a test). The trust when `stunnel_cafile` is not set, so that
+/// the default is Amazon's four roots, not every public CA.
+pub const DEFAULT_CAFILE: &str = "/etc/amazon/efs/efs-utils.crt";
+
 /// Why the configuration could not be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfigError {
@@ -481,12 +486,15 @@ impl Config {
             .unwrap_or(&self.mount.dns_name_suffix)
     }
 
-    /// The CA bundle for a region; `None` means the tunnel's built-in roots.
+    /// The CA bundle for a region: the region's, else `stunnel_cafile`, else the bundle
+    /// efs-utils installs ([`DEFAULT_CAFILE`], Amazon Root CA 1-4) if it is there, as
+    /// amazon-efs-utils' default is; `None` means the tunnel's built-in roots.
     pub fn cafile(&self, region: &str) -> Option<&Path> {
         self.regions
             .get(region)
             .and_then(|r| r.stunnel_cafile.as_deref())
             .or(self.mount.stunnel_cafile.as_deref())
+            .or_else(|| Some(Path::new(DEFAULT_CAFILE)).filter(|p| p.is_file()))
     }
 
     /// The log spec for one of the product's log files (`mount.log`, ...).
@@ -749,7 +757,10 @@ mod tests {
             get("mount.cn-north-1.dns_name_suffix").origin,
             Origin::BuiltInRegion
         );
-        assert_eq!(get("mount.stunnel_cafile").value, "(unset: built-in roots)");
+        assert_eq!(
+            get("mount.stunnel_cafile").value,
+            "(unset: /etc/amazon/efs/efs-utils.crt if installed, else built-in roots)"
+        );
     }
 
     #[test]

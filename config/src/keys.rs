@@ -591,11 +591,11 @@ pub static KEYS: &[Key] = &[
     Key {
         name: "stunnel_cafile",
         at: At::Mount(Kind::OptPath {
-            unset: "built-in roots",
+            unset: "/etc/amazon/efs/efs-utils.crt if installed, else built-in roots",
             get: |c| c.mount.stunnel_cafile.as_deref(),
             set: |c, v| c.mount.stunnel_cafile = Some(v),
         }),
-        doc: "CA bundle the mount target's certificate must chain to; unset, efs-tunnel's built-in roots (which include Amazon's).",
+        doc: "CA bundle the mount target's certificate must chain to; unset, /etc/amazon/efs/efs-utils.crt (Amazon Root CA 1-4, installed with efs-utils) if it exists, else efs-tunnel's built-in roots.",
         effect: MOUNT_AND_TUNNEL,
         shipped: Shipped::CommentedDefault,
     },

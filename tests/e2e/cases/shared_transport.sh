@@ -86,7 +86,8 @@ for order in "root a b" "a root b" "b a root"; do
             wait $writer # not a bare wait: the watchdog and the monitor are jobs too
             check "kill -9 of the tunnel the kernel uses (its own mount gone): dd finishes" test "$(cat /tmp/dd.rc)" = 0
             check "the data is bit-identical" test "$(sha /tmp/src)" = "$(sha /srv/efs/a/big)"
-            check "a new tunnel serves that port" sh -c "new=\$(tunnel_pid $used); [ -n \"\$new\" ] && [ \"\$new\" != $old ]"
+            new=$(tunnel_pid "$used")
+            check "a new tunnel serves that port" test -n "$new" -a "$new" != "$old"
             check "and /mnt/b carries on too" works /mnt/b b
         fi
     done
