@@ -166,9 +166,12 @@ struct Logger {
 
 impl Log for Logger {
     /// The level is the `log` crate's global one, so that a program may change it while
-    /// it runs (the watchdog does on SIGHUP).
+    /// it runs (the watchdog does on SIGHUP). The HTTP client's own debug lines are never
+    /// written: they carry request headers (an IMDS token, an STS session token), and
+    /// secrets are never logged.
     fn enabled(&self, metadata: &Metadata) -> bool {
         metadata.level() <= log::max_level()
+            && !(metadata.level() > log::Level::Info && metadata.target().starts_with("ureq"))
     }
 
     fn log(&self, record: &Record) {
@@ -273,6 +276,19 @@ mod tests {
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode & 0o002, 0, "log file must not be world-writable");
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_http_clients_debug_lines_are_never_enabled() {
+        let logger = Logger {
+            stderr: false,
+            file: None,
+        };
+        log::set_max_level(LevelFilter::Trace);
+        let meta = |level, target| Metadata::builder().level(level).target(target).build();
+        assert!(!logger.enabled(&meta(log::Level::Debug, "ureq::unit")));
+        assert!(logger.enabled(&meta(log::Level::Warn, "ureq::unit")));
+        assert!(logger.enabled(&meta(log::Level::Debug, "efs_watchdog::daemon")));
     }
 
     #[test]

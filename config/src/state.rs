@@ -232,6 +232,38 @@ impl MountState {
     }
 }
 
+/// Whether a state file (or the state directory) may be acted on by root: a program that
+/// executes a state file's `cmd` and deletes its `files` must only believe what root
+/// wrote. It must be a regular file (no symlink), owned by `owner` (root: the watchdog's
+/// own euid), and not writable by group or others; the same holds for the directory
+/// (which must be a directory). The reason is one line for the log.
+pub fn check_trusted(path: &Path, owner: u32) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::symlink_metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let kind_ok = m.file_type().is_file() || m.file_type().is_dir();
+    if !kind_ok {
+        return Err(format!(
+            "{} is not a regular file or directory",
+            path.display()
+        ));
+    }
+    if m.uid() != owner {
+        return Err(format!(
+            "{} is owned by uid {}, not by root",
+            path.display(),
+            m.uid()
+        ));
+    }
+    if m.mode() & 0o022 != 0 {
+        return Err(format!(
+            "{} is writable by group or others (mode {:o})",
+            path.display(),
+            m.mode() & 0o777
+        ));
+    }
+    Ok(())
+}
+
 /// Why a state file could not be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StateError {
@@ -370,6 +402,35 @@ mod tests {
         assert!(!st.rewrite(&dir, "fs-deadbeef.mnt.efs.20123").unwrap());
         assert!(!path.exists());
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 0, "no temporary left");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn only_files_and_directories_only_their_owner_may_write_are_trusted() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("efs-state-trust-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        ensure_state_dir(&dir, 0o750).unwrap();
+        let me = nix::unistd::geteuid().as_raw();
+        let p = dir.join("fs-1.mnt.20049");
+        fs::write(&p, "{}").unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).unwrap();
+        assert_eq!(check_trusted(&p, me), Ok(()));
+        assert_eq!(check_trusted(&dir, me), Ok(()));
+        assert!(check_trusted(&p, me + 1)
+            .unwrap_err()
+            .contains("not by root"));
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o660)).unwrap();
+        assert!(check_trusted(&p, me).unwrap_err().contains("mode 660"));
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o757)).unwrap();
+        assert!(check_trusted(&dir, me)
+            .unwrap_err()
+            .contains("writable by group or others"));
+        let link = dir.join("fs-2.mnt.20050");
+        std::os::unix::fs::symlink(&p, &link).unwrap();
+        assert!(check_trusted(&link, me)
+            .unwrap_err()
+            .contains("not a regular file"));
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -309,20 +309,52 @@ impl Daemon {
             if self.skipped.contains(&p) {
                 continue;
             }
-            match MountState::read(&p) {
+            match MountState::read(&p)
+                .map_err(|e| e.to_string())
+                .and_then(|st| {
+                    self.trusted(&p, &st).map(|()| st).map_err(|why| {
+                        format!(
+                            "skipping state file {}: {why}; nothing in it is run or removed",
+                            p.display()
+                        )
+                    })
+                }) {
                 Ok(st) => {
                     let mut t = Tunnel::adopt(p.clone(), st);
                     t.set_ino(ino);
                     self.tunnels.insert(p, t);
                 }
                 Err(e) => {
-                    warn!("skipping {e}");
+                    let e = if e.starts_with("skipping") {
+                        e
+                    } else {
+                        format!("skipping {e}")
+                    };
+                    warn!("{e}");
                     self.skipped.insert(p);
                 }
             }
         }
         self.update_also_serves();
         self.publish_health_targets();
+    }
+
+    /// Whether this watchdog may act on a state file: run its `cmd` as root and delete
+    /// its `files`. Only what root wrote counts (file and directory owned by root, not
+    /// group- or world-writable: `state::check_trusted`), and the command must be the
+    /// configured tunnel binary, whatever a file says.
+    fn trusted(&self, path: &std::path::Path, st: &MountState) -> Result<(), String> {
+        let root = nix::unistd::geteuid().as_raw();
+        state::check_trusted(&self.cfg.paths.state_dir, root)?;
+        state::check_trusted(path, root)?;
+        match st.cmd.first() {
+            Some(program) if std::path::Path::new(program) == self.cfg.paths.tunnel => Ok(()),
+            Some(program) => Err(format!(
+                "its command {program:?} is not the tunnel binary {}",
+                self.cfg.paths.tunnel.display()
+            )),
+            None => Err("it names no command".into()),
+        }
     }
 
     /// The state files whose mounts the kernel still uses, from one read of its tables:

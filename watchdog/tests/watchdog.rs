@@ -726,3 +726,61 @@ async fn a_dead_watchdogs_lock_is_free_even_while_the_tunnels_it_started_live_on
         "{out:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn state_files_root_did_not_write_alone_are_never_acted_on() {
+    use std::os::unix::fs::PermissionsExt;
+    let scene = Scene::new().await;
+    let root = &scene.root;
+    let m = scene.mount("good");
+    set_mounts(root, &[(&m.mountpoint, m.port)]);
+    let template = std::fs::read_to_string(&m.state_path).unwrap();
+    let marker = root.dir.path("ran");
+    let victim = root.dir.path("victim");
+    // A command and files of an attacker's choosing, in state files the watchdog must
+    // not believe: owned by nobody; world-writable; root's, but not running the tunnel.
+    let evil = |name: &str, cmd: &[&str]| {
+        let mut st: serde_json::Value = serde_json::from_str(&template).unwrap();
+        st["pid"] = 0.into();
+        st["cmd"] = serde_json::json!(cmd);
+        st["files"] = serde_json::json!([victim]);
+        let p = root.state_dir().join(name);
+        std::fs::write(&p, st.to_string()).unwrap();
+        p
+    };
+    std::fs::write(&victim, "keep me").unwrap();
+    let sh = ["/bin/sh", "-c", &format!("touch {}", marker.display())];
+    let by_nobody = evil("fs-12345678.mnt.nobody.20001", &sh);
+    std::os::unix::fs::chown(&by_nobody, Some(65534), Some(65534)).unwrap();
+    let writable = evil("fs-12345678.mnt.writable.20002", &sh);
+    std::fs::set_permissions(&writable, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let not_tunnel = evil("fs-12345678.mnt.shell.20003", &sh);
+    std::fs::set_permissions(&not_tunnel, std::fs::Permissions::from_mode(0o640)).unwrap();
+
+    let _wd = start_watchdog(root);
+    std::thread::sleep(Duration::from_secs(3)); // past the 1 s grace of their mounts
+    assert!(!marker.exists(), "a state file's command was run");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
+    let log = watchdog_log(root);
+    for (p, why) in [
+        (&by_nobody, "is owned by uid 65534, not by root"),
+        (&writable, "is writable by group or others (mode 666)"),
+        (&not_tunnel, "is not the tunnel binary"),
+    ] {
+        assert_eq!(
+            count_lines(&log, &format!("skipping state file {}", p.display())),
+            1,
+            "one line for {}:\n{log}",
+            p.display()
+        );
+        assert!(log.contains(why), "{why}:\n{log}");
+    }
+    // The good one is adopted and watched as always.
+    assert!(
+        log.contains(&format!(
+            "adopted the tunnel of {FS_ID} at {}",
+            m.mountpoint
+        )),
+        "{log}"
+    );
+}
