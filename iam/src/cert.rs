@@ -47,11 +47,17 @@ pub const MAX_SOURCE: usize = 100;
 /// Why no key or certificate. One line each, naming what failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CertError {
-    KeyFile { path: PathBuf, reason: String },
+    KeyFile {
+        path: PathBuf,
+        reason: String,
+    },
     KeyGeneration(String),
     /// Not an RSA private key ring can sign with.
     InvalidKey(String),
-    InvalidInput { what: &'static str, value: String },
+    InvalidInput {
+        what: &'static str,
+        value: String,
+    },
     Sign(String),
 }
 
@@ -239,13 +245,17 @@ pub struct ClientCertificate {
 
 pub fn valid_fs_id(s: &str) -> bool {
     s.strip_prefix("fs-").is_some_and(|h| {
-        !h.is_empty() && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        !h.is_empty()
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
 }
 
 pub fn valid_access_point(s: &str) -> bool {
     s.strip_prefix("fsap-").is_some_and(|h| {
-        h.len() == 17 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        h.len() == 17
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
 }
 

@@ -297,10 +297,21 @@ pub enum ProfileKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
     /// ECS, from `awscredsuri` or `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`.
-    Ecs { relative_uri: String },
-    Profile { profile: String, kind: ProfileKind },
-    PodIdentity { full_uri: String, token_file: PathBuf },
-    WebIdentity { role_arn: String, token_file: PathBuf },
+    Ecs {
+        relative_uri: String,
+    },
+    Profile {
+        profile: String,
+        kind: ProfileKind,
+    },
+    PodIdentity {
+        full_uri: String,
+        token_file: PathBuf,
+    },
+    WebIdentity {
+        role_arn: String,
+        token_file: PathBuf,
+    },
     InstanceMetadata,
 }
 
@@ -372,10 +383,18 @@ pub struct Obtained {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Error {
     /// Every source was tried; each entry says what it found.
-    NoCredentials { tried: Vec<String> },
-    ProfileNotFound { profile: String, files: AwsFiles },
+    NoCredentials {
+        tried: Vec<String>,
+    },
+    ProfileNotFound {
+        profile: String,
+        files: AwsFiles,
+    },
     /// The profile exists but yields nothing this helper can use.
-    ProfileIncomplete { profile: String, files: AwsFiles },
+    ProfileIncomplete {
+        profile: String,
+        files: AwsFiles,
+    },
     /// The profile needs what is not implemented yet (`role_arn` + `source_profile`).
     Unsupported {
         profile: String,
@@ -400,7 +419,9 @@ pub enum Error {
         problem: parse::ParseError,
     },
     /// The instance has no IAM role.
-    NoInstanceRole { url: String },
+    NoInstanceRole {
+        url: String,
+    },
     /// STS said no; its error code and message.
     StsRefused {
         url: String,
@@ -412,16 +433,31 @@ pub enum Error {
         path: PathBuf,
         reason: String,
     },
-    File { path: PathBuf, reason: String },
-    UntrustedFile { path: PathBuf, reason: String },
-    CredentialProcess { profile: String, reason: String },
+    File {
+        path: PathBuf,
+        reason: String,
+    },
+    UntrustedFile {
+        path: PathBuf,
+        reason: String,
+    },
+    CredentialProcess {
+        profile: String,
+        reason: String,
+    },
     InvalidCredential {
         what: String,
         reason: InvalidCredential,
     },
-    InvalidOption { what: &'static str, reason: String },
+    InvalidOption {
+        what: &'static str,
+        reason: String,
+    },
     NoHome,
-    CaBundle { path: PathBuf, reason: String },
+    CaBundle {
+        path: PathBuf,
+        reason: String,
+    },
     UnknownMethod(String),
 }
 
@@ -842,14 +878,22 @@ pub fn obtain(req: &Request, env: &dyn Env, endpoints: &Endpoints) -> Result<Obt
         endpoints,
         region: req.region,
     };
-    let won = |credentials, source| Ok(Obtained { credentials, source });
+    let won = |credentials, source| {
+        Ok(Obtained {
+            credentials,
+            source,
+        })
+    };
     let mut tried = Vec::new();
 
     if let Some(uri) = req.awscredsuri {
         let c = from_ecs(&ctx, uri)?;
-        return won(c, Source::Ecs {
-            relative_uri: uri.to_string(),
-        });
+        return won(
+            c,
+            Source::Ecs {
+                relative_uri: uri.to_string(),
+            },
+        );
     }
 
     let web_identity_options = req.rolearn.zip(req.jwtpath);
@@ -869,10 +913,13 @@ pub fn obtain(req: &Request, env: &dyn Env, endpoints: &Endpoints) -> Result<Obt
             (None, Ok(files)) => {
                 if default_profile_has_keys(&files)? {
                     let (c, kind) = from_profile(&ctx, &files, "default")?;
-                    return won(c, Source::Profile {
-                        profile: "default".into(),
-                        kind,
-                    });
+                    return won(
+                        c,
+                        Source::Profile {
+                            profile: "default".into(),
+                            kind,
+                        },
+                    );
                 }
                 tried.push(format!(
                     "no [default] aws_access_key_id in {} or {}",
@@ -917,25 +964,36 @@ pub fn obtain(req: &Request, env: &dyn Env, endpoints: &Endpoints) -> Result<Obt
     if let Some((role_arn, jwtpath)) = web_identity_options {
         let token_file = PathBuf::from(jwtpath);
         let c = from_web_identity(&ctx, role_arn, &token_file)?;
-        return won(c, Source::WebIdentity {
-            role_arn: role_arn.to_string(),
-            token_file,
-        });
+        return won(
+            c,
+            Source::WebIdentity {
+                role_arn: role_arn.to_string(),
+                token_file,
+            },
+        );
     }
-    match (env.var("AWS_ROLE_ARN"), env.var("AWS_WEB_IDENTITY_TOKEN_FILE")) {
+    match (
+        env.var("AWS_ROLE_ARN"),
+        env.var("AWS_WEB_IDENTITY_TOKEN_FILE"),
+    ) {
         (Some(role_arn), Some(token_file)) => {
             let token_file = PathBuf::from(token_file);
             match from_web_identity(&ctx, &role_arn, &token_file) {
                 Ok(c) => {
-                    return won(c, Source::WebIdentity {
-                        role_arn,
-                        token_file,
-                    })
+                    return won(
+                        c,
+                        Source::WebIdentity {
+                            role_arn,
+                            token_file,
+                        },
+                    )
                 }
                 Err(e) => tried.push(e.to_string()),
             }
         }
-        _ => tried.push("no web identity (AWS_ROLE_ARN or AWS_WEB_IDENTITY_TOKEN_FILE unset)".into()),
+        _ => {
+            tried.push("no web identity (AWS_ROLE_ARN or AWS_WEB_IDENTITY_TOKEN_FILE unset)".into())
+        }
     }
 
     match from_instance_metadata(&ctx) {
@@ -1040,7 +1098,10 @@ mod tests {
                 token_file: "/t".into()
             }
         );
-        assert_eq!(Source::from_method("metadata:").unwrap().method(), "metadata:");
+        assert_eq!(
+            Source::from_method("metadata:").unwrap().method(),
+            "metadata:"
+        );
         assert_eq!(Source::from_method("environment:"), None);
         assert_eq!(Source::from_method("ecs:relative"), None);
     }

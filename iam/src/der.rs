@@ -49,7 +49,10 @@ pub fn sequence(members: &[Vec<u8>]) -> Vec<u8> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DerError {
     Truncated,
-    WrongTag { expected: u8, found: u8 },
+    WrongTag {
+        expected: u8,
+        found: u8,
+    },
     /// Indefinite, non-minimal or over-long length.
     BadLength,
     TrailingBytes,
@@ -61,7 +64,10 @@ impl std::fmt::Display for DerError {
         match self {
             DerError::Truncated => write!(f, "truncated DER"),
             DerError::WrongTag { expected, found } => {
-                write!(f, "DER tag 0x{found:02x} where 0x{expected:02x} was expected")
+                write!(
+                    f,
+                    "DER tag 0x{found:02x} where 0x{expected:02x} was expected"
+                )
             }
             DerError::BadLength => write!(f, "DER length not in minimal definite form"),
             DerError::TrailingBytes => write!(f, "bytes after the DER value"),

@@ -30,7 +30,10 @@ pub struct SigningTime(OffsetDateTime);
 
 impl SigningTime {
     pub fn new(t: OffsetDateTime) -> Option<Self> {
-        let t = t.to_offset(time::UtcOffset::UTC).replace_nanosecond(0).ok()?;
+        let t = t
+            .to_offset(time::UtcOffset::UTC)
+            .replace_nanosecond(0)
+            .ok()?;
         (2000..=2049).contains(&t.year()).then_some(SigningTime(t))
     }
 
@@ -291,7 +294,13 @@ mod tests {
         assert_eq!(t.date(), "20261201");
         assert_eq!(t.amz_date(), "20261201T203806Z");
         assert_eq!(t.utc_time(), "261201203806Z");
-        for bad in ["2612012038Z", "261301203806Z", "261201203806", "26120120380aZ", ""] {
+        for bad in [
+            "2612012038Z",
+            "261301203806Z",
+            "261201203806",
+            "26120120380aZ",
+            "",
+        ] {
             assert!(SigningTime::from_utc_time(bad).is_none(), "{bad}");
         }
         let y2050 = time::Date::from_calendar_date(2050, time::Month::January, 1)

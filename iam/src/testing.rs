@@ -82,10 +82,7 @@ pub enum Verdict {
 }
 
 fn oid_string(oid: &[u64]) -> String {
-    oid.iter()
-        .map(u64::to_string)
-        .collect::<Vec<_>>()
-        .join(".")
+    oid.iter().map(u64::to_string).collect::<Vec<_>>().join(".")
 }
 
 const SHA256_WITH_RSA: &str = "1.2.840.113549.1.1.11";
@@ -124,10 +121,12 @@ pub fn authorize(cert_der: &[u8], expect: &Expect) -> Verdict {
 }
 
 fn check(cert_der: &[u8], expect: &Expect) -> Result<Identity, Denial> {
-    let (rest, cert) = X509Certificate::from_der(cert_der)
-        .map_err(|e| Denial::NotACertificate(e.to_string()))?;
+    let (rest, cert) =
+        X509Certificate::from_der(cert_der).map_err(|e| Denial::NotACertificate(e.to_string()))?;
     if !rest.is_empty() {
-        return Err(Denial::NotACertificate("bytes after the certificate".into()));
+        return Err(Denial::NotACertificate(
+            "bytes after the certificate".into(),
+        ));
     }
     if cert.signature_algorithm.algorithm.to_id_string() != SHA256_WITH_RSA {
         return Err(Denial::NotSha256WithRsa);
@@ -140,8 +139,7 @@ fn check(cert_der: &[u8], expect: &Expect) -> Result<Identity, Denial> {
         return Err(Denial::NotValidNow);
     }
     let public_key = cert.public_key().subject_public_key.data.as_ref();
-    let public_key_hash =
-        ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, public_key);
+    let public_key_hash = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, public_key);
 
     let ski = extension(&cert, SKI, "subjectKeyIdentifier")?
         .ok_or(Denial::MissingExtension("subjectKeyIdentifier"))?;
@@ -191,7 +189,12 @@ fn check(cert_der: &[u8], expect: &Expect) -> Result<Identity, Denial> {
     let access_key_id = match extension(&cert, &oid_string(OID_CLIENT_AUTH), "IAM (7.2)")? {
         None if expect.require_iam => return Err(Denial::MissingExtension("IAM (7.2)")),
         None => None,
-        Some(auth) => Some(check_iam(auth, expect, fs_id, &hex(public_key_hash.as_ref()))?),
+        Some(auth) => Some(check_iam(
+            auth,
+            expect,
+            fs_id,
+            &hex(public_key_hash.as_ref()),
+        )?),
     };
 
     Ok(Identity {

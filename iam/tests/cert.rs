@@ -83,7 +83,10 @@ fn iam_certificate_carries_every_extension_byte_for_byte() {
         "1.2.840.113549.1.1.11"
     );
     x.verify_signature(None).unwrap();
-    assert_eq!(x.subject().to_string(), "CN=ip-10-0-1-5.eu-west-1.compute.internal");
+    assert_eq!(
+        x.subject().to_string(),
+        "CN=ip-10-0-1-5.eu-west-1.compute.internal"
+    );
     assert_eq!(x.issuer(), x.subject());
     // validity: now - 15 min .. now + 3 h
     let t = now().datetime().unix_timestamp();
@@ -93,7 +96,10 @@ fn iam_certificate_carries_every_extension_byte_for_byte() {
     // the public key hash, from the parsed certificate (not from our key type)
     let spk = x.public_key().subject_public_key.data.as_ref();
     assert_eq!(spk, key.public_key());
-    assert_eq!(spk[0], 0x30, "PKCS#1 RSAPublicKey SEQUENCE, no unused-bits octet");
+    assert_eq!(
+        spk[0], 0x30,
+        "PKCS#1 RSAPublicKey SEQUENCE, no unused-bits octet"
+    );
     let sha1 = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, spk);
     let pkh: String = sha1.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(pkh, key.public_key_hash());
@@ -122,7 +128,10 @@ fn iam_certificate_carries_every_extension_byte_for_byte() {
             ("2.5.29.14".to_string(), tlv(0x04, sha1.as_ref())),
             ("1.3.6.1.4.1.4843.7.1".to_string(), tlv(0x0c, AP.as_bytes())),
             ("1.3.6.1.4.1.4843.7.2".to_string(), tlv(0x30, &auth)),
-            ("1.3.6.1.4.1.4843.7.3".to_string(), tlv(0x0c, b"fs-deadbeef")),
+            (
+                "1.3.6.1.4.1.4843.7.3".to_string(),
+                tlv(0x0c, b"fs-deadbeef")
+            ),
             ("1.3.6.1.4.1.4843.7.4".to_string(), tlv(0x30, &info)),
         ]
     );
@@ -177,7 +186,10 @@ fn pkcs1_and_pkcs8_files_are_the_same_key() {
     let a = HostKey::from_pem(KEY_PEM).unwrap();
     let b = HostKey::from_pem(KEY_PKCS1_PEM).unwrap();
     assert_eq!(a.public_key(), b.public_key());
-    assert!(HostKey::from_pem(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").is_err());
+    assert!(
+        HostKey::from_pem(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+            .is_err()
+    );
 }
 
 #[test]
@@ -237,7 +249,9 @@ fn fake_authorizer_lets_in_a_good_certificate() {
 #[test]
 fn fake_authorizer_refuses_what_the_service_would() {
     let c = creds(Some(TOKEN));
-    let good = cert::issue(&key(), &request(Some(&c), Some(AP))).unwrap().der;
+    let good = cert::issue(&key(), &request(Some(&c), Some(AP)))
+        .unwrap()
+        .der;
     let denied = |der: &[u8], e: &Expect| match authorize(der, e) {
         Verdict::Denied(d) => d,
         Verdict::Allowed(_) => panic!("allowed"),

@@ -153,8 +153,7 @@ impl Client {
     }
 
     fn transport_problem(&self, t: &ureq::Transport) -> HttpProblem {
-        let mut source: Option<&(dyn std::error::Error + 'static)> =
-            std::error::Error::source(t);
+        let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(t);
         while let Some(s) = source {
             if let Some(io) = s.downcast_ref::<std::io::Error>() {
                 if matches!(
@@ -171,10 +170,9 @@ impl Client {
             return HttpProblem::TimedOut(self.timeout);
         }
         // ureq's text starts with the URL, which the caller names already
-        let why = t
-            .message()
-            .map(str::to_string)
-            .or_else(|| std::error::Error::source(t).map(|s| s.to_string()))
+        let why = std::error::Error::source(t)
+            .map(|s| s.to_string())
+            .or_else(|| t.message().map(str::to_string))
             .unwrap_or(text);
         HttpProblem::Unreachable(why)
     }

@@ -90,7 +90,10 @@ pub fn parse_role_name(body: &str) -> Result<String, ParseError> {
 pub enum StsAnswer {
     Credentials(Credentials),
     /// `<ErrorResponse><Error><Code>..</Code><Message>..</Message>`.
-    Refused { code: String, message: String },
+    Refused {
+        code: String,
+        message: String,
+    },
 }
 
 fn child_text<'a>(node: roxmltree::Node<'a, 'a>, name: &str) -> Option<&'a str> {
@@ -146,7 +149,9 @@ mod tests {
     fn json_refusals_name_what_is_wrong() {
         assert_eq!(
             parse_credentials_json(r#"{"Code":"AssumeRoleUnauthorizedAccess"}"#),
-            Err(ParseError::NotSuccess("AssumeRoleUnauthorizedAccess".into()))
+            Err(ParseError::NotSuccess(
+                "AssumeRoleUnauthorizedAccess".into()
+            ))
         );
         assert_eq!(
             parse_credentials_json(r#"{"AccessKeyId":"ASIAIMDSEXAMPLE00001","Token":"x"}"#),
@@ -157,18 +162,20 @@ mod tests {
             Err(ParseError::NotJson(_))
         ));
         assert!(matches!(
-            parse_credentials_json(
-                r#"{"AccessKeyId":"short","SecretAccessKey":"s","Token":"t"}"#
-            ),
+            parse_credentials_json(r#"{"AccessKeyId":"short","SecretAccessKey":"s","Token":"t"}"#),
             Err(ParseError::Invalid(_))
         ));
         assert!(matches!(
-            parse_credentials_json(r#"{"AccessKeyId":"ASIAIMDSEXAMPLE00001","SecretAccessKey":"s","Token":"t","Expiration":"soon"}"#),
+            parse_credentials_json(
+                r#"{"AccessKeyId":"ASIAIMDSEXAMPLE00001","SecretAccessKey":"s","Token":"t","Expiration":"soon"}"#
+            ),
             Err(ParseError::BadExpiration(_))
         ));
         // a token with a newline would end the certificate field early
         assert!(matches!(
-            parse_credentials_json(r#"{"AccessKeyId":"ASIAIMDSEXAMPLE00001","SecretAccessKey":"s","Token":"a\nb"}"#),
+            parse_credentials_json(
+                r#"{"AccessKeyId":"ASIAIMDSEXAMPLE00001","SecretAccessKey":"s","Token":"a\nb"}"#
+            ),
             Err(ParseError::Invalid(_))
         ));
     }

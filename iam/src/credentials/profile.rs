@@ -209,7 +209,9 @@ pub fn static_keys(
         Ok(Credentials::new(
             AccessKeyId::new(get("aws_access_key_id").unwrap_or_default())?,
             SecretAccessKey::new(get("aws_secret_access_key").unwrap_or_default())?,
-            get("aws_session_token").map(SessionToken::new).transpose()?,
+            get("aws_session_token")
+                .map(SessionToken::new)
+                .transpose()?,
             None,
         ))
     })())
@@ -362,9 +364,7 @@ pub fn run_credential_process(
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
-            Ok(None) if start.elapsed() < deadline => {
-                std::thread::sleep(Duration::from_millis(10))
-            }
+            Ok(None) if start.elapsed() < deadline => std::thread::sleep(Duration::from_millis(10)),
             Ok(None) => {
                 let _ = child.kill();
                 let _ = child.wait();

@@ -118,10 +118,8 @@ impl Scratch {
     pub fn new(name: &str) -> Scratch {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let p = std::env::temp_dir().join(format!(
-            "efs-iam-test-{}-{name}-{n}",
-            std::process::id()
-        ));
+        let p =
+            std::env::temp_dir().join(format!("efs-iam-test-{}-{name}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).unwrap();
         Scratch(p)
