@@ -20,6 +20,7 @@
 //! in [`Endpoints`], so tests run against fakes on 127.0.0.1. Secrets never reach a
 //! `Debug` or `Display`: only the access key id may be shown.
 
+pub mod assume;
 mod http;
 pub mod parse;
 pub mod profile;
@@ -289,8 +290,9 @@ pub enum ProfileKind {
     CredentialsFile,
     /// Static keys in the config file.
     ConfigFile,
-    /// `credential_process`.
-    Process,
+    /// `credential_process`, or `role_arn` (the incumbent's botocore `named_profile`);
+    /// resolved again on renewal.
+    NamedProfile,
 }
 
 /// Which source won; enough to fetch from it again.
@@ -323,7 +325,7 @@ impl Source {
             Source::Profile { profile, kind } => match kind {
                 ProfileKind::CredentialsFile => format!("credentials:{profile}"),
                 ProfileKind::ConfigFile => format!("config:{profile}"),
-                ProfileKind::Process => format!("named_profile:{profile}"),
+                ProfileKind::NamedProfile => format!("named_profile:{profile}"),
             },
             Source::PodIdentity {
                 full_uri,
@@ -357,7 +359,7 @@ impl Source {
             }),
             "credentials" => profile(ProfileKind::CredentialsFile),
             "config" => profile(ProfileKind::ConfigFile),
-            "named_profile" => profile(ProfileKind::Process),
+            "named_profile" => profile(ProfileKind::NamedProfile),
             "podidentity" => pair(rest).map(|(full_uri, token_file)| Source::PodIdentity {
                 full_uri,
                 token_file,
@@ -395,7 +397,7 @@ pub enum Error {
         profile: String,
         files: AwsFiles,
     },
-    /// The profile needs what is not implemented yet (`role_arn` + `source_profile`).
+    /// The profile needs what is not implemented (`role_arn` with `credential_source`).
     Unsupported {
         profile: String,
         feature: &'static str,
@@ -424,6 +426,7 @@ pub enum Error {
     },
     /// STS said no; its error code and message.
     StsRefused {
+        action: &'static str,
         url: String,
         code: String,
         message: String,
@@ -501,9 +504,14 @@ impl std::fmt::Display for Error {
                 f,
                 "the instance has no IAM role ({url} answered 404): attach an instance profile or use another credential source"
             ),
-            Error::StsRefused { url, code, message } => write!(
+            Error::StsRefused {
+                action,
+                url,
+                code,
+                message,
+            } => write!(
                 f,
-                "STS at {url} refused AssumeRoleWithWebIdentity: {code}: {message}: check the role ARN, its trust policy and the token file"
+                "STS at {url} refused {action}: {code}: {message}: check the role ARN, its trust policy and the credentials or token it was given"
             ),
             Error::TokenFile { what, path, reason } => write!(
                 f,
@@ -738,9 +746,12 @@ pub fn from_web_identity(
             problem,
         })?;
     match (parse_sts_answer(&answer.body), answer.ok()) {
-        (Ok(StsAnswer::Refused { code, message }), _) => {
-            Err(Error::StsRefused { url, code, message })
-        }
+        (Ok(StsAnswer::Refused { code, message }), _) => Err(Error::StsRefused {
+            action: "AssumeRoleWithWebIdentity",
+            url,
+            code,
+            message,
+        }),
         (_, false) => Err(Error::Status {
             what: "STS",
             url,
@@ -799,12 +810,25 @@ pub fn from_instance_metadata(ctx: &Context) -> Result<Credentials, Error> {
     credentials_from_json("instance metadata", &url, &body)
 }
 
+/// How deep `source_profile` may chain (botocore has no limit but detects loops).
+const MAX_SOURCE_PROFILE_DEPTH: usize = 4;
+
 /// The named profile's credentials: static keys in the credentials file, then in the
-/// config file, then `credential_process`; `role_arn` is [`Error::Unsupported`].
+/// config file, then `credential_process`, then `role_arn` with `source_profile` (STS
+/// `AssumeRole`) or `web_identity_token_file`.
 pub fn from_profile(
     ctx: &Context,
     files: &AwsFiles,
     profile: &str,
+) -> Result<(Credentials, ProfileKind), Error> {
+    from_profile_at(ctx, files, profile, 0)
+}
+
+fn from_profile_at(
+    ctx: &Context,
+    files: &AwsFiles,
+    profile: &str,
+    depth: usize,
 ) -> Result<(Credentials, ProfileKind), Error> {
     let creds = profile::load(&files.credentials)?;
     let config = profile::load(&files.config)?;
@@ -820,23 +844,57 @@ pub fn from_profile(
             return keys.map(|c| (c, kind)).map_err(|e| invalid(loaded, e));
         }
     }
+    let unsupported = |feature| Error::Unsupported {
+        profile: profile.to_string(),
+        feature,
+    };
     for (loaded, is_config) in [(&config, true), (&creds, false)] {
         let names = profile::section_names(profile, is_config);
-        if let Some(cmd) = profile::lookup(&loaded.ini, &names, "credential_process") {
+        let get = |key| profile::lookup(&loaded.ini, &names, key);
+        if let Some(cmd) = get("credential_process") {
             let c = profile::run_credential_process(
                 profile,
                 &loaded.path,
                 cmd,
                 ctx.endpoints.sts_timeout,
             )?;
-            return Ok((c, ProfileKind::Process));
+            return Ok((c, ProfileKind::NamedProfile));
         }
-        if profile::lookup(&loaded.ini, &names, "role_arn").is_some() {
-            return Err(Error::Unsupported {
-                profile: profile.to_string(),
-                feature: "role_arn (AssumeRole)",
-            });
+        let Some(role_arn) = get("role_arn") else {
+            continue;
+        };
+        if let Some(source) = get("source_profile") {
+            if depth >= MAX_SOURCE_PROFILE_DEPTH {
+                return Err(unsupported(
+                    "source_profile chained more than 4 deep (or in a loop)",
+                ));
+            }
+            let (source, _) = from_profile_at(ctx, files, source, depth + 1)?;
+            let duration_seconds = match get("duration_seconds") {
+                Some(d) => Some(d.parse().map_err(|_| Error::InvalidOption {
+                    what: "duration_seconds",
+                    reason: format!("{d:?} in AWS profile [{profile}] is not a number"),
+                })?),
+                None => None,
+            };
+            let request = assume::AssumeRole {
+                role_arn,
+                session_name: get("role_session_name").unwrap_or("efs-mount-helper"),
+                external_id: get("external_id"),
+                duration_seconds,
+            };
+            let c = assume::assume_role(ctx, &source, &request)?;
+            return Ok((c, ProfileKind::NamedProfile));
         }
+        if let Some(token_file) = get("web_identity_token_file") {
+            let c = from_web_identity(ctx, role_arn, Path::new(token_file))?;
+            return Ok((c, ProfileKind::NamedProfile));
+        }
+        return Err(unsupported(if get("credential_source").is_some() {
+            "role_arn with credential_source"
+        } else {
+            "role_arn without source_profile"
+        }));
     }
     let exists = |loaded: &Loaded, is_config| {
         profile::section_names(profile, is_config)
@@ -1077,7 +1135,7 @@ mod tests {
             },
             Source::Profile {
                 profile: "dev".into(),
-                kind: ProfileKind::Process,
+                kind: ProfileKind::NamedProfile,
             },
             Source::PodIdentity {
                 full_uri: "http://169.254.170.23/v1/credentials".into(),

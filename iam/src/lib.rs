@@ -26,9 +26,11 @@
 //!   webpki roots plus `AWS_CA_BUNDLE`.
 //! * HTTP is ureq 2 (rustls on ring, no proxy from the environment, no redirects), with
 //!   a total deadline per request and answers bounded to 64 KiB.
-//! * Profiles with `role_arn` (STS AssumeRole) are not supported yet and say so
-//!   ([`credentials::Error::Unsupported`]); `credential_process` runs only from a file
-//!   owned by root or the invoking user and not writable by others, without a shell.
+//! * Profiles with `role_arn` + `source_profile` use STS `AssumeRole` (SigV4-signed),
+//!   `role_arn` + `web_identity_token_file` web identity; `credential_source` is not
+//!   supported and says so ([`credentials::Error::Unsupported`]). `credential_process`
+//!   runs only from a file owned by root or the invoking user and not writable by
+//!   others, without a shell.
 //! * The key is generated with the pure-Rust `rsa` crate (ring cannot generate RSA, and
 //!   aws-lc-rs stays out of the default build); ring signs, through rcgen.
 

@@ -127,12 +127,26 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn sha256_hex(data: &[u8]) -> String {
+pub(crate) fn sha256_hex(data: &[u8]) -> String {
     hex(digest::digest(&digest::SHA256, data).as_ref())
 }
 
-fn hmac_sha256(key: &[u8], data: &[u8]) -> hmac::Tag {
+pub(crate) fn hmac_sha256(key: &[u8], data: &[u8]) -> hmac::Tag {
     hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), data)
+}
+
+/// The standard SigV4 key: `AWS4<secret>` through date, region, service, `aws4_request`.
+pub(crate) fn signing_key(
+    credentials: &Credentials,
+    time: SigningTime,
+    region: &str,
+    service: &str,
+) -> hmac::Tag {
+    let secret = format!("AWS4{}", credentials.secret_access_key().expose());
+    let k_date = hmac_sha256(secret.as_bytes(), time.date().as_bytes());
+    let k_region = hmac_sha256(k_date.as_ref(), region.as_bytes());
+    let k_service = hmac_sha256(k_region.as_ref(), service.as_bytes());
+    hmac_sha256(k_service.as_ref(), b"aws4_request")
 }
 
 impl ConnectRequest<'_> {
@@ -192,12 +206,8 @@ impl ConnectRequest<'_> {
 
     /// The signature: 64 lower-case hex characters.
     pub fn signature(&self) -> String {
-        let secret = format!("AWS4{}", self.credentials.secret_access_key().expose());
-        let k_date = hmac_sha256(secret.as_bytes(), self.time.date().as_bytes());
-        let k_region = hmac_sha256(k_date.as_ref(), self.region.as_bytes());
-        let k_service = hmac_sha256(k_region.as_ref(), self.service.as_bytes());
-        let k_signing = hmac_sha256(k_service.as_ref(), b"aws4_request");
-        hex(hmac_sha256(k_signing.as_ref(), self.string_to_sign().as_bytes()).as_ref())
+        let key = signing_key(self.credentials, self.time, self.region, self.service);
+        hex(hmac_sha256(key.as_ref(), self.string_to_sign().as_bytes()).as_ref())
     }
 }
 

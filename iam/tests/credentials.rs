@@ -5,9 +5,12 @@
 mod common;
 
 use common::{closed, creds_json, env, serve, Fake, Reply, Scratch};
+use efs_iam::credentials::assume::sign_sts_post;
 use efs_iam::credentials::{
-    self, obtain, renew, Endpoints, Error, HttpProblem, ProfileKind, Request, Source,
+    self, obtain, renew, AccessKeyId, Credentials, Endpoints, Error, HttpProblem, ProfileKind,
+    Request, SecretAccessKey, Source,
 };
+use efs_iam::SigningTime;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -389,12 +392,62 @@ fn credential_process_runs_from_a_trusted_file_only() {
     assert!(!marker.exists(), "the command ran");
 }
 
+/// STS answering AssumeRole, checking the SigV4 signature made with `source`'s keys
+/// over the Host it was sent to.
+fn sts_assume_role() -> Fake {
+    serve(|r| {
+        let source = Credentials::new(
+            AccessKeyId::new(FILE_AKID).unwrap(),
+            SecretAccessKey::new("file/secret").unwrap(),
+            None,
+            None,
+        );
+        let amz = r.headers.get("x-amz-date").cloned().unwrap_or_default();
+        let time = (amz.len() == 16)
+            .then(|| SigningTime::from_utc_time(&format!("{}{}Z", &amz[2..8], &amz[9..15])))
+            .flatten();
+        let host = r.headers.get("host").cloned().unwrap_or_default();
+        let expected = time.map(|t| {
+            sign_sts_post(&source, "eu-west-1", &host, t, &r.body)
+                .pop()
+                .unwrap()
+                .1
+        });
+        let good = r.body.starts_with("Action=AssumeRole&Version=2011-06-15&RoleArn=arn%3Aaws%3Aiam%3A%3A123456789012%3Arole%2Fcross&RoleSessionName=efs-mount-helper&ExternalId=ext-1")
+            && expected.as_ref() == r.headers.get("authorization");
+        if good {
+            Reply::Answer(200, format!("<AssumeRoleResponse><AssumeRoleResult><Credentials><AccessKeyId>{STS_AKID}</AccessKeyId><SecretAccessKey>a/s</SecretAccessKey><SessionToken>a+t=</SessionToken><Expiration>2026-12-01T21:38:06Z</Expiration></Credentials></AssumeRoleResult></AssumeRoleResponse>"))
+        } else {
+            Reply::Answer(403, "<ErrorResponse><Error><Type>Sender</Type><Code>SignatureDoesNotMatch</Code><Message>no</Message></Error></ErrorResponse>".into())
+        }
+    })
+}
+
 #[test]
-fn role_arn_profiles_say_they_are_not_supported() {
-    let w = world();
+fn role_arn_with_source_profile_assumes_the_role_through_sts() {
+    let mut w = world();
+    let fake = sts_assume_role();
+    w.ep.sts = Some(format!("{}/", fake.base));
+    w.home
+        .write(".aws/credentials", &keys_ini("base", FILE_AKID));
     w.home.write(
         ".aws/config",
-        "[profile cross]\nrole_arn = arn:aws:iam::1:role/x\nsource_profile = default\n",
+        "[profile cross]\nrole_arn = arn:aws:iam::123456789012:role/cross\nsource_profile = base\nexternal_id = ext-1\n",
+    );
+    let got = w
+        .obtain(Request {
+            awsprofile: Some("cross"),
+            ..region()
+        })
+        .unwrap();
+    assert_eq!(got.credentials.access_key_id.as_str(), STS_AKID);
+    assert_eq!(got.source.method(), "named_profile:cross");
+    assert!(fake.seen()[0].headers["authorization"].contains(&format!("Credential={FILE_AKID}/")));
+
+    // the same with the wrong source keys: STS's code is shown
+    w.home.write(
+        ".aws/credentials",
+        &keys_ini("base", "AKIAWRONGFILE0000001"),
     );
     let e = w
         .obtain(Request {
@@ -402,8 +455,39 @@ fn role_arn_profiles_say_they_are_not_supported() {
             ..region()
         })
         .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("refused AssumeRole: SignatureDoesNotMatch"),
+        "{e}"
+    );
+}
+
+#[test]
+fn role_arn_profiles_without_a_usable_source_say_so() {
+    let w = world();
+    w.home.write(
+        ".aws/config",
+        "[profile ec2]\nrole_arn = arn:aws:iam::1:role/x\ncredential_source = Ec2InstanceMetadata\n[profile a]\nrole_arn = r\nsource_profile = b\n[profile b]\nrole_arn = r\nsource_profile = a\n",
+    );
+    let e = w
+        .obtain(Request {
+            awsprofile: Some("ec2"),
+            ..region()
+        })
+        .unwrap_err();
     assert!(matches!(e, Error::Unsupported { .. }));
-    assert!(e.to_string().contains("[cross] uses role_arn"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("[ec2] uses role_arn with credential_source"),
+        "{e}"
+    );
+    let e = w
+        .obtain(Request {
+            awsprofile: Some("a"),
+            ..region()
+        })
+        .unwrap_err();
+    assert!(e.to_string().contains("in a loop"), "{e}");
 }
 
 // --- the order -------------------------------------------------------------------
