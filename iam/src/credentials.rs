@@ -490,7 +490,11 @@ impl std::fmt::Display for Error {
             ),
             Error::Endpoint { what, url, problem } => write!(
                 f,
-                "cannot get AWS credentials from {what} at {url}: {problem}: check that it is reachable from this host"
+                "cannot get AWS credentials from {what} at {url}: {problem}: {}",
+                match problem {
+                    HttpProblem::Tls(_) => "if a proxy or private CA signs it, name that CA in AWS_CA_BUNDLE",
+                    _ => "check that it is reachable from this host",
+                }
             ),
             Error::Status { what, url, status } => write!(
                 f,

@@ -17,8 +17,10 @@ pub const MAX_ANSWER: usize = 64 * 1024;
 /// Why a request got no answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HttpProblem {
-    /// Connection refused, no route, name not resolved, TLS failure...
+    /// Connection refused, no route, name not resolved...
     Unreachable(String),
+    /// The TLS handshake failed (an untrusted certificate...).
+    Tls(String),
     TimedOut(Duration),
     /// More than [`MAX_ANSWER`] bytes.
     TooLarge,
@@ -28,7 +30,7 @@ pub enum HttpProblem {
 impl std::fmt::Display for HttpProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            HttpProblem::Unreachable(why) => write!(f, "{why}"),
+            HttpProblem::Unreachable(why) | HttpProblem::Tls(why) => write!(f, "{why}"),
             HttpProblem::TimedOut(d) => write!(f, "no answer within {} ms", d.as_millis()),
             HttpProblem::TooLarge => write!(f, "answer larger than {MAX_ANSWER} bytes"),
             HttpProblem::NotText => write!(f, "answer is not UTF-8 text"),
@@ -156,6 +158,9 @@ impl Client {
         let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(t);
         while let Some(s) = source {
             if let Some(io) = s.downcast_ref::<std::io::Error>() {
+                if let Some(tls) = io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+                    return HttpProblem::Tls(tls.to_string());
+                }
                 if matches!(
                     io.kind(),
                     std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
