@@ -749,9 +749,18 @@ pub fn from_web_identity(
             url: url.clone(),
             problem,
         })?;
+    sts_result("AssumeRoleWithWebIdentity", url, &answer)
+}
+
+/// STS's answer to `action`: its credentials, or its refusal with STS's error code.
+fn sts_result(
+    action: &'static str,
+    url: String,
+    answer: &http::Answer,
+) -> Result<Credentials, Error> {
     match (parse_sts_answer(&answer.body), answer.ok()) {
         (Ok(StsAnswer::Refused { code, message }), _) => Err(Error::StsRefused {
-            action: "AssumeRoleWithWebIdentity",
+            action,
             url,
             code,
             message,

@@ -51,6 +51,31 @@ impl World {
     fn obtain(&self, req: Request) -> Result<credentials::Obtained, Error> {
         obtain(&req, &self.env, &self.ep)
     }
+
+    /// With `-o awscredsuri=URI`.
+    fn ecs_uri(&self, uri: &str) -> Result<credentials::Obtained, Error> {
+        self.obtain(Request {
+            awscredsuri: Some(uri),
+            ..region()
+        })
+    }
+
+    /// With `-o awsprofile=NAME`.
+    fn profile(&self, name: &str) -> Result<credentials::Obtained, Error> {
+        self.obtain(Request {
+            awsprofile: Some(name),
+            ..region()
+        })
+    }
+
+    /// With `-o rolearn=ROLE,jwtpath=PATH`.
+    fn web_identity(&self, jwtpath: Option<&str>) -> Result<credentials::Obtained, Error> {
+        self.obtain(Request {
+            rolearn: Some(ROLE),
+            jwtpath,
+            ..region()
+        })
+    }
 }
 
 fn region() -> Request<'static> {
@@ -183,12 +208,7 @@ fn awscredsuri_option() {
     let mut w = world();
     let fake = container("/v2/credentials/task-1", ECS_AKID, None);
     w.ep.ecs = fake.base.clone();
-    let got = w
-        .obtain(Request {
-            awscredsuri: Some("/v2/credentials/task-1"),
-            ..region()
-        })
-        .unwrap();
+    let got = w.ecs_uri("/v2/credentials/task-1").unwrap();
     assert_eq!(got.source.method(), "ecs:/v2/credentials/task-1");
     assert_eq!(got.credentials.access_key_id.as_str(), ECS_AKID);
 }
@@ -237,13 +257,7 @@ fn web_identity_from_the_options() {
     let fake = sts();
     w.ep.sts = Some(format!("{}/", fake.base));
     let jwt = w.home.write("jwt", &format!("{JWT}\n"));
-    let got = w
-        .obtain(Request {
-            rolearn: Some(ROLE),
-            jwtpath: jwt.to_str(),
-            ..region()
-        })
-        .unwrap();
+    let got = w.web_identity(jwt.to_str()).unwrap();
     assert_eq!(got.credentials.access_key_id.as_str(), STS_AKID);
     assert_eq!(
         got.credentials.session_token().unwrap().expose(),
@@ -287,20 +301,10 @@ fn named_profile_from_the_credentials_file_then_the_config_file() {
         ".aws/config",
         &format!("[profile dev]\nregion = eu-west-1\naws_access_key_id = {FILE_AKID}\naws_secret_access_key = s\naws_session_token = tok=\n"),
     );
-    let got = w
-        .obtain(Request {
-            awsprofile: Some("dev"),
-            ..region()
-        })
-        .unwrap();
+    let got = w.profile("dev").unwrap();
     assert_eq!(got.source.method(), "config:dev");
     assert_eq!(got.credentials.session_token().unwrap().expose(), "tok=");
-    let got = w
-        .obtain(Request {
-            awsprofile: Some("other"),
-            ..region()
-        })
-        .unwrap();
+    let got = w.profile("other").unwrap();
     assert_eq!(
         got.source,
         Source::Profile {
@@ -348,12 +352,7 @@ fn aws_shared_credentials_file_and_aws_config_file_are_honoured() {
         .home
         .write("elsewhere/cfg", &keys_ini("profile p", FILE_AKID));
     w.set("AWS_CONFIG_FILE", cfg.to_str().unwrap());
-    let got = w
-        .obtain(Request {
-            awsprofile: Some("p"),
-            ..region()
-        })
-        .unwrap();
+    let got = w.profile("p").unwrap();
     assert_eq!(got.source.method(), "config:p");
 }
 
@@ -434,12 +433,7 @@ fn role_arn_with_source_profile_assumes_the_role_through_sts() {
         ".aws/config",
         "[profile cross]\nrole_arn = arn:aws:iam::123456789012:role/cross\nsource_profile = base\nexternal_id = ext-1\n",
     );
-    let got = w
-        .obtain(Request {
-            awsprofile: Some("cross"),
-            ..region()
-        })
-        .unwrap();
+    let got = w.profile("cross").unwrap();
     assert_eq!(got.credentials.access_key_id.as_str(), STS_AKID);
     assert_eq!(got.source.method(), "named_profile:cross");
     assert!(fake.seen()[0].headers["authorization"].contains(&format!("Credential={FILE_AKID}/")));
@@ -449,12 +443,7 @@ fn role_arn_with_source_profile_assumes_the_role_through_sts() {
         ".aws/credentials",
         &keys_ini("base", "AKIAWRONGFILE0000001"),
     );
-    let e = w
-        .obtain(Request {
-            awsprofile: Some("cross"),
-            ..region()
-        })
-        .unwrap_err();
+    let e = w.profile("cross").unwrap_err();
     assert!(
         e.to_string()
             .contains("refused AssumeRole: SignatureDoesNotMatch"),
@@ -469,24 +458,14 @@ fn role_arn_profiles_without_a_usable_source_say_so() {
         ".aws/config",
         "[profile ec2]\nrole_arn = arn:aws:iam::1:role/x\ncredential_source = Ec2InstanceMetadata\n[profile a]\nrole_arn = r\nsource_profile = b\n[profile b]\nrole_arn = r\nsource_profile = a\n",
     );
-    let e = w
-        .obtain(Request {
-            awsprofile: Some("ec2"),
-            ..region()
-        })
-        .unwrap_err();
+    let e = w.profile("ec2").unwrap_err();
     assert!(matches!(e, Error::Unsupported { .. }));
     assert!(
         e.to_string()
             .contains("[ec2] uses role_arn with credential_source"),
         "{e}"
     );
-    let e = w
-        .obtain(Request {
-            awsprofile: Some("a"),
-            ..region()
-        })
-        .unwrap_err();
+    let e = w.profile("a").unwrap_err();
     assert!(e.to_string().contains("in a loop"), "{e}");
 }
 
@@ -517,12 +496,7 @@ fn a_chosen_profile_is_fatal_when_missing() {
     w.ep.imds = imds.base.clone();
     w.home
         .write(".aws/credentials", &keys_ini("default", FILE_AKID));
-    let e = w
-        .obtain(Request {
-            awsprofile: Some("nope"),
-            ..region()
-        })
-        .unwrap_err();
+    let e = w.profile("nope").unwrap_err();
     assert!(matches!(e, Error::ProfileNotFound { .. }));
     let text = e.to_string();
     assert!(
@@ -543,13 +517,7 @@ fn profiles_are_skipped_when_rolearn_and_jwtpath_are_given() {
         .write(".aws/credentials", &keys_ini("default", FILE_AKID));
     w.set("AWS_PROFILE", "default");
     let jwt = w.home.write("jwt", JWT);
-    let got = w
-        .obtain(Request {
-            rolearn: Some(ROLE),
-            jwtpath: jwt.to_str(),
-            ..region()
-        })
-        .unwrap();
+    let got = w.web_identity(jwt.to_str()).unwrap();
     assert_eq!(got.credentials.access_key_id.as_str(), STS_AKID);
     // only one of the two: the profile is used
     let got = w
@@ -676,12 +644,7 @@ fn an_endpoint_that_does_not_answer_is_named_within_the_deadline() {
     w.ep.ecs = fake.base.clone();
     w.ep.timeout = Duration::from_millis(300);
     let start = Instant::now();
-    let e = w
-        .obtain(Request {
-            awscredsuri: Some("/slow"),
-            ..region()
-        })
-        .unwrap_err();
+    let e = w.ecs_uri("/slow").unwrap_err();
     assert!(
         start.elapsed() < Duration::from_secs(2),
         "{:?}",
@@ -711,12 +674,7 @@ fn an_endpoint_that_refuses_is_named_with_its_status() {
     let mut w = world();
     let fake = container("/right", ECS_AKID, None);
     w.ep.ecs = fake.base.clone();
-    let e = w
-        .obtain(Request {
-            awscredsuri: Some("/wrong"),
-            ..region()
-        })
-        .unwrap_err();
+    let e = w.ecs_uri("/wrong").unwrap_err();
     assert_eq!(
         e,
         Error::Status {
@@ -732,12 +690,7 @@ fn an_oversized_answer_is_not_read_whole() {
     let mut w = world();
     let fake = serve(|_| Reply::Answer(200, "x".repeat(credentials::MAX_ANSWER + 1)));
     w.ep.ecs = fake.base.clone();
-    let e = w
-        .obtain(Request {
-            awscredsuri: Some("/big"),
-            ..region()
-        })
-        .unwrap_err();
+    let e = w.ecs_uri("/big").unwrap_err();
     assert!(
         matches!(
             e,
@@ -758,13 +711,7 @@ fn sts_refusing_the_token_shows_its_error_code_and_is_fatal_for_the_options() {
     w.ep.sts = Some(format!("{}/", fake.base));
     w.ep.imds = imds.base.clone();
     let jwt = w.home.write("jwt", "not-the-right-token");
-    let e = w
-        .obtain(Request {
-            rolearn: Some(ROLE),
-            jwtpath: jwt.to_str(),
-            ..region()
-        })
-        .unwrap_err();
+    let e = w.web_identity(jwt.to_str()).unwrap_err();
     assert!(matches!(e, Error::StsRefused { .. }), "{e}");
     let text = e.to_string();
     assert!(
@@ -781,13 +728,7 @@ fn sts_refusing_the_token_shows_its_error_code_and_is_fatal_for_the_options() {
 #[test]
 fn an_unreadable_token_file_is_named() {
     let w = world();
-    let e = w
-        .obtain(Request {
-            rolearn: Some(ROLE),
-            jwtpath: Some("/nonexistent/jwt"),
-            ..region()
-        })
-        .unwrap_err();
+    let e = w.web_identity(Some("/nonexistent/jwt")).unwrap_err();
     assert!(matches!(e, Error::TokenFile { .. }), "{e}");
     assert!(
         e.to_string()
@@ -819,13 +760,7 @@ fn a_bad_aws_ca_bundle_is_named() {
     let bundle = w.home.write("bundle.pem", "no certificates here");
     w.set("AWS_CA_BUNDLE", bundle.to_str().unwrap());
     let jwt = w.home.write("jwt", JWT);
-    let e = w
-        .obtain(Request {
-            rolearn: Some(ROLE),
-            jwtpath: jwt.to_str(),
-            ..region()
-        })
-        .unwrap_err();
+    let e = w.web_identity(jwt.to_str()).unwrap_err();
     assert!(matches!(e, Error::CaBundle { .. }), "{e}");
     assert!(e.to_string().contains("bundle.pem"), "{e}");
 }
@@ -841,13 +776,7 @@ fn a_malformed_answer_is_refused_with_the_reason() {
         )
     });
     w.ep.ecs = fake.base.clone();
-    let text = w
-        .obtain(Request {
-            awscredsuri: Some("/x"),
-            ..region()
-        })
-        .unwrap_err()
-        .to_string();
+    let text = w.ecs_uri("/x").unwrap_err().to_string();
     assert!(
         text.contains("did not answer with AWS credentials: answer's session token"),
         "{text}"

@@ -2,8 +2,7 @@
 //! profile's credentials, signed with standard SigV4 (service `sts`), as botocore does
 //! for the incumbent. POST with a form body, so nothing secret is in the URL.
 
-use super::parse::{parse_sts_answer, StsAnswer};
-use super::{sts_client, Context, Credentials, Error};
+use super::{sts_client, sts_result, Context, Credentials, Error};
 use crate::sigv4::{hex, hmac_sha256, quote_plus, sha256_hex, signing_key, SigningTime, ALGORITHM};
 
 pub const CONTENT_TYPE: &str = "application/x-www-form-urlencoded; charset=utf-8";
@@ -107,25 +106,7 @@ pub fn assume_role(
             url: url.clone(),
             problem,
         })?;
-    match (parse_sts_answer(&answer.body), answer.ok()) {
-        (Ok(StsAnswer::Refused { code, message }), _) => Err(Error::StsRefused {
-            action: "AssumeRole",
-            url,
-            code,
-            message,
-        }),
-        (_, false) => Err(Error::Status {
-            what: "STS",
-            url,
-            status: answer.status,
-        }),
-        (Ok(StsAnswer::Credentials(c)), true) => Ok(c),
-        (Err(problem), true) => Err(Error::BadAnswer {
-            what: "STS",
-            url,
-            problem,
-        }),
-    }
+    sts_result("AssumeRole", url, &answer)
 }
 
 #[cfg(test)]
