@@ -564,8 +564,8 @@ pub struct Context<'a> {
 }
 
 fn link_local_client(ctx: &Context) -> Result<http::Client, Error> {
-    http::Client::new(ctx.endpoints.timeout, None).map_err(|reason| Error::CaBundle {
-        path: PathBuf::new(),
+    http::Client::new(ctx.endpoints.timeout, None).map_err(|reason| Error::InvalidOption {
+        what: "TLS configuration",
         reason,
     })
 }

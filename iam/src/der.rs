@@ -179,6 +179,18 @@ mod tests {
     }
 
     #[test]
+    fn no_truncation_reads_as_whole() {
+        let v = sequence(&[
+            utf8_string("fs-1"),
+            octet_string(&[9; 300]),
+            tlv(CONTEXT_0, &utf8_string("t")),
+        ]);
+        for cut in 0..v.len() {
+            assert!(read_only(&v[..cut], SEQUENCE).is_err(), "{cut}");
+        }
+    }
+
+    #[test]
     fn rejects_what_is_not_der() {
         // truncated, indefinite length, non-minimal long form, long form for a short length
         for bad in [

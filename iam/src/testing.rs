@@ -4,7 +4,7 @@
 //! tokio and no I/O, so the e2e "EFS" terminator and host integration tests can call it
 //! from their TLS server's client-certificate verifier.
 //!
-//! Checked: the certificate parses and is self-signed with SHA-256/RSA by its own key
+//! Checked: the certificate parses (its envelope strictly as DER) and is self-signed with SHA-256/RSA by its own key
 //! and valid now; `subjectKeyIdentifier` is the SHA-1 of its public key; 7.3 names the
 //! file system; 7.1 is the expected access point (and absent when none is expected);
 //! 7.4 is well-formed; 7.2, when present (or required), is well-formed, names a known
@@ -120,7 +120,28 @@ pub fn authorize(cert_der: &[u8], expect: &Expect) -> Verdict {
     }
 }
 
+/// `sha256WithRSAEncryption` AlgorithmIdentifier contents: the OID, then NULL.
+const SHA256_WITH_RSA_DER: &[u8] = &[
+    0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b, 0x05, 0x00,
+];
+
+/// The envelope, strictly (x509-parser is lenient with the unsigned outer fields):
+/// SEQUENCE { tbsCertificate SEQUENCE, signatureAlgorithm SEQUENCE, BIT STRING }.
+fn check_envelope(cert_der: &[u8]) -> Result<(), Denial> {
+    let not = |e: der::DerError| Denial::NotACertificate(e.to_string());
+    let mut outer = Reader::new(der::read_only(cert_der, der::SEQUENCE).map_err(not)?);
+    outer.read(der::SEQUENCE).map_err(not)?;
+    let alg = outer.read(der::SEQUENCE).map_err(not)?;
+    outer.read(0x03).map_err(not)?;
+    outer.finish().map_err(not)?;
+    if alg != SHA256_WITH_RSA_DER {
+        return Err(Denial::NotSha256WithRsa);
+    }
+    Ok(())
+}
+
 fn check(cert_der: &[u8], expect: &Expect) -> Result<Identity, Denial> {
+    check_envelope(cert_der)?;
     let (rest, cert) =
         X509Certificate::from_der(cert_der).map_err(|e| Denial::NotACertificate(e.to_string()))?;
     if !rest.is_empty() {
@@ -128,7 +149,9 @@ fn check(cert_der: &[u8], expect: &Expect) -> Result<Identity, Denial> {
             "bytes after the certificate".into(),
         ));
     }
-    if cert.signature_algorithm.algorithm.to_id_string() != SHA256_WITH_RSA {
+    if cert.signature_algorithm.algorithm.to_id_string() != SHA256_WITH_RSA
+        || cert.tbs_certificate.signature.algorithm.to_id_string() != SHA256_WITH_RSA
+    {
         return Err(Denial::NotSha256WithRsa);
     }
     cert.verify_signature(None)

@@ -357,3 +357,27 @@ fn fake_authorizer_refuses_a_signature_made_for_another_key() {
         Verdict::Denied(Denial::SignatureMismatch)
     );
 }
+
+#[test]
+fn fake_authorizer_denies_every_truncation_and_many_corruptions_without_panicking() {
+    let c = creds(Some(TOKEN));
+    let good = cert::issue(&key(), &request(Some(&c), Some(AP)))
+        .unwrap()
+        .der;
+    let e = expect(Some(AP));
+    for cut in 0..good.len() {
+        assert!(
+            matches!(authorize(&good[..cut], &e), Verdict::Denied(_)),
+            "{cut}"
+        );
+    }
+    // a flipped bit in any byte before the signature value
+    for at in 0..good.len() - 384 {
+        let mut bad = good.clone();
+        bad[at] ^= 0x20;
+        assert!(
+            matches!(authorize(&bad, &e), Verdict::Denied(_)),
+            "byte {at}"
+        );
+    }
+}

@@ -181,6 +181,18 @@ mod tests {
     }
 
     #[test]
+    fn no_prefix_of_an_answer_panics_or_passes() {
+        let sts = "<AssumeRoleWithWebIdentityResponse><AssumeRoleWithWebIdentityResult><Credentials><SessionToken>FwoG</SessionToken><SecretAccessKey>s</SecretAccessKey><Expiration>2026-12-01T21:38:06Z</Expiration><AccessKeyId>ASIASTSEXAMPLE000001</AccessKeyId></Credentials></AssumeRoleWithWebIdentityResult></AssumeRoleWithWebIdentityResponse>";
+        assert!(parse_sts_answer(sts).is_ok());
+        for cut in (0..sts.len()).filter(|i| sts.is_char_boundary(*i)) {
+            assert!(parse_sts_answer(&sts[..cut]).is_err(), "{cut}");
+        }
+        for cut in (0..IMDS.len()).filter(|i| IMDS.is_char_boundary(*i)) {
+            assert!(parse_credentials_json(&IMDS[..cut]).is_err(), "{cut}");
+        }
+    }
+
+    #[test]
     fn role_name() {
         assert_eq!(parse_role_name("my-role\n").unwrap(), "my-role");
         assert_eq!(parse_role_name("").unwrap_err(), ParseError::BadRoleName);
