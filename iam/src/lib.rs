@@ -25,7 +25,12 @@
 //! * STS is called with POST (the token stays out of URLs and proxy logs), trusting the
 //!   webpki roots plus `AWS_CA_BUNDLE`.
 //! * HTTP is ureq 2 (rustls on ring, no proxy from the environment, no redirects), with
-//!   a total deadline per request and answers bounded to 64 KiB.
+//!   a total deadline per request and answers bounded to 64 KiB. ureq's own `debug` log
+//!   writes request headers and redacts only `Authorization`: a program that logs at
+//!   debug must cap the `ureq` target at `info`, or the IMDS token and
+//!   `X-Amz-Security-Token` of an `AssumeRole` would reach its log.
+//! * Every call blocks (at most its deadline per request, a few requests per source):
+//!   an event loop calls it from a thread of its own.
 //! * Profiles with `role_arn` + `source_profile` use STS `AssumeRole` (SigV4-signed),
 //!   `role_arn` + `web_identity_token_file` web identity; `credential_source` is not
 //!   supported and says so ([`credentials::Error::Unsupported`]). `credential_process`

@@ -312,9 +312,13 @@ fn named_profile_from_the_credentials_file_then_the_config_file() {
             kind: ProfileKind::CredentialsFile
         }
     );
-    // AWS_PROFILE when the option is not given
+    // AWS_PROFILE when the option is not given; the option wins over it
     w.set("AWS_PROFILE", "dev");
     assert_eq!(w.obtain(region()).unwrap().source.method(), "config:dev");
+    assert_eq!(
+        w.profile("other").unwrap().source.method(),
+        "credentials:other"
+    );
 }
 
 #[test]
@@ -527,6 +531,26 @@ fn profiles_are_skipped_when_rolearn_and_jwtpath_are_given() {
         })
         .unwrap();
     assert_eq!(got.credentials.access_key_id.as_str(), FILE_AKID);
+}
+
+#[test]
+fn web_identity_options_win_over_the_environment() {
+    let mut w = world();
+    let fake = sts();
+    w.ep.sts = Some(format!("{}/", fake.base));
+    let good = w.home.write("jwt", JWT);
+    let other = w.home.write("other-jwt", "other");
+    w.set("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/env");
+    w.set("AWS_WEB_IDENTITY_TOKEN_FILE", other.to_str().unwrap());
+    let got = w.web_identity(good.to_str()).unwrap();
+    assert_eq!(
+        got.source,
+        Source::WebIdentity {
+            role_arn: ROLE.into(),
+            token_file: good
+        }
+    );
+    assert_eq!(fake.seen().len(), 1);
 }
 
 #[test]
