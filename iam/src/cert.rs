@@ -6,7 +6,7 @@
 //! * `subjectKeyIdentifier`: SHA-1 of the subjectPublicKey bits (OpenSSL's `hash`);
 //! * `1.3.6.1.4.1.4843.7.1` UTF8String access point id (only with `accesspoint`);
 //! * `.7.2` SEQUENCE { accessKeyId UTF8String, signature OCTET STRING (the 64 **ASCII hex
-//!   characters** of the SigV4 signature), sigv4DateTime UTCTime, sessionToken [0]
+//!   characters** of the SigV4 signature), sigv4DateTime UTCTime, sessionToken `[0]`
 //!   EXPLICIT UTF8String OPTIONAL } (only with `iam`);
 //! * `.7.3` UTF8String file system id (always);
 //! * `.7.4` SEQUENCE { source UTF8String (1-100 characters, else `unknown`),
