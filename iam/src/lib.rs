@@ -38,6 +38,29 @@
 //!   others, without a shell.
 //! * The key is generated with the pure-Rust `rsa` crate (ring cannot generate RSA, and
 //!   aws-lc-rs stays out of the default build); ring signs, through rcgen.
+//!
+//! A mount with `-o tls,iam,accesspoint=...`, as `mount.efs` will do it:
+//!
+//! ```no_run
+//! use efs_iam::{cert, credentials, CertificateRequest, HostKey, Iam, ProcessEnv, SigningTime};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let key = HostKey::load_or_create("/etc/amazon/efs/privateKey.pem".as_ref())?;
+//! let req = credentials::Request { region: "eu-west-1", ..Default::default() };
+//! let got = credentials::obtain(&req, &ProcessEnv, &credentials::Endpoints::default())?;
+//! let now = SigningTime::now().ok_or("clock outside 2000-2049")?;
+//! let issued = cert::issue(&key, &CertificateRequest {
+//!     common_name: "ip-10-0-1-5",
+//!     fs_id: "fs-deadbeef",
+//!     access_point: Some("fsap-0123456789abcdef0"),
+//!     iam: Some(Iam { credentials: &got.credentials, region: "eu-west-1", service: efs_iam::EFS_SERVICE }),
+//!     client_source: None,
+//!     efs_utils_version: "3.2.0",
+//!     now,
+//! })?;
+//! // state file: awsCredentialsMethod = got.source.method(),
+//! //             certificateCreationTime = now.utc_time(); the tunnel presents issued.pem
+//! # let _ = issued; Ok(()) }
+//! ```
 
 pub mod cert;
 pub mod credentials;
