@@ -223,6 +223,9 @@ pub struct Endpoints {
     pub imds: String,
     /// Ask IMDS for a v2 token first (`[mount] disable_fetch_ec2_metadata_token` = false).
     pub imds_token: bool,
+    /// How many times to ask for the IMDSv2 token when IMDS does not answer (0.5 s
+    /// apart; the incumbent's 3: IMDS can be slow early at boot).
+    pub imds_token_tries: u32,
     /// STS base URL; `None`: `https://sts.<region>.<dns_name_suffix>/`.
     pub sts: Option<String>,
     /// `[mount] dns_name_suffix` (the S3 Files `on.aws` suffixes map to STS's own).
@@ -239,6 +242,7 @@ impl Default for Endpoints {
             ecs: "http://169.254.170.2".into(),
             imds: "http://169.254.169.254".into(),
             imds_token: true,
+            imds_token_tries: 3,
             sts: None,
             dns_name_suffix: "amazonaws.com".into(),
             timeout: Duration::from_secs(1),
@@ -779,6 +783,8 @@ fn sts_result(
     }
 }
 
+const IMDS_TOKEN_RETRY_PAUSE: Duration = Duration::from_millis(500);
+
 /// The instance role: IMDSv2 token (unless disabled; IMDSv1 when IMDS refuses to give
 /// one), the role name, then its credentials.
 pub fn from_instance_metadata(ctx: &Context) -> Result<Credentials, Error> {
@@ -786,18 +792,27 @@ pub fn from_instance_metadata(ctx: &Context) -> Result<Credentials, Error> {
     let base = ctx.endpoints.imds.trim_end_matches('/');
     let token = if ctx.endpoints.imds_token {
         let url = format!("{base}/latest/api/token");
-        let answer = client
-            .call(
+        let put = || {
+            client.call(
                 "PUT",
                 &url,
                 &[("X-aws-ec2-metadata-token-ttl-seconds", "21600")],
                 None,
             )
-            .map_err(|problem| Error::Endpoint {
-                what: "instance metadata",
-                url: url.clone(),
-                problem,
-            })?;
+        };
+        let mut answer = put();
+        for _ in 1..ctx.endpoints.imds_token_tries {
+            if answer.is_ok() {
+                break;
+            }
+            std::thread::sleep(IMDS_TOKEN_RETRY_PAUSE);
+            answer = put();
+        }
+        let answer = answer.map_err(|problem| Error::Endpoint {
+            what: "instance metadata",
+            url: url.clone(),
+            problem,
+        })?;
         answer.ok().then(|| answer.body.trim().to_string())
     } else {
         None

@@ -35,6 +35,7 @@ fn world() -> World {
         ecs: closed(),
         imds: closed(),
         imds_token: true,
+        imds_token_tries: 1,
         sts: Some(closed()),
         dns_name_suffix: "amazonaws.com".into(),
         timeout: Duration::from_millis(500),
@@ -85,32 +86,36 @@ fn region() -> Request<'static> {
     }
 }
 
-fn imds() -> Fake {
-    serve(|r| {
-        let token_ok = r
-            .headers
-            .get("x-aws-ec2-metadata-token")
-            .map(String::as_str)
-            == Some("T0KEN");
-        match (r.method.as_str(), r.path.as_str()) {
-            ("PUT", "/latest/api/token")
-                if r.headers
-                    .get("x-aws-ec2-metadata-token-ttl-seconds")
-                    .map(String::as_str)
-                    == Some("21600") =>
-            {
-                Reply::Answer(200, "T0KEN".into())
-            }
-            _ if !token_ok => Reply::Answer(401, String::new()),
-            ("GET", "/latest/meta-data/iam/security-credentials/") => {
-                Reply::Answer(200, "efs-role\n".into())
-            }
-            ("GET", "/latest/meta-data/iam/security-credentials/efs-role") => {
-                Reply::Answer(200, creds_json(IMDS_AKID))
-            }
-            _ => Reply::Answer(404, String::new()),
+/// IMDSv2: a token for a PUT with the TTL header, then the role and its credentials
+/// only with that token.
+fn imds_answer(r: &common::Seen) -> Reply {
+    let token_ok = r
+        .headers
+        .get("x-aws-ec2-metadata-token")
+        .map(String::as_str)
+        == Some("T0KEN");
+    match (r.method.as_str(), r.path.as_str()) {
+        ("PUT", "/latest/api/token")
+            if r.headers
+                .get("x-aws-ec2-metadata-token-ttl-seconds")
+                .map(String::as_str)
+                == Some("21600") =>
+        {
+            Reply::Answer(200, "T0KEN".into())
         }
-    })
+        _ if !token_ok => Reply::Answer(401, String::new()),
+        ("GET", "/latest/meta-data/iam/security-credentials/") => {
+            Reply::Answer(200, "efs-role\n".into())
+        }
+        ("GET", "/latest/meta-data/iam/security-credentials/efs-role") => {
+            Reply::Answer(200, creds_json(IMDS_AKID))
+        }
+        _ => Reply::Answer(404, String::new()),
+    }
+}
+
+fn imds() -> Fake {
+    serve(imds_answer)
 }
 
 /// ECS and Pod Identity: credentials at `path` (Pod Identity: with `auth` as Authorization).
@@ -201,6 +206,24 @@ fn imdsv1_when_imds_gives_no_token() {
     assert!(!fake.seen()[1]
         .headers
         .contains_key("x-aws-ec2-metadata-token"));
+}
+
+#[test]
+fn the_imds_token_is_asked_for_again_when_imds_does_not_answer() {
+    let mut w = world();
+    let first = std::sync::atomic::AtomicBool::new(true);
+    // the first token request goes unanswered
+    let fake = serve(move |r| {
+        if r.method == "PUT" && first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Reply::Hang;
+        }
+        imds_answer(r)
+    });
+    w.ep.imds = fake.base.clone();
+    w.ep.timeout = Duration::from_millis(300);
+    w.ep.imds_token_tries = 2;
+    assert_eq!(w.obtain(region()).unwrap().source, Source::InstanceMetadata);
+    assert_eq!(fake.seen().iter().filter(|s| s.method == "PUT").count(), 2);
 }
 
 #[test]
