@@ -979,7 +979,7 @@ mod tests {
 
     #[test]
     fn the_incumbents_shipped_conf_read_natively_means_what_its_import_means() {
-        let text = include_str!("../../status/tests/fixtures/incumbent-efs-utils.conf");
+        let text = include_str!("../../cli/tests/fixtures/incumbent-efs-utils.conf");
         let d = Dir::new("native");
         let ini = d.file("efs-utils.conf", text);
         let native = Config::load_layers(&ini, &d.0.join("absent"), None).unwrap();

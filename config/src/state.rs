@@ -140,20 +140,10 @@ impl MountState {
     pub fn write(&self, dir: &Path, name: &str) -> io::Result<PathBuf> {
         let path = dir.join(name);
         let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-        let json = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
-        let result = (|| {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o640)
-                .open(&tmp)?;
-            f.write_all(&json)?;
-            f.write_all(b"\n")?;
-            f.sync_all()?;
+        let result = self.write_temp(&tmp).and_then(|()| {
             fs::rename(&tmp, &path)?;
             File::open(dir)?.sync_all()
-        })();
+        });
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
         }
@@ -169,17 +159,7 @@ impl MountState {
     pub fn rewrite(&self, dir: &Path, name: &str) -> io::Result<bool> {
         let path = dir.join(name);
         let tmp = dir.join(format!(".{name}.new{}", std::process::id()));
-        let json = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
-        let result = (|| {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o640)
-                .custom_flags(nix::libc::O_NOFOLLOW)
-                .open(&tmp)?;
-            f.write_all(&json)?;
-            f.write_all(b"\n")?;
-            f.sync_all()?;
+        let result = self.write_temp(&tmp).and_then(|()| {
             match nix::fcntl::renameat2(
                 nix::fcntl::AT_FDCWD,
                 &tmp,
@@ -191,10 +171,27 @@ impl MountState {
                 Err(nix::errno::Errno::ENOENT) => Ok(false),
                 Err(e) => Err(io::Error::from(e)),
             }
-        })();
+        });
         // After the exchange the temporary name holds the old text; remove it either way.
         let _ = fs::remove_file(&tmp);
         result
+    }
+
+    /// The JSON in a new temporary file, mode 0640, flushed to disk. Created exclusively
+    /// and never through a symlink (`O_EXCL|O_NOFOLLOW`): a name someone placed in the
+    /// state directory is removed, not written through.
+    fn write_temp(&self, tmp: &Path) -> io::Result<()> {
+        let json = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
+        let _ = fs::remove_file(tmp); // a leftover of a crashed writer with our pid
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o640)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(tmp)?;
+        f.write_all(&json)?;
+        f.write_all(b"\n")?;
+        f.sync_all()
     }
 
     /// Reads one state file.

@@ -22,7 +22,8 @@ use std::time::Duration;
 use efs_config::state;
 use efs_tunnel_contract::{NotReady, Readiness, SpawnError, TunnelCommand};
 
-/// How long a mount waits for the tunnel's first handshake.
+/// How long a mount waits for the tunnel's first handshake, beyond the time the tunnel
+/// is told to keep retrying an unreachable target (`--probe-retry-sec`).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a tunnel could not be started.
@@ -37,7 +38,7 @@ pub enum LaunchError {
     Pipe(String),
     /// The tunnel reported that it cannot reach or verify the mount target.
     Refused(String),
-    TimedOut(String),
+    TimedOut(String, Duration),
     DiedEarly(String),
 }
 
@@ -58,10 +59,10 @@ impl fmt::Display for LaunchError {
             ),
             LaunchError::Pipe(e) => write!(f, "Failed to set up the TLS tunnel: {e}"),
             LaunchError::Refused(why) => write!(f, "TLS tunnel failed: {why}"),
-            LaunchError::TimedOut(target) => write!(
+            LaunchError::TimedOut(target, waited) => write!(
                 f,
                 "TLS tunnel failed: no TLS handshake with {target} within {} s; check that the mount target is reachable on port 2049 (security groups, routes)",
-                READY_TIMEOUT.as_secs()
+                waited.as_secs()
             ),
             LaunchError::DiedEarly(log) => {
                 write!(f, "TLS tunnel exited before it was ready; see {log} for the reason")
@@ -163,7 +164,8 @@ pub fn start(spec: &TunnelCommand, listener: TcpListener) -> Result<RunningTunne
         port,
         control: spec.control.clone(),
     };
-    let outcome = ready.wait(READY_TIMEOUT);
+    let waited = READY_TIMEOUT + Duration::from_secs(spec.probe_retry_sec);
+    let outcome = ready.wait(waited);
     if let Ok(Readiness::Ready { .. }) = outcome {
         return Ok(tunnel);
     }
@@ -171,7 +173,7 @@ pub fn start(spec: &TunnelCommand, listener: TcpListener) -> Result<RunningTunne
     Err(match outcome {
         Ok(Readiness::Failed(why)) => LaunchError::Refused(why),
         Err(NotReady::TimedOut) => {
-            LaunchError::TimedOut(format!("{} ({})", spec.connect, spec.check_host))
+            LaunchError::TimedOut(format!("{} ({})", spec.connect, spec.check_host), waited)
         }
         Ok(Readiness::Ready { .. })
         | Err(NotReady::Closed | NotReady::Garbled(_) | NotReady::Io(_)) => LaunchError::DiedEarly(

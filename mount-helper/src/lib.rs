@@ -259,6 +259,9 @@ impl Mount<'_> {
             log_level: cfg.logging_level.to_string().to_lowercase(),
             allow_any_peer: !cfg.mount.tunnel_peer_check_enabled,
             dead_upstream_sec: cfg.mount.tunnel_dead_upstream_timeout_sec,
+            // A target not reachable yet (at boot, while routes and security groups
+            // settle) is tried for as long as the incumbent's mount.nfs4 retries take.
+            probe_retry_sec: probe_retry(&cfg.mount).as_secs(),
         };
         info!("Starting TLS tunnel: \"{}\"", spec.to_args().join(" "));
         let tunnel =
@@ -389,6 +392,20 @@ impl Drop for Undo {
             t.stop();
         }
     }
+}
+
+/// How long the tunnel keeps trying an unreachable mount target before the mount fails:
+/// `retry_nfs_mount_command_timeout_sec` x `retry_nfs_mount_command_count`, the time the
+/// incumbent's retries of mount.nfs4 take; nothing with `retry_nfs_mount_command = false`.
+fn probe_retry(m: &efs_config::config::MountConfig) -> Duration {
+    if !m.retry_nfs_mount_command {
+        return Duration::ZERO;
+    }
+    Duration::from_secs(
+        m.retry_nfs_mount_command_timeout_sec
+            .saturating_mul(u64::from(m.retry_nfs_mount_command_count))
+            .min(3600),
+    )
 }
 
 /// Takes back a mount that must not stay (the guard then removes its tunnel and state).

@@ -6,7 +6,21 @@ use std::process::ExitCode;
 use efs_mount_helper::args::{self, Parsed, USAGE};
 
 fn main() -> ExitCode {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
+    // util-linux passes the fstab bytes as they are; a Latin-1 mountpoint is not UTF-8.
+    let argv: Vec<String> = match std::env::args_os()
+        .skip(1)
+        .map(std::ffi::OsString::into_string)
+        .collect()
+    {
+        Ok(argv) => argv,
+        Err(bad) => {
+            eprintln!(
+                "mount.efs: argument {:?} is not valid UTF-8; the device, mountpoint and options must be UTF-8 (rename the mountpoint, or mount at a UTF-8 path and bind-mount it)",
+                bad.to_string_lossy()
+            );
+            return ExitCode::from(1);
+        }
+    };
     let inv = match args::parse(&argv) {
         Ok(Parsed::Help) => {
             println!("{USAGE}");

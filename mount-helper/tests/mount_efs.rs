@@ -156,7 +156,8 @@ async fn a_wrong_certificate_fails_fast_with_the_reason_and_leaves_nothing() {
         &format!("tls,mounttargetip={ip}"),
     ]);
     assert_eq!(run.code(), Some(32));
-    assert!(run.took < Duration::from_secs(5), "took {:?}", run.took);
+    // A refused certificate is not tried again: retrying cannot change it.
+    assert!(run.took < Duration::from_secs(3), "took {:?}", run.took);
     let err = run.stderr();
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     assert!(
@@ -173,19 +174,54 @@ async fn a_wrong_certificate_fails_fast_with_the_reason_and_leaves_nothing() {
 }
 
 #[test]
-fn an_unreachable_mount_target_fails_within_5_seconds() {
-    let root = Root::new("");
+fn an_unreachable_mount_target_is_tried_for_the_retry_window_then_fails_with_the_reason() {
+    // The window is retry_nfs_mount_command_timeout_sec (5 in the test config) x count.
+    let root = Root::new("retry_nfs_mount_command_count = 1");
     let ip = target_addr().ip().to_string(); // nothing listens there
     let mp = root.mountpoint("down");
     let run = root.mount(&["fs-12345678", &mp, "-o", &format!("tls,mounttargetip={ip}")]);
     assert_eq!(run.code(), Some(32));
-    assert!(run.took < Duration::from_secs(6), "took {:?}", run.took);
     assert!(
-        run.stderr().contains("Connection refused"),
-        "{}",
-        run.stderr()
+        run.took >= Duration::from_millis(4500) && run.took < Duration::from_secs(12),
+        "took {:?}",
+        run.took
     );
+    let err = run.stderr();
+    assert!(
+        err.contains("Connection refused") && err.contains("attempts in 5 s"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(root.nfs_calls().is_empty(), "mount.nfs4 must not run");
     root.assert_nothing_left();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mount_target_that_comes_up_during_the_retry_window_is_mounted() {
+    let root = Root::new("");
+    let addr = target_addr();
+    let cert = root.ca.issue(WILDCARD);
+    // The mount target answers only 2 s after the mount started (at boot, routes and
+    // security groups settle).
+    let late = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        TlsServer::start_on(addr, &cert, Behaviour::Echo).await
+    });
+    let mp = root.mountpoint("late");
+    let run = {
+        let (root, mp, ip) = (&root, mp.clone(), addr.ip().to_string());
+        tokio::task::block_in_place(|| {
+            root.mount(&["fs-12345678", &mp, "-o", &format!("tls,mounttargetip={ip}")])
+        })
+    };
+    let _server = late.await.unwrap();
+    run.assert_ok();
+    assert!(run.took >= Duration::from_secs(2), "took {:?}", run.took);
+    assert_eq!(root.nfs_calls().len(), 1);
+    assert!(root
+        .state_files()
+        .iter()
+        .any(|f| f.starts_with("fs-12345678")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -872,4 +908,26 @@ async fn under_systemd_a_running_watchdog_is_not_started_again() {
         "",
         "no systemctl while a watchdog runs"
     );
+}
+
+#[test]
+fn a_mountpoint_that_is_not_utf8_is_a_clear_error_not_a_panic() {
+    use std::os::unix::ffi::OsStrExt;
+    let root = Root::new("");
+    let latin1 = std::ffi::OsStr::from_bytes(b"/mnt/caf\xe9");
+    let out = std::process::Command::new(mount_efs_bin())
+        .arg("fs-12345678:/")
+        .arg(latin1)
+        .args(["-o", "tls"])
+        .env("EFS_UTILS_CONFIG", &root.config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("is not valid UTF-8") && !err.contains("panicked"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    root.assert_nothing_left();
 }

@@ -48,6 +48,7 @@ pub mod flag {
     pub const LOG_LEVEL: &str = "log-level";
     pub const ALLOW_ANY_PEER: &str = "allow-any-peer";
     pub const DEAD_UPSTREAM_SEC: &str = "dead-upstream-sec";
+    pub const PROBE_RETRY_SEC: &str = "probe-retry-sec";
 
     /// `--NAME`.
     pub fn dashed(name: &str) -> String {
@@ -110,6 +111,13 @@ pub struct TunnelCommand {
     #[arg(long = flag::DEAD_UPSTREAM_SEC, value_name = "SECONDS", default_value_t = DEFAULT_DEAD_UPSTREAM_SEC,
           value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub dead_upstream_sec: u64,
+    /// With `--ready-fd`: keep trying a mount target that cannot be reached (DNS not
+    /// resolvable yet, connection refused or timed out) for up to this long, with
+    /// backoff, before reporting failure; a refused certificate or protocol fails at
+    /// once. 0: one attempt.
+    #[arg(long = flag::PROBE_RETRY_SEC, value_name = "SECONDS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub probe_retry_sec: u64,
 }
 
 /// How long a mount target may stay silent while calls are outstanding, by default.
@@ -153,6 +161,12 @@ impl TunnelCommand {
         }
         if self.allow_any_peer {
             push(flag::ALLOW_ANY_PEER, None);
+        }
+        if self.probe_retry_sec > 0 {
+            push(
+                flag::PROBE_RETRY_SEC,
+                Some(self.probe_retry_sec.to_string()),
+            );
         }
         if self.dead_upstream_sec != DEFAULT_DEAD_UPSTREAM_SEC {
             push(
@@ -444,6 +458,7 @@ mod tests {
             log_level: "debug".into(),
             allow_any_peer: true,
             dead_upstream_sec: 12,
+            probe_retry_sec: 0,
         }
     }
 

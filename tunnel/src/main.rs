@@ -126,6 +126,7 @@ fn start(args: Invocation) -> Result<(), String> {
         allow_any_peer: cmd.allow_any_peer,
         dead_upstream: (cmd.dead_upstream_sec > 0)
             .then(|| std::time::Duration::from_secs(cmd.dead_upstream_sec)),
+        probe_retry: std::time::Duration::from_secs(cmd.probe_retry_sec),
     };
     let listener = match args.listen {
         Listen::Fd(fd) => fds::listener(fd).map_err(|e| format!("--listen-fd: {e}"))?,

@@ -24,6 +24,7 @@ use crate::shutdown::{Shutdown, ShutdownTrigger};
 use crate::stats::Stats;
 use crate::upstream::{self, Target, UpstreamError};
 use crate::{copy, fds};
+use efs_tunnel_contract::Readiness;
 
 /// How long connections get to close cleanly after SIGTERM.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(3);
@@ -48,6 +49,9 @@ pub struct TunnelConfig {
     /// Close a connection whose mount target stays silent this long while RPC calls are
     /// outstanding (also the upstream socket's `TCP_USER_TIMEOUT`); `None`: never.
     pub dead_upstream: Option<Duration>,
+    /// With `ready`: how long to keep retrying a mount target that cannot be reached
+    /// yet (at boot, while routes and security groups settle); zero: one attempt.
+    pub probe_retry: Duration,
 }
 
 /// Why a tunnel could not start (once serving, a tunnel only stops on a signal).
@@ -133,7 +137,8 @@ impl Shared {
         if let Some(repeats) = self.refused.occurred(why.log_key()) {
             warn!(
                 "refused a local connection from {} to the tunnel for {}: {why}; only root \
-                 (the kernel's NFS client) may use it (--allow-any-peer turns this check off){}",
+                 (the kernel's NFS client) may use it (tunnel_peer_check_enabled = false in \
+                 efs-utils.toml, --allow-any-peer here, turns this check off){}",
                 endpoints.client,
                 self.target,
                 repeats_suffix(repeats)
@@ -196,7 +201,7 @@ pub async fn run(config: TunnelConfig, listener: std::net::TcpListener) -> Resul
     }
 
     if let Some(ready) = config.ready {
-        probe(&shared, ready).await?;
+        probe(&shared, ready, config.probe_retry).await?;
     }
     info!(
         "listening on {listen_addr}, forwarding to {} (pid {})",
@@ -234,23 +239,60 @@ pub async fn run(config: TunnelConfig, listener: std::net::TcpListener) -> Resul
     Ok(())
 }
 
-/// One handshake with the mount target before serving; the outcome goes to the ready pipe.
-async fn probe(shared: &Shared, mut ready: fds::ReadyPipe) -> Result<(), TunnelError> {
-    match upstream::connect(&shared.target, shared.tls(), shared.dead_upstream).await {
-        Ok(mut tls) => {
-            record_handshake(shared, &tls);
-            let _ = tokio::time::timeout(
-                CLOSE_NOTIFY_DEADLINE,
-                tokio::io::AsyncWriteExt::shutdown(&mut tls),
-            )
-            .await;
-            ready.send(&format!("ready port={}", shared.listen_port));
-            Ok(())
-        }
-        Err(e) => {
-            let err = TunnelError::Probe(shared.target.to_string(), e);
-            ready.send(&format!("error {err}"));
-            Err(err)
+/// One handshake with the mount target before serving; the outcome goes to the ready
+/// pipe. A target that cannot be reached yet is tried again, after 0.25, 0.5, 1, 2, 2
+/// ... s (a target that comes back is in use within 2 s), the last time when `probe_retry` has passed; a TLS refusal ends it at once.
+async fn probe(
+    shared: &Shared,
+    mut ready: fds::ReadyPipe,
+    probe_retry: Duration,
+) -> Result<(), TunnelError> {
+    let give_up = tokio::time::Instant::now() + probe_retry;
+    let mut delay = Duration::from_millis(250);
+    let mut attempts = 1u32;
+    loop {
+        match upstream::connect(&shared.target, shared.tls(), shared.dead_upstream).await {
+            Ok(mut tls) => {
+                record_handshake(shared, &tls);
+                let _ = tokio::time::timeout(
+                    CLOSE_NOTIFY_DEADLINE,
+                    tokio::io::AsyncWriteExt::shutdown(&mut tls),
+                )
+                .await;
+                if attempts > 1 {
+                    info!("{} answered after {attempts} attempts", shared.target);
+                }
+                ready.report(&Readiness::Ready {
+                    port: shared.listen_port,
+                });
+                return Ok(());
+            }
+            Err(e) if e.is_transient() && tokio::time::Instant::now() < give_up => {
+                if attempts == 1 {
+                    info!(
+                        "cannot reach {} yet ({e}); trying again for up to {} s",
+                        shared.target,
+                        probe_retry.as_secs()
+                    );
+                }
+                // The last attempt is made when the window closes, not before.
+                tokio::time::sleep(delay.min(give_up - tokio::time::Instant::now())).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+                attempts += 1;
+            }
+            Err(e) => {
+                let err = TunnelError::Probe(shared.target.to_string(), e);
+                let why = if attempts > 1 {
+                    format!(
+                        "{err} (after {attempts} attempts in {} s)",
+                        probe_retry.as_secs()
+                    )
+                } else {
+                    err.to_string()
+                };
+                ready.report(&Readiness::Failed(why));
+                return Err(err);
+            }
         }
     }
 }

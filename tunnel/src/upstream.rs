@@ -67,6 +67,25 @@ pub enum UpstreamError {
     Handshake(io::Error),
 }
 
+impl UpstreamError {
+    /// A failure that may pass by itself: the name does not resolve yet, nothing answers
+    /// or accepts on the port, a step timed out, or the connection broke during the
+    /// handshake (a terminator restarting). A refusal by TLS itself (certificate, name,
+    /// protocol version, cipher suite, an alert) is not: trying again cannot change it.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            UpstreamError::Resolve(_)
+            | UpstreamError::NoAddress
+            | UpstreamError::Connect(..)
+            | UpstreamError::Timeout(_) => true,
+            UpstreamError::Handshake(e) => e
+                .get_ref()
+                .and_then(|i| i.downcast_ref::<rustls::Error>())
+                .is_none(),
+        }
+    }
+}
+
 impl fmt::Display for UpstreamError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

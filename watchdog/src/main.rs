@@ -11,7 +11,10 @@ use log::{error, info, warn};
 const USAGE: &str = "Usage: amazon-efs-mount-watchdog [--version] [-h|--help]";
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     if args.iter().any(|a| a == "-h" || a == "--help") {
         println!(
             "{USAGE}\nRestarts dead TLS tunnels of EFS mounts and removes them after unmount."
