@@ -151,11 +151,15 @@ fn numbered(path: &Path, n: u32) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// Opens a log file for appending, never through a symlink (`O_NOFOLLOW`): the log
+/// directory is root's, but a link planted there must not make root append to another
+/// file.
 fn open_append(path: &Path) -> io::Result<File> {
     OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o640)
+        .custom_flags(nix::libc::O_NOFOLLOW)
         .open(path)
 }
 
@@ -275,6 +279,19 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode & 0o002, 0, "log file must not be world-writable");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_log_file_is_never_opened_through_a_symlink() {
+        let dir = std::env::temp_dir().join(format!("efs-log-link-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let target = dir.join("elsewhere");
+        fs::write(&target, "untouched").unwrap();
+        std::os::unix::fs::symlink(&target, dir.join("mount.log")).unwrap();
+        assert!(open_append(&dir.join("mount.log")).is_err());
+        assert_eq!(fs::read_to_string(&target).unwrap(), "untouched");
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -45,6 +45,11 @@ drop_caches
 check "and reads back bit-identical through the mount" test "$(sha /tmp/src)" = "$(sha /mnt/efs/big)"
 new=$(tunnel_pid "$port")
 check "a new tunnel serves the same port" sh -c "[ -n '$new' ] && [ '$new' != '$old' ]"
+wd=$(systemctl show -p MainPID --value amazon-efs-mount-watchdog)
+info "watchdog $wd: $(grep -E '^(NoNewPrivs|CapBnd)' /proc/$wd/status | tr -s '\t ' ' ' | tr '\n' ' ')"
+check "the watchdog runs sandboxed by its unit (no new privileges, read-only system)" \
+    sh -c "grep -q '^NoNewPrivs:[[:space:]]*1' /proc/$wd/status && [ \"\$(systemctl show -p ProtectSystem --value amazon-efs-mount-watchdog)\" = strict ]"
+check "and the tunnel it restarted holds no capability" grep -q '^CapEff:[[:space:]]*0000000000000000' /proc/$new/status
 info "stall after kill -9 of the tunnel: ${stall} ms (target under 1000 ms; incumbent about 6500 ms)"
 journalctl -u amazon-efs-mount-watchdog --no-pager 2>/dev/null | grep -E "restart|killed" | head -3 | sed 's/^/INFO watchdog: /'
 
