@@ -20,6 +20,7 @@ pub mod already;
 pub mod args;
 pub mod imds;
 pub mod launch;
+pub mod namespace;
 pub mod nfs;
 pub mod options;
 pub mod readahead;
@@ -132,8 +133,14 @@ pub fn run(inv: &Invocation) -> Result<(), MountError> {
     };
     let dns_name = target::dns_name(&cfg, &device.fs_id, &region, az.as_deref())
         .map_err(MountError::Invalid)?;
-    if let Some(ns) = opts.netns.as_deref().or(inv.namespace.as_deref()) {
-        enter_netns(Path::new(ns))?;
+    // -N is a mount namespace (util-linux), netns= a network namespace (the incumbent's).
+    let mount_ns = inv
+        .namespace
+        .as_deref()
+        .map(|ns| namespace::MountNamespace::open(Path::new(ns)))
+        .transpose()?;
+    if let Some(ns) = opts.netns.as_deref() {
+        namespace::enter_netns(Path::new(ns))?;
     }
 
     let mount = Mount {
@@ -144,6 +151,7 @@ pub fn run(inv: &Invocation) -> Result<(), MountError> {
         dns_name: &dns_name,
         region: &region,
         opts: &opts,
+        mount_ns: mount_ns.as_ref(),
     };
     if opts.tls {
         mount.tls()
@@ -161,9 +169,23 @@ struct Mount<'a> {
     dns_name: &'a str,
     region: &'a str,
     opts: &'a options::EfsOptions,
+    /// `-N`: where the mount itself happens.
+    mount_ns: Option<&'a namespace::MountNamespace>,
 }
 
 impl Mount<'_> {
+    /// Runs `f` in the mount namespace `-N` named, if any: the `mount.nfs4` call and what
+    /// looks at or undoes the new mount.
+    fn in_mount_ns<T>(&self, f: impl FnOnce() -> T) -> Result<T, MountError> {
+        let _entered = self.mount_ns.map(|ns| ns.enter()).transpose()?;
+        Ok(f())
+    }
+
+    /// Takes the new mount back (the guard then removes its tunnel and state).
+    fn undo_mount(&self) {
+        let _ = self.in_mount_ns(|| unmount(&self.inv.mountpoint));
+    }
+
     /// Straight to the mount target: no tunnel, no state, no watchdog.
     fn plain(&self) -> Result<(), MountError> {
         let host = match self.opts.mounttargetip.as_deref() {
@@ -173,9 +195,9 @@ impl Mount<'_> {
         };
         let source = format!("{host}:{}", self.path);
         let nfs_opts = options::nfs_options(&self.inv.options, None);
-        self.mount_nfs(&source, &nfs_opts)?;
+        self.in_mount_ns(|| self.mount_nfs(&source, &nfs_opts))??;
         if !self.inv.fake {
-            self.mounted(&nfs_opts);
+            self.in_mount_ns(|| self.mounted(&nfs_opts))?;
         }
         Ok(())
     }
@@ -262,6 +284,9 @@ impl Mount<'_> {
             // A target not reachable yet (at boot, while routes and security groups
             // settle) is tried for as long as the incumbent's mount.nfs4 retries take.
             probe_retry_sec: probe_retry(&cfg.mount).as_secs(),
+            // Already there (the helper entered it); recorded so that a tunnel the
+            // watchdog restarts runs there too.
+            netns: self.opts.netns.as_ref().map(PathBuf::from),
         };
         info!("Starting TLS tunnel: \"{}\"", spec.to_args().join(" "));
         let tunnel =
@@ -304,11 +329,20 @@ impl Mount<'_> {
 
         let source = format!("127.0.0.1:{}", self.path);
         let nfs_opts = options::nfs_options(&self.inv.options, Some(port));
-        self.mount_nfs(&source, &nfs_opts)?;
+        self.in_mount_ns(|| self.mount_nfs(&source, &nfs_opts))??;
         if self.inv.fake {
             return Ok(()); // the guard stops the tunnel and removes the state
         }
-        match sharing::after_mount(cfg, &self.inv.mountpoint, &record) {
+        let transport =
+            self.in_mount_ns(|| sharing::after_mount(cfg, &self.inv.mountpoint, &record));
+        let transport = match transport {
+            Ok(t) => t,
+            Err(e) => {
+                self.undo_mount();
+                return Err(e);
+            }
+        };
+        match transport {
             sharing::Transport::Own => {}
             sharing::Transport::Rides { port: via, state } => {
                 // State first: a watchdog that sees the idle tunnel exit then finds that
@@ -316,7 +350,7 @@ impl Mount<'_> {
                 record.served_by = Some(via);
                 record.pid = 0;
                 if let Err(e) = record.write(&paths.state_dir, &name) {
-                    unmount(&self.inv.mountpoint);
+                    self.undo_mount();
                     return Err(MountError::Failed(format!(
                         "cannot write state file {name}: {e}"
                     )));
@@ -330,12 +364,12 @@ impl Mount<'_> {
                 );
             }
             sharing::Transport::Refused(why) => {
-                unmount(&self.inv.mountpoint);
+                self.undo_mount();
                 return Err(MountError::Failed(why));
             }
         }
         guard.keep();
-        self.mounted(&nfs_opts);
+        let _ = self.in_mount_ns(|| self.mounted(&nfs_opts));
         watchdog::ensure_running(cfg);
         Ok(())
     }
@@ -413,21 +447,4 @@ fn unmount(mountpoint: &str) {
     if let Err(e) = nix::mount::umount2(mountpoint, nix::mount::MntFlags::empty()) {
         warn!("cannot unmount {mountpoint} again: {e}; unmount it by hand");
     }
-}
-
-/// Moves this process (and so the tunnel and `mount.nfs4` it starts) into a network
-/// namespace.
-fn enter_netns(path: &Path) -> Result<(), MountError> {
-    let file = std::fs::File::open(path).map_err(|e| {
-        MountError::Invalid(format!(
-            "cannot open network namespace {}: {e}",
-            path.display()
-        ))
-    })?;
-    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
-        MountError::Failed(format!(
-            "cannot enter network namespace {}: {e}",
-            path.display()
-        ))
-    })
 }

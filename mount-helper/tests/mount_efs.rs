@@ -931,3 +931,48 @@ fn a_mountpoint_that_is_not_utf8_is_a_clear_error_not_a_panic() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     root.assert_nothing_left();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dash_n_is_a_mount_namespace_where_only_the_mount_itself_happens() {
+    let root = Root::new("");
+    let (_server, ip) = server(&root, WILDCARD).await;
+    // A mount namespace of the test's own, held by a sleeping process.
+    let mut holder = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sleep", "60"])
+        .spawn()
+        .unwrap();
+    let pid = holder.id();
+    assert!(wait_until(Duration::from_secs(5), || {
+        std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok()
+            != std::fs::read_link("/proc/self/ns/mnt").ok()
+    }));
+    let target_ns = std::fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap();
+    let mp = root.mountpoint("in-ns");
+    let run = root.mount(&[
+        "fs-12345678",
+        &mp,
+        "-N",
+        &format!("/proc/{pid}/ns/mnt"),
+        "-o",
+        &format!("tls,mounttargetip={ip}"),
+    ]);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    run.assert_ok();
+    // mount.nfs4 ran in the target mount namespace ...
+    let ns = std::fs::read_to_string(root.dir.path("mount-nfs.ns")).unwrap();
+    assert_eq!(
+        ns.trim(),
+        target_ns.to_string_lossy(),
+        "mount.nfs4's namespace"
+    );
+    // ... and the state and the tunnel stayed where the watchdog sees them.
+    assert_eq!(
+        root.state_files()
+            .iter()
+            .filter(|f| f.starts_with("fs-"))
+            .count(),
+        1
+    );
+    assert_eq!(root.tunnel_pids().len(), 1);
+}

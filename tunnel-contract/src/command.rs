@@ -49,6 +49,7 @@ pub mod flag {
     pub const ALLOW_ANY_PEER: &str = "allow-any-peer";
     pub const DEAD_UPSTREAM_SEC: &str = "dead-upstream-sec";
     pub const PROBE_RETRY_SEC: &str = "probe-retry-sec";
+    pub const NETNS: &str = "netns";
 
     /// `--NAME`.
     pub fn dashed(name: &str) -> String {
@@ -118,6 +119,11 @@ pub struct TunnelCommand {
     #[arg(long = flag::PROBE_RETRY_SEC, value_name = "SECONDS", default_value_t = 0,
           value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub probe_retry_sec: u64,
+    /// Run in this network namespace (a namespace file, e.g. /var/run/netns/NAME): the
+    /// one the mount was made in (`-o netns=`), so that a restarted tunnel reaches the
+    /// same network. Entered before anything else, by the tunnel itself.
+    #[arg(long = flag::NETNS, value_name = "PATH")]
+    pub netns: Option<PathBuf>,
 }
 
 /// How long a mount target may stay silent while calls are outstanding, by default.
@@ -161,6 +167,9 @@ impl TunnelCommand {
         }
         if self.allow_any_peer {
             push(flag::ALLOW_ANY_PEER, None);
+        }
+        if let Some(ns) = &self.netns {
+            push(flag::NETNS, Some(lossy(ns)));
         }
         if self.probe_retry_sec > 0 {
             push(
@@ -459,6 +468,7 @@ mod tests {
             allow_any_peer: true,
             dead_upstream_sec: 12,
             probe_retry_sec: 0,
+            netns: None,
         }
     }
 

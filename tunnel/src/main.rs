@@ -128,6 +128,14 @@ fn start(args: Invocation) -> Result<(), String> {
             .then(|| std::time::Duration::from_secs(cmd.dead_upstream_sec)),
         probe_retry: std::time::Duration::from_secs(cmd.probe_retry_sec),
     };
+    // Before any socket is made or thread started: namespaces are per thread, and the
+    // runtime's threads inherit this one's.
+    if let Some(ns) = &cmd.netns {
+        let file = std::fs::File::open(ns)
+            .map_err(|e| format!("--netns: cannot open {}: {e}", ns.display()))?;
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("--netns: cannot enter {}: {e}", ns.display()))?;
+    }
     let listener = match args.listen {
         Listen::Fd(fd) => fds::listener(fd).map_err(|e| format!("--listen-fd: {e}"))?,
         Listen::Addr(addr) => {

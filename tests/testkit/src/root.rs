@@ -86,10 +86,11 @@ impl Root {
         // With a port in `kernel.trunk-to`, it also plays the kernel's trunking: it adds
         // the mount to `mountinfo` with its own `port=` and to `nfsfs/volumes` as sent
         // through that port's tunnel, as Linux does for a second mount of one server.
+        // Each call's mount namespace goes to `mount-nfs.ns` (for `-N`).
         let mount_nfs = stand_in(
             "mount.nfs4-stand-in",
             &format!(
-                "#!/bin/sh\n[ -f {d}/mount-nfs.delay ] && sleep $(cat {d}/mount-nfs.delay)\nmkdir -p {d}/calls\nprintf '%s\\n' \"$@\" > {d}/calls/$(date +%s%N)-$$\n\
+                "#!/bin/sh\n[ -f {d}/mount-nfs.delay ] && sleep $(cat {d}/mount-nfs.delay)\nmkdir -p {d}/calls\nprintf '%s\\n' \"$@\" > {d}/calls/$(date +%s%N)-$$\nreadlink /proc/$$/ns/mnt >> {d}/mount-nfs.ns\n\
                  if [ -s {d}/mount-nfs.script ]; then\n  line=$(head -n1 {d}/mount-nfs.script)\n  sed -i 1d {d}/mount-nfs.script\n  \
                  code=${{line%% *}}\n  msg=${{line#* }}\n  echo \"$msg\" >&2\n  exit $code\nfi\n\
                  if [ -f {d}/kernel.trunk-to ]; then\n  via=$(cat {d}/kernel.trunk-to)\n  \
