@@ -139,7 +139,7 @@ impl MountState {
     /// Writes the state atomically as `dir/name`, mode 0640.
     pub fn write(&self, dir: &Path, name: &str) -> io::Result<PathBuf> {
         let path = dir.join(name);
-        let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+        let tmp = dir.join(temp_name(name, "tmp"));
         let result = self.write_temp(&tmp).and_then(|()| {
             fs::rename(&tmp, &path)?;
             File::open(dir)?.sync_all()
@@ -158,7 +158,7 @@ impl MountState {
     /// it was gone; nothing is left behind either way.
     pub fn rewrite(&self, dir: &Path, name: &str) -> io::Result<bool> {
         let path = dir.join(name);
-        let tmp = dir.join(format!(".{name}.new{}", std::process::id()));
+        let tmp = dir.join(temp_name(name, "new"));
         let result = self.write_temp(&tmp).and_then(|()| {
             match nix::fcntl::renameat2(
                 nix::fcntl::AT_FDCWD,
@@ -259,6 +259,37 @@ pub fn check_trusted(path: &Path, owner: u32) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The temporary file a writer of `name` uses: `.NAME.KINDPID`, hidden and with the
+/// writer's pid, so that one left by a writer that was killed can be told and removed.
+fn temp_name(name: &str, kind: &str) -> String {
+    format!(".{name}.{kind}{}", std::process::id())
+}
+
+/// The pid of the writer of a temporary state file name, if it is one.
+pub fn temp_writer_pid(file_name: &str) -> Option<i32> {
+    let rest = file_name.strip_prefix('.')?;
+    ["tmp", "new"].iter().find_map(|kind| {
+        let (_, pid) = rest.rsplit_once(&format!(".{kind}"))?;
+        pid.parse().ok().filter(|p| *p > 0)
+    })
+}
+
+/// Temporary files in `dir` whose writer is gone (killed mid-write, driver issue #1940's
+/// way): never a state, only clutter; whoever keeps the directory removes them.
+pub fn stale_temp_files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid = temp_writer_pid(&e.file_name().to_string_lossy())?;
+            let gone = !Path::new(&format!("/proc/{pid}")).exists();
+            (gone && e.file_type().is_ok_and(|t| t.is_file())).then(|| e.path())
+        })
+        .collect()
 }
 
 /// Why a state file could not be used.
@@ -428,6 +459,26 @@ mod tests {
         assert!(check_trusted(&link, me)
             .unwrap_err()
             .contains("not a regular file"));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn temporaries_of_writers_that_died_are_found_and_only_those() {
+        let dir = std::env::temp_dir().join(format!("efs-state-stale-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        assert_eq!(temp_writer_pid(".fs-1.mnt.efs.20049.tmp1234"), Some(1234));
+        assert_eq!(temp_writer_pid(".fs-1.mnt.efs.20049.new77"), Some(77));
+        assert_eq!(temp_writer_pid("fs-1.mnt.efs.20049"), None);
+        assert_eq!(temp_writer_pid(".fs-1.mnt.efs.20049.tmpx"), None);
+        // A pid that cannot be running (above the kernel's pid_max limit).
+        let dead = dir.join(".fs-1.mnt.a.20049.tmp999999999");
+        let alive = dir.join(format!(".fs-1.mnt.b.20050.tmp{}", std::process::id()));
+        let state = dir.join("fs-1.mnt.c.20051");
+        for p in [&dead, &alive, &state] {
+            fs::write(p, "{").unwrap();
+        }
+        assert_eq!(stale_temp_files(&dir), vec![dead]);
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -269,6 +269,13 @@ impl Daemon {
             }
         };
         self.skipped.retain(|p| present.contains_key(p));
+        // A mount.efs killed mid-write leaves its temporary file, never a torn state.
+        for stale in state::stale_temp_files(dir) {
+            match std::fs::remove_file(&stale) {
+                Ok(()) => info!("removed {}, left by a writer that died", stale.display()),
+                Err(e) => warn!("cannot remove {}: {e}", stale.display()),
+            }
+        }
         let gone: Vec<PathBuf> = self
             .tunnels
             .keys()

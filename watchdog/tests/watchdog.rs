@@ -784,3 +784,29 @@ async fn state_files_root_did_not_write_alone_are_never_acted_on() {
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_temporary_state_file_left_by_a_killed_mount_is_removed_and_nothing_else() {
+    let scene = Scene::new().await;
+    let root = &scene.root;
+    let m = scene.mount("good");
+    set_mounts(root, &[(&m.mountpoint, m.port)]);
+    // What a mount.efs killed between writing and renaming its state leaves (driver
+    // issue #1940): a hidden temporary named after the dead writer's pid.
+    let mut dead = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = dead.id();
+    dead.wait().unwrap();
+    let stale = root
+        .state_dir()
+        .join(format!(".fs-12345678.mnt.half.20999.tmp{dead_pid}"));
+    std::fs::write(&stale, "{\"pid\": 1, \"cmd\": [\"/bin/sh\"").unwrap();
+    let _wd = start_watchdog(root);
+    assert!(
+        wait_until(Duration::from_secs(5), || !stale.exists()),
+        "{}",
+        watchdog_log(root)
+    );
+    assert!(watchdog_log(root).contains("left by a writer that died"));
+    assert!(m.state_path.exists());
+    assert!(alive(m.pid()));
+}
