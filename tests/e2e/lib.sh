@@ -122,6 +122,28 @@ wait_for() {
     done
 }
 
+# stall_ms FILE SINCE_NS DONE_FILE [LIMIT_S]: waits until DONE_FILE exists (a writer's
+# exit code) and prints the longest time in ms that FILE did not grow, from SINCE_NS (a
+# `date +%s%N` taken at the disruption) on: how long the I/O stalled.
+stall_ms() {
+    local file=$1 since=$2 done=$3 limit=${4:-120}
+    local last last_t=$since stall=0 now size gap
+    last=$(stat -c %s "$file")
+    while [ ! -f "$done" ]; do
+        now=$(date +%s%N)
+        size=$(stat -c %s "$file")
+        if [ "$size" != "$last" ]; then
+            gap=$(( (now - last_t) / 1000000 ))
+            [ $gap -gt $stall ] && stall=$gap
+            last=$size
+            last_t=$now
+        fi
+        [ $(( (now - since) / 1000000000 )) -gt "$limit" ] && break
+        sleep 0.02
+    done
+    echo "$stall"
+}
+
 # The tunnel process serving a port (its control socket is named after the port).
 tunnel_pid() {
     pgrep -f "tunnel-$1.sock" | head -1

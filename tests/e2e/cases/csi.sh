@@ -141,21 +141,7 @@ wait_for 10 sh -c "ss -ltn | grep -q '127.0.0.1:$port '"
 serving_ms=$(( ($(date +%s%N) - t_start) / 1000000 ))
 info "a tunnel served port $port again ${serving_ms} ms after the new watchdog was started"
 check "the next watchdog has the tunnel serving its port within 2 s of its start" test "$serving_ms" -lt 2000
-last=$(stat -c %s /srv/efs/big)
-last_t=$t_kill
-stall=0
-while [ ! -f /tmp/dd.rc ]; do
-    now=$(date +%s%N)
-    size=$(stat -c %s /srv/efs/big)
-    if [ "$size" != "$last" ]; then
-        gap=$(( (now - last_t) / 1000000 ))
-        [ $gap -gt $stall ] && stall=$gap
-        last=$size
-        last_t=$now
-    fi
-    [ $(( (now - t_kill) / 1000000000 )) -gt 150 ] && break
-    sleep 0.02
-done
+stall=$(stall_ms /srv/efs/big "$t_kill" /tmp/dd.rc 150)
 wait $writer 2>/dev/null
 check "the write finishes after the plugin restart" test "$(cat /tmp/dd.rc 2>/dev/null)" = 0
 check "the 256 MiB file is bit-identical" test "$(sha /tmp/src)" = "$(sha /srv/efs/big)"

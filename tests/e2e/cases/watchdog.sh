@@ -23,21 +23,7 @@ kill -9 "$old"
 t_kill=$(date +%s%N)
 # Progress is the export growing; the stall is the longest time without growth from the
 # kill until the write is done.
-last=$(stat -c %s /srv/efs/big)
-last_t=$t_kill
-stall=0
-while [ ! -f /tmp/dd.rc ]; do
-    now=$(date +%s%N)
-    size=$(stat -c %s /srv/efs/big)
-    if [ "$size" != "$last" ]; then
-        gap=$(( (now - last_t) / 1000000 ))
-        [ $gap -gt $stall ] && stall=$gap
-        last=$size
-        last_t=$now
-    fi
-    [ $(( (now - t_kill) / 1000000000 )) -gt 120 ] && break
-    sleep 0.02
-done
+stall=$(stall_ms /srv/efs/big "$t_kill" /tmp/dd.rc)
 wait
 check "dd finished successfully after the kill" test "$(cat /tmp/dd.rc 2>/dev/null)" = 0
 check "the 256 MiB file in the export is bit-identical" test "$(sha /tmp/src)" = "$(sha /srv/efs/big)"
