@@ -61,14 +61,36 @@ pub fn import_ini(ini: &str, source: &str) -> Imported {
         let table = (section.name != "DEFAULT" && !section.name.is_empty())
             .then_some(section.name.as_str());
         for c in &section.comments {
-            out.push_str(&format!("#{c}\n"));
+            out.push_str(&format!("#{}\n", comment_text(c)));
         }
         let mut body = String::new();
         let mut carried = 0;
-        for item in &section.items {
+        let last_of = |key: &str| {
+            section
+                .items
+                .iter()
+                .rposition(|i| matches!(i, Item::Key(k, _) if k == key))
+        };
+        for (at, item) in section.items.iter().enumerate() {
             match item {
+                Item::Key(k, v) if is_bare_key(k) && last_of(k) != Some(at) => {
+                    body.push_str(&format!(
+                        "# {} = {}    # not carried over: set again below\n",
+                        k,
+                        comment_text(v)
+                    ));
+                }
                 Item::Blank => body.push('\n'),
-                Item::Comment(c) => body.push_str(&format!("#{c}\n")),
+                Item::Comment(c) => body.push_str(&format!("#{}\n", comment_text(c))),
+                Item::Key(k, _) if !is_bare_key(k) => {
+                    let where_ = table.map(|t| format!("[{t}] ")).unwrap_or_default();
+                    let why = "not a key name (letters, digits, '_', '-' only)";
+                    not_carried.push(format!("{where_}{}: {why}", comment_text(k)));
+                    body.push_str(&format!(
+                        "# (not understood) {}    # not carried over: {why}\n",
+                        comment_text(k)
+                    ));
+                }
                 Item::Key(k, v) => {
                     let line = format!("{k} = {}", ini_value(k, v));
                     let where_ = table.map(|t| format!("[{t}] ")).unwrap_or_default();
@@ -84,7 +106,11 @@ pub fn import_ini(ini: &str, source: &str) -> Imported {
                         }
                         Verdict::Left(why) => {
                             not_carried.push(format!("{where_}{k}: {why}"));
-                            body.push_str(&format!("# {line}    # not carried over: {why}\n"));
+                            body.push_str(&format!(
+                                "# {}    # not carried over: {}\n",
+                                comment_text(&line),
+                                comment_text(&why)
+                            ));
                         }
                     }
                 }
@@ -92,21 +118,90 @@ pub fn import_ini(ini: &str, source: &str) -> Imported {
         }
         if let Some(t) = table {
             // A table with nothing left in it would itself be an unknown section.
-            if carried > 0 {
+            if carried > 0 && is_table_path(t) {
                 out.push_str(&format!("[{t}]\n"));
             } else {
                 out.push_str(&format!(
-                    "# [{t}]    # not carried over: nothing in it is supported\n"
+                    "# [{}]    # not carried over: nothing in it is supported\n",
+                    comment_text(t)
                 ));
             }
         }
         out.push_str(&body);
     }
+    let toml = loadable(out, &mut not_carried);
     Imported {
-        toml: out,
+        toml,
         not_carried,
         no_effect,
     }
+}
+
+/// Text safe after a `#`: TOML comments may not hold control characters (tab aside), and
+/// a byte-order mark or other invisible format character is shown, not copied.
+fn comment_text(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if (c.is_control() && c != '\t') || c == '\u{feff}' || c == '\u{200b}' {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// A TOML bare key: what an INI key must be to be written as one.
+fn is_bare_key(k: &str) -> bool {
+    !k.is_empty()
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// `mount`, `mount.cn-north-1`: a table path of bare keys.
+fn is_table_path(t: &str) -> bool {
+    t.split('.').all(|part| is_bare_key(part.trim()))
+}
+
+/// The safety net: each key was checked alone, but the file as a whole must load too (a
+/// key or section given twice, say). Every line the TOML parser stops at is turned into a
+/// comment, with the reason, until the file parses.
+fn loadable(mut toml: String, not_carried: &mut Vec<String>) -> String {
+    for _ in 0..1000 {
+        let Err(e) = toml.parse::<Table>() else {
+            return toml;
+        };
+        let at = e.span().map_or(0, |r| r.start).min(toml.len());
+        let start = toml[..at].rfind('\n').map_or(0, |i| i + 1);
+        let end = toml[start..].find('\n').map_or(toml.len(), |i| start + i);
+        let line = toml[start..end].to_string();
+        if line.starts_with('#') && !line.starts_with("# (does not load)") {
+            // A comment cannot be at fault once escaped; be safe all the same.
+            toml.replace_range(
+                start..end,
+                &format!("# (does not load) {}", comment_text(&line)),
+            );
+            continue;
+        }
+        if line.starts_with("# (does not load)") {
+            break;
+        }
+        let why = one_line(e.message());
+        not_carried.push(format!(
+            "{}: does not load with the rest: {why}",
+            comment_text(&line)
+        ));
+        toml.replace_range(
+            start..end,
+            &format!(
+                "# {}    # not carried over: {}",
+                comment_text(&line),
+                comment_text(&why)
+            ),
+        );
+    }
+    // Cannot happen with the escaping above; never hand out a file that does not load.
+    "# Converted by `efs-utils config import`: nothing could be carried over.\n".to_string()
 }
 
 /// What the parser made of one key.
@@ -230,9 +325,13 @@ fn parse_ini(text: &str) -> Vec<Section> {
         items: Vec::new(),
     }];
     let mut pending: Vec<String> = Vec::new();
+    // A section given twice is one section (as Python's configparser in the incumbent
+    // would refuse; merging keeps every value): later lines go to the first one.
+    let mut current_at = 0;
     for raw in text.lines() {
-        let line = raw.trim();
-        let current = sections.len() - 1;
+        // A byte-order mark (an editor's, at the start of the file) is not part of a line.
+        let line = raw.trim_start_matches('\u{feff}').trim();
+        let current = current_at;
         if line.is_empty() {
             sections[current]
                 .items
@@ -241,11 +340,20 @@ fn parse_ini(text: &str) -> Vec<Section> {
         } else if let Some(c) = line.strip_prefix('#').or_else(|| line.strip_prefix(';')) {
             pending.push(c.to_string());
         } else if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            sections.push(Section {
-                name: name.trim().to_string(),
-                comments: std::mem::take(&mut pending),
-                items: Vec::new(),
-            });
+            let name = name.trim().to_string();
+            if let Some(at) = sections.iter().position(|s| s.name == name) {
+                sections[at]
+                    .items
+                    .extend(pending.drain(..).map(Item::Comment));
+                current_at = at;
+            } else {
+                sections.push(Section {
+                    name,
+                    comments: std::mem::take(&mut pending),
+                    items: Vec::new(),
+                });
+                current_at = sections.len() - 1;
+            }
         } else if let Some((k, v)) = line.split_once('=').or_else(|| line.split_once(':')) {
             let items = &mut sections[current].items;
             items.extend(pending.drain(..).map(Item::Comment));
@@ -254,8 +362,7 @@ fn parse_ini(text: &str) -> Vec<Section> {
             pending.push(format!(" (not understood) {line}"));
         }
     }
-    let last = sections.len() - 1;
-    sections[last]
+    sections[current_at]
         .items
         .extend(pending.into_iter().map(Item::Comment));
     sections
@@ -287,5 +394,35 @@ mod tests {
             "left-overs are comments: {:?}",
             cfg.warnings
         );
+    }
+
+    #[test]
+    fn every_import_loads_whatever_the_input() {
+        let cases = [
+            // A byte-order mark before a line the INI reader takes for a key.
+            "\u{feff}# Copyright 2017 Amazon, Inc. affiliatffix = \"-e!st-1\"\n[mount]\nregion = us-east-1\n",
+            "[mount]\nregion = us-east-1\nregion = eu-west-1\n",
+            "[mount]\nregion = us-east-1\n[mount]\nregion = eu-west-1\n",
+            "# a lone\rCR and \u{1} in a comment\n[mount]\nbad key! = 1\nregion = x\n",
+            "[mo unt]\nregion = us-east-1\n[mount.\"x]\nk = v\n",
+        ];
+        for ini in cases {
+            let out = import_ini(ini, "/etc/amazon/efs/efs-utils.conf");
+            assert!(
+                out.toml.parse::<Table>().is_ok(),
+                "does not load:\n{}",
+                out.toml
+            );
+        }
+        // A key given twice: the last value wins, as the incumbent's reader keeps it.
+        let out = import_ini(cases[1], "x");
+        assert!(out.toml.contains("region = \"eu-west-1\""), "{}", out.toml);
+        assert!(out
+            .toml
+            .contains("# region = us-east-1    # not carried over: set again below"));
+        // A section given twice is one section.
+        let out = import_ini(cases[2], "x");
+        assert_eq!(out.toml.matches("[mount]").count(), 1, "{}", out.toml);
+        assert!(out.toml.contains("region = \"eu-west-1\""), "{}", out.toml);
     }
 }

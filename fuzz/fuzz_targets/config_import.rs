@@ -15,16 +15,10 @@ use efs_config::import::import_ini;
 use efs_config::Config;
 use libfuzzer_sys::fuzz_target;
 
-/// What the parser says about the open findings' output: a key or section given twice; a
-/// control byte (a lone CR, ...) copied into a comment; an inverted port range, each bound
-/// valid alone.
-const OPEN: &[&str] = &[
-    "duplicate key",
-    "invalid comment character",
-    "carriage return must be followed by newline",
-    "invalid unquoted key",
-    "port_range_upper_bound",
-];
+/// What the parser says about the one open finding's output: an inverted port range,
+/// each bound valid alone (a key or section given twice and control bytes or a
+/// byte-order mark in comments are fixed: the import's whole output is checked).
+const OPEN: &[&str] = &["port_range_upper_bound"];
 
 fuzz_target!(|data: &[u8]| {
     let Ok(ini) = std::str::from_utf8(data) else {

@@ -33,7 +33,11 @@ fuzz_target!(|data: &[u8]| {
         }
         let _ = view.local_mount_at(&m.mountpoint);
     }
-    for t in view.clients.iter().chain(view.volumes.iter().map(|v| &v.transport)) {
+    for t in view
+        .clients
+        .iter()
+        .chain(view.volumes.iter().map(|v| &v.transport))
+    {
         if t.local() {
             assert!(ports.contains_key(&t.port));
         }
