@@ -201,7 +201,10 @@ async fn serve(
         n_total += n as u64;
         total.fetch_add(n as u64, Ordering::Relaxed);
         if let Behaviour::Echo = behaviour {
-            if w.write_all(&buf[..n]).await.is_err() {
+            // Flushed: rustls may keep written bytes in its buffer when the socket is
+            // full, and the next read would then wait for a client that is waiting for
+            // them (seen as a hung data_path test: the last 29 KiB of an 8 MiB echo).
+            if w.write_all(&buf[..n]).await.is_err() || w.flush().await.is_err() {
                 break;
             }
         }
