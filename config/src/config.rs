@@ -58,6 +58,7 @@ pub struct Config {
     /// `[mount.<region>]` overrides.
     pub regions: BTreeMap<String, RegionConfig>,
     pub watchdog: WatchdogConfig,
+    pub client_info: ClientInfo,
     pub paths: Paths,
     /// Unknown keys and other things the operator should know; not fatal.
     pub warnings: Vec<Warning>,
@@ -91,6 +92,17 @@ pub struct MountConfig {
     /// A connection whose mount target stays silent this long while calls are
     /// outstanding is closed so that the NFS client reconnects; 0: never.
     pub tunnel_dead_upstream_timeout_sec: u64,
+    /// Base URL of the ECS credential endpoint (tests point it at a local fake).
+    pub ecs_credentials_url: String,
+    /// STS endpoint; `None`: `https://sts.{region}.{dns_name_suffix}/`.
+    pub sts_endpoint_url: Option<String>,
+}
+
+/// `[client-info]`: what the client certificate tells EFS about this client.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClientInfo {
+    /// As written; the certificate carries `unknown` unless it is 1 to 100 characters.
+    pub source: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -125,6 +137,8 @@ pub struct Paths {
     /// which tunnel, each mount really uses.
     pub nfsfs: PathBuf,
     pub tunnel: PathBuf,
+    /// The host's RSA key for client certificates.
+    pub private_key: PathBuf,
     /// Backing-device settings (`read_ahead_kb`) of mounts.
     pub sysfs_bdi: PathBuf,
 }
@@ -157,6 +171,8 @@ impl Config {
                 instance_metadata_url: String::new(),
                 tunnel_peer_check_enabled: false,
                 tunnel_dead_upstream_timeout_sec: 0,
+                ecs_credentials_url: String::new(),
+                sts_endpoint_url: None,
             },
             regions: BTreeMap::new(),
             watchdog: WatchdogConfig {
@@ -169,6 +185,7 @@ impl Config {
                 stunnel_health_check_interval_min: 0,
                 stunnel_health_check_command_timeout_sec: 0,
             },
+            client_info: ClientInfo::default(),
             paths: Paths {
                 state_dir: PathBuf::new(),
                 log_dir: PathBuf::new(),
@@ -178,6 +195,7 @@ impl Config {
                 mountinfo: PathBuf::new(),
                 nfsfs: PathBuf::new(),
                 tunnel: PathBuf::new(),
+                private_key: PathBuf::new(),
                 sysfs_bdi: PathBuf::new(),
             },
             warnings: Vec::new(),
@@ -346,7 +364,7 @@ impl fmt::Display for Warning {
 }
 
 /// The incumbent's sections that we accept with a warning instead of calling unknown.
-const UNSUPPORTED_SECTIONS: [&str; 3] = ["cloudwatch-log", "client-info", "proxy"];
+const UNSUPPORTED_SECTIONS: [&str; 2] = ["cloudwatch-log", "proxy"];
 /// The incumbent's `[mount]` keys that only meant something to stunnel.
 const STUNNEL_ONLY_KEYS: [&str; 2] = ["stunnel_debug_enabled", "stunnel_logs_file"];
 

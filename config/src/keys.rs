@@ -43,15 +43,18 @@ pub enum Section {
     /// `[mount.<region>]`.
     Region,
     Watchdog,
+    /// `[client-info]`: what the client certificate says about this client.
+    ClientInfo,
     Paths,
 }
 
 impl Section {
-    pub const ALL: [Section; 5] = [
+    pub const ALL: [Section; 6] = [
         Section::Top,
         Section::Mount,
         Section::Region,
         Section::Watchdog,
+        Section::ClientInfo,
         Section::Paths,
     ];
 
@@ -62,15 +65,21 @@ impl Section {
             Section::Mount => Some("mount"),
             Section::Region => Some("mount.<region>"),
             Section::Watchdog => Some("mount-watchdog"),
+            Section::ClientInfo => Some("client-info"),
             Section::Paths => Some("paths"),
         }
     }
 
     /// The section whose one table is called `name` (`mount`, `mount-watchdog`, `paths`).
     pub fn named(name: &str) -> Option<Section> {
-        [Section::Mount, Section::Watchdog, Section::Paths]
-            .into_iter()
-            .find(|s| s.table() == Some(name))
+        [
+            Section::Mount,
+            Section::Watchdog,
+            Section::ClientInfo,
+            Section::Paths,
+        ]
+        .into_iter()
+        .find(|s| s.table() == Some(name))
     }
 
     fn title(self) -> String {
@@ -264,6 +273,7 @@ pub enum At {
     Mount(Kind),
     Region(RegionKind),
     Watchdog(Kind),
+    ClientInfo(Kind),
     Paths(Kind),
 }
 
@@ -285,13 +295,16 @@ impl Key {
             At::Mount(_) => Section::Mount,
             At::Region(_) => Section::Region,
             At::Watchdog(_) => Section::Watchdog,
+            At::ClientInfo(_) => Section::ClientInfo,
             At::Paths(_) => Section::Paths,
         }
     }
 
     fn global(&self) -> Option<&Kind> {
         match &self.at {
-            At::Top(k) | At::Mount(k) | At::Watchdog(k) | At::Paths(k) => Some(k),
+            At::Top(k) | At::Mount(k) | At::Watchdog(k) | At::ClientInfo(k) | At::Paths(k) => {
+                Some(k)
+            }
             At::Region(_) => None,
         }
     }
@@ -309,7 +322,9 @@ impl Key {
     pub fn expected(&self) -> Expected {
         match &self.at {
             At::Region(_) => Expected::Text,
-            At::Top(k) | At::Mount(k) | At::Watchdog(k) | At::Paths(k) => k.expected(),
+            At::Top(k) | At::Mount(k) | At::Watchdog(k) | At::ClientInfo(k) | At::Paths(k) => {
+                k.expected()
+            }
         }
     }
 
@@ -500,6 +515,9 @@ use Program::{MountEfs, Status, Tunnel, Watchdog};
 const MOUNT: Effect = Effect::ReadBy(&[MountEfs]);
 const MOUNT_AND_TUNNEL: Effect = Effect::ReadBy(&[MountEfs, Tunnel]);
 const WATCHDOG: Effect = Effect::ReadBy(&[Watchdog]);
+/// Keys of the client certificate and credentials: made by mount.efs, renewed by the
+/// watchdog.
+const MOUNT_AND_WATCHDOG: Effect = Effect::ReadBy(&[MountEfs, Watchdog]);
 
 /// Every key, in the order of the file, the man page and `config check`.
 pub static KEYS: &[Key] = &[
@@ -764,6 +782,29 @@ pub static KEYS: &[Key] = &[
         effect: MOUNT,
         shipped: Shipped::CommentedDefault,
     },
+    Key {
+        name: "ecs_credentials_url",
+        at: At::Mount(Kind::Text {
+            default: "http://169.254.170.2",
+            must_contain: None,
+            get: |c| &c.mount.ecs_credentials_url,
+            set: |c, v| c.mount.ecs_credentials_url = v,
+        }),
+        doc: "ECS credential endpoint: base of awscredsuri and AWS_CONTAINER_CREDENTIALS_RELATIVE_URI (with iam).",
+        effect: MOUNT_AND_WATCHDOG,
+        shipped: Shipped::CommentedDefault,
+    },
+    Key {
+        name: "sts_endpoint_url",
+        at: At::Mount(Kind::OptText {
+            unset: "https://sts.{region}.{dns_name_suffix}/",
+            get: |c| c.mount.sts_endpoint_url.as_deref(),
+            set: |c, v| c.mount.sts_endpoint_url = Some(v),
+        }),
+        doc: "AWS STS endpoint for web identity and AssumeRole credentials (with iam).",
+        effect: MOUNT_AND_WATCHDOG,
+        shipped: Shipped::CommentedDefault,
+    },
     // [mount.<region>]
     Key {
         name: "dns_name_suffix",
@@ -886,6 +927,18 @@ pub static KEYS: &[Key] = &[
         effect: WATCHDOG,
         shipped: Shipped::CommentedDefault,
     },
+    // [client-info]
+    Key {
+        name: "source",
+        at: At::ClientInfo(Kind::OptText {
+            unset: "unknown",
+            get: |c| c.client_info.source.as_deref(),
+            set: |c, v| c.client_info.source = Some(v),
+        }),
+        doc: "Who mounts, as the client certificate tells EFS (1 to 100 characters, else unknown; the EFS CSI driver writes k8s).",
+        effect: MOUNT_AND_WATCHDOG,
+        shipped: Shipped::CommentedDefault,
+    },
     // [paths]
     Key {
         name: "state_dir",
@@ -965,6 +1018,17 @@ pub static KEYS: &[Key] = &[
         shipped: Shipped::SetToDefault,
     },
     Key {
+        name: "private_key",
+        at: At::Paths(Kind::Path {
+            default: "/etc/amazon/efs/privateKey.pem",
+            get: |c| &c.paths.private_key,
+            set: |c, v| c.paths.private_key = v,
+        }),
+        doc: "The host's RSA key for client certificates (iam, accesspoint): made once, mode 0400.",
+        effect: MOUNT_AND_WATCHDOG,
+        shipped: Shipped::SetToDefault,
+    },
+    Key {
         name: "tunnel",
         at: At::Paths(Kind::Path {
             default: "/usr/bin/efs-tunnel",
@@ -1030,7 +1094,7 @@ pub(crate) fn rows(cfg: &Config) -> Vec<(&'static Key, String, String)> {
                     }
                 }
             }
-            At::Top(k) | At::Mount(k) | At::Watchdog(k) | At::Paths(k) => {
+            At::Top(k) | At::Mount(k) | At::Watchdog(k) | At::ClientInfo(k) | At::Paths(k) => {
                 out.push((key, key.dotted(), k.show(cfg)))
             }
         }

@@ -63,9 +63,83 @@ pub struct MountState {
     /// whose `served_by` is this port): their mountpoints.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub also_serves: Vec<String>,
+    /// With `iam` or `accesspoint`: the client certificate the tunnel presents, and what
+    /// the watchdog needs to renew it. `None`: the tunnel presents none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<ClientCertRecord>,
     /// Anything else (fields of other versions), kept as it was.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A mount's client certificate (`iam`, `accesspoint`): written by `mount.efs`, renewed
+/// by the watchdog, shown by `efs-utils status`. The certificate is a file of its own,
+/// [`client_cert_path`], mode 0600; the key is the host's (`[paths] private_key`).
+/// Secrets are never recorded: renewal fetches credentials again from `iam_source`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientCertRecord {
+    /// The PEM certificate the tunnel presents (`--client-cert`).
+    pub certificate: PathBuf,
+    /// The host's private key (`--client-key`).
+    pub private_key: PathBuf,
+    /// The certificate's subject CN (the host name, at most 64 characters).
+    pub common_name: String,
+    /// The region the IAM signature is scoped to.
+    pub region: String,
+    /// The access point (extension 7.1), if the mount has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_point: Option<String>,
+    /// With `iam`: where the credentials came from, as `efs_iam::Source::method` writes
+    /// it (the incumbent's `awsCredentialsMethod`, e.g. `metadata:`,
+    /// `credentials:default`); the watchdog renews from the same source. `None`: no IAM
+    /// extension (access point only), nothing to renew but the validity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iam_source: Option<String>,
+    /// When the current certificate was issued, seconds since the epoch.
+    pub issued: f64,
+    /// When it stops being valid, seconds since the epoch.
+    pub not_after: f64,
+    /// When the credentials in it expire, if the source said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_expire: Option<f64>,
+    /// Set by the watchdog: the last renewal that succeeded, seconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewed: Option<f64>,
+    /// Set by the watchdog while renewal fails: the one-line error (never a secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal_error: Option<String>,
+}
+
+/// Where a mount's client certificate lives: `<state file name>+/certificate.pem`, the
+/// incumbent's layout. The directory is 0700 and holds nothing else; whoever removes
+/// the certificate removes the directory too ([`remove_client_cert`]).
+pub fn client_cert_path(state_dir: &Path, state_name: &str) -> PathBuf {
+    state_dir
+        .join(format!("{state_name}+"))
+        .join("certificate.pem")
+}
+
+/// Removes a client certificate written at [`client_cert_path`] and its directory;
+/// missing is fine.
+pub fn remove_client_cert(certificate: &Path) -> io::Result<()> {
+    match fs::remove_file(certificate) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    if let Some(dir) = certificate.parent() {
+        if dir
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().ends_with('+'))
+        {
+            match fs::remove_dir(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Now, as state files record times: seconds since the epoch, with fractions.
@@ -320,7 +394,8 @@ impl std::error::Error for StateError {}
 /// control sockets with `tunnel-`, so neither matches; a mountpoint under `/tmp` mangles
 /// to `…tmp…` and must still match.
 pub fn is_state_file_name(name: &str) -> bool {
-    name.starts_with("fs-")
+    // `NAME+` is a mount's certificate directory ([`client_cert_path`]).
+    name.starts_with("fs-") && !name.ends_with('+')
 }
 
 /// True if any state file in `dir` records this port (a second guard, next to the bound
@@ -381,6 +456,7 @@ mod tests {
             unmount_time: None,
             served_by: None,
             also_serves: Vec::new(),
+            client_cert: None,
             extra: Default::default(),
         }
     }
@@ -421,6 +497,7 @@ mod tests {
         );
         assert!(!is_state_file_name(".fs-1.mnt.20049.tmp42"));
         assert!(!is_state_file_name("tunnel-20049.sock"));
+        assert!(!is_state_file_name("fs-1.mnt.efs.20049+"));
         assert!(!port_in_use_by_state(&dir, 20124));
         // A rewrite replaces the file in place, and never brings back a removed one.
         st.restarts = 7;

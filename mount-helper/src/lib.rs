@@ -287,6 +287,8 @@ impl Mount<'_> {
             // Already there (the helper entered it); recorded so that a tunnel the
             // watchdog restarts runs there too.
             netns: self.opts.netns.as_ref().map(PathBuf::from),
+            client_cert: None,
+            client_key: None,
         };
         info!("Starting TLS tunnel: \"{}\"", spec.to_args().join(" "));
         let tunnel =
@@ -319,6 +321,7 @@ impl Mount<'_> {
             unmount_time: None,
             served_by: None,
             also_serves: Vec::new(),
+            client_cert: None,
             extra: Default::default(),
         };
         guard.state_file = Some(

@@ -50,6 +50,8 @@ pub mod flag {
     pub const DEAD_UPSTREAM_SEC: &str = "dead-upstream-sec";
     pub const PROBE_RETRY_SEC: &str = "probe-retry-sec";
     pub const NETNS: &str = "netns";
+    pub const CLIENT_CERT: &str = "client-cert";
+    pub const CLIENT_KEY: &str = "client-key";
 
     /// `--NAME`.
     pub fn dashed(name: &str) -> String {
@@ -124,6 +126,14 @@ pub struct TunnelCommand {
     /// same network. Entered before anything else, by the tunnel itself.
     #[arg(long = flag::NETNS, value_name = "PATH")]
     pub netns: Option<PathBuf>,
+    /// Present this PEM certificate to the mount target: the client certificate EFS
+    /// authorizes by (`iam`, `accesspoint`). Read again with `--client-key` on SIGHUP, for
+    /// new connections; open ones keep theirs.
+    #[arg(long = flag::CLIENT_CERT, value_name = "FILE", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// The private key (PEM, PKCS#8) of `--client-cert`.
+    #[arg(long = flag::CLIENT_KEY, value_name = "FILE", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
 }
 
 /// How long a mount target may stay silent while calls are outstanding, by default.
@@ -182,6 +192,10 @@ impl TunnelCommand {
                 flag::DEAD_UPSTREAM_SEC,
                 Some(self.dead_upstream_sec.to_string()),
             );
+        }
+        if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
+            push(flag::CLIENT_CERT, Some(lossy(cert)));
+            push(flag::CLIENT_KEY, Some(lossy(key)));
         }
         args
     }
@@ -469,6 +483,8 @@ mod tests {
             dead_upstream_sec: 12,
             probe_retry_sec: 0,
             netns: None,
+            client_cert: Some("/var/run/efs/fs-12345678.mnt.efs.20049+/certificate.pem".into()),
+            client_key: Some("/etc/amazon/efs/privateKey.pem".into()),
         }
     }
 
@@ -518,6 +534,16 @@ mod tests {
             ]
         );
         assert!(!args.iter().any(|a| a == "--listen-fd" || a == "--ready-fd"));
+        let (args, client) = args.split_at(args.len() - 4);
+        assert_eq!(
+            client,
+            [
+                "--client-cert",
+                "/var/run/efs/fs-12345678.mnt.efs.20049+/certificate.pem",
+                "--client-key",
+                "/etc/amazon/efs/privateKey.pem"
+            ]
+        );
         assert_eq!(
             args[args.len() - 7..],
             [
@@ -534,6 +560,8 @@ mod tests {
         let plain = TunnelCommand {
             allow_any_peer: false,
             dead_upstream_sec: DEFAULT_DEAD_UPSTREAM_SEC,
+            client_cert: None,
+            client_key: None,
             ..full()
         };
         assert!(plain

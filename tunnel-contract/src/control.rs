@@ -58,9 +58,26 @@ pub struct Status {
     /// NFS client (the tunnel's peer check). (Absent from older tunnels' answers.)
     #[serde(default)]
     pub peer_refused: u64,
+    /// The client certificate the tunnel presents (`--client-cert`), if any. (Absent
+    /// from older tunnels' answers.)
+    #[serde(default)]
+    pub client_cert: Option<ClientCertStatus>,
     /// The most recent successful handshake.
     pub tls: Option<TlsSession>,
     pub last_error: Option<LastError>,
+}
+
+/// The client certificate a tunnel presents to new connections.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientCertStatus {
+    /// The certificate's notAfter, seconds since the epoch.
+    pub not_after_unix: i64,
+    /// When the tunnel loaded it (at start or on SIGHUP), seconds since the epoch.
+    pub loaded_unix: i64,
+    /// Successful reloads since start.
+    pub reloads: u64,
+    /// The last reload that failed, one line (the tunnel kept the pair it had).
+    pub reload_error: Option<String>,
 }
 
 /// The most recent handshake's parameters. The names are efs-utils' own, stable across

@@ -3,6 +3,7 @@
 //! temporary directories, and child processes that cannot outlive a failed test.
 //! Dev-only: no product crate depends on it.
 
+pub mod efs;
 pub mod root;
 
 use std::io::{BufRead, BufReader, Read};
@@ -135,6 +136,26 @@ impl TlsServer {
 
     /// Like [`TlsServer::start`], on a given address (for example 127.0.0.7:2049).
     pub async fn start_on(addr: SocketAddr, cert: &ServerCert, behaviour: Behaviour) -> TlsServer {
+        TlsServer::start_with(addr, cert, behaviour, None).await
+    }
+
+    /// Like [`TlsServer::start`], as a fake EFS: a client must present a certificate
+    /// that `verifier` authorizes.
+    pub async fn start_requiring_client_cert(
+        cert: &ServerCert,
+        behaviour: Behaviour,
+        verifier: Arc<efs::FakeEfsVerifier>,
+    ) -> TlsServer {
+        let addr = "127.0.0.1:0".parse().unwrap();
+        TlsServer::start_with(addr, cert, behaviour, Some(verifier)).await
+    }
+
+    async fn start_with(
+        addr: SocketAddr,
+        cert: &ServerCert,
+        behaviour: Behaviour,
+        client_auth: Option<Arc<efs::FakeEfsVerifier>>,
+    ) -> TlsServer {
         let certs: Vec<CertificateDer<'static>> =
             CertificateDer::pem_slice_iter(cert.cert_pem.as_bytes())
                 .collect::<Result<_, _>>()
@@ -144,8 +165,11 @@ impl TlsServer {
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
+        .unwrap();
+        let config = match client_auth {
+            None => config.with_no_client_auth(),
+            Some(v) => config.with_client_cert_verifier(v),
+        }
         .with_single_cert(certs, key)
         .unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
