@@ -86,6 +86,40 @@ EOT
     stunnel4 /etc/e2e-tls/stunnel-server.conf
 }
 
+# A fake of EFS's IAM authorization in front of knfsd, instead of the stunnel server
+# (tests/fake-efs): TLS on 127.0.0.2:2049 that admits a client only with a client
+# certificate EFS would authorize. Known access keys: /etc/e2e-tls/efs-keys. Extra
+# arguments (--access-point ID, --require-iam) are the file system's policy. Verdicts go
+# to /var/log/fake-efs.log, one line each.
+E2E_AKID=AKIAE2ETESTKEY000001
+E2E_SECRET=e2eSecretKeyThatOnlyTheFakeEfsKnows0001
+start_fake_efs() {
+    [ -f /run/stunnel-server.pid ] && kill "$(cat /run/stunnel-server.pid)" 2>/dev/null
+    pkill -x efs-fake-efs 2>/dev/null
+    sleep 0.2
+    (umask 077; echo "$E2E_AKID $E2E_SECRET" >/etc/e2e-tls/efs-keys)
+    setsid /opt/efs/efs-fake-efs --listen 127.0.0.2:2049 --connect 127.0.0.3:2049 \
+        --cert /etc/e2e-tls/server.pem --key /etc/e2e-tls/server.key \
+        --keys /etc/e2e-tls/efs-keys "$@" >>/var/log/fake-efs.log 2>&1 </dev/null &
+    wait_for 10 grep -q "listening on 127.0.0.2:2049" /var/log/fake-efs.log
+}
+
+# Root's AWS profiles: [default] with the key the fake EFS knows, [wrong] with a wrong
+# secret for it.
+aws_profiles() {
+    mkdir -p /root/.aws
+    (umask 077; cat >/root/.aws/credentials <<EOT
+[default]
+aws_access_key_id = $E2E_AKID
+aws_secret_access_key = $E2E_SECRET
+
+[wrong]
+aws_access_key_id = $E2E_AKID
+aws_secret_access_key = notTheSecretTheFakeEfsKnowsAtAll000000000
+EOT
+    )
+}
+
 efs_side_up() {
     make_certs
     start_knfsd
@@ -104,7 +138,7 @@ port_of() {
 }
 
 state_files() {
-    ls /var/run/efs 2>/dev/null | grep '^fs-' || true
+    ls /var/run/efs 2>/dev/null | grep '^fs-' | grep -v '+$' || true
 }
 
 sha() { sha256sum "$1" | cut -d' ' -f1; }
@@ -156,7 +190,10 @@ boot_number() {
 
 # Makes the "EFS" side a unit that starts at boot before remote file systems, so fstab
 # _netdev mounts find it (for cases that reboot).
+# efs_side_at_boot [FRONT...]: FRONT is the command that starts EFS's TLS side
+# (default start_tls_terminator; e.g. "start_fake_efs --require-iam").
 efs_side_at_boot() {
+    local front=${*:-start_tls_terminator}
     cp /opt/efs/lib.sh /usr/local/lib/e2e-lib.sh
     cat >/etc/systemd/system/e2e-efs.service <<EOT
 [Unit]
@@ -169,7 +206,7 @@ Wants=remote-fs-pre.target
 [Service]
 Type=oneshot
 RemainAfterExit=yes
-ExecStart=/bin/bash -c '. /usr/local/lib/e2e-lib.sh; start_knfsd; start_tls_terminator'
+ExecStart=/bin/bash -c '. /usr/local/lib/e2e-lib.sh; start_knfsd; $front'
 
 [Install]
 WantedBy=remote-fs.target

@@ -28,6 +28,9 @@ mkdir -p "$stage/root"
 make -C "$top" --no-print-directory install DESTDIR="$stage/root" >&2
 cp "$("$top/packaging/build-deb.sh")" "$stage/efs-utils.deb"
 cp -r "$here/cases" "$here/lib.sh" "$stage/"
+# The fake of EFS's IAM authorization (tests/fake-efs): test-only, never installed.
+cargo build --release --locked -q -p efs-fake-efs --manifest-path "$top/Cargo.toml" >&2
+cp "$top/target/release/efs-fake-efs" "$stage/"
 
 passed=0
 failed=0
