@@ -13,15 +13,30 @@ MANDIR ?= $(PREFIX)/share/man
 DESTDIR ?=
 CARGO ?= cargo
 BINS := efs-tunnel amazon-efs-mount-watchdog efs-utils
+# GLIBC=2.17: binaries that run on glibc 2.17 and later (Amazon Linux 2, RHEL 8, Ubuntu
+# 22.04, ...), linked by cargo-zigbuild (packaging/zig-toolchain.sh installs it); the
+# packages are built so. Unset: for this machine's glibc (plain cargo).
+GLIBC ?=
+TRIPLE ?= $(shell rustc -vV | sed -n 's/^host: //p')
+ifeq ($(GLIBC),)
+OUT := target/release
+else
+OUT := target/$(TRIPLE)/release
+endif
 
 .PHONY: build install uninstall test deb rpm
 
 build:
+ifeq ($(GLIBC),)
 	$(CARGO) build --release --locked -p efs-tunnel -p efs-mount-helper -p efs-watchdog -p efs-utils
+else
+	packaging/zig-toolchain.sh
+	$(CARGO) zigbuild --release --locked --target $(TRIPLE).$(GLIBC) -p efs-tunnel -p efs-mount-helper -p efs-watchdog -p efs-utils
+endif
 
 install: build
-	install -D -m 0755 target/release/mount-efs $(DESTDIR)$(SBINDIR)/mount.efs
-	for b in $(BINS); do install -D -m 0755 target/release/$$b $(DESTDIR)$(PREFIX)/bin/$$b; done
+	install -D -m 0755 $(OUT)/mount-efs $(DESTDIR)$(SBINDIR)/mount.efs
+	for b in $(BINS); do install -D -m 0755 $(OUT)/$$b $(DESTDIR)$(PREFIX)/bin/$$b; done
 	install -d -m 0755 $(DESTDIR)$(UNITDIR)
 	sed 's|/usr/bin/|$(PREFIX)/bin/|' systemd/amazon-efs-mount-watchdog.service \
 		>$(DESTDIR)$(UNITDIR)/amazon-efs-mount-watchdog.service

@@ -12,7 +12,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 root="$work/root"
 mkdir -p "$root"
-make --no-print-directory install DESTDIR="$root" PREFIX=/usr SBINDIR=/usr/sbin UNITDIR=/usr/lib/systemd/system
+make --no-print-directory install DESTDIR="$root" GLIBC="${GLIBC-2.17}" PREFIX=/usr SBINDIR=/usr/sbin UNITDIR=/usr/lib/systemd/system
 # Compressed as rpmbuild's brp-compress would (which recompresses them where it runs).
 gzip -9n "$root"/usr/share/man/man*/*
 mkdir -p target/rpm

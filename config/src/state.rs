@@ -142,6 +142,33 @@ pub fn remove_client_cert(certificate: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Atomically exchanges two existing names: `renameat2(a, b, RENAME_EXCHANGE)`, made as
+/// the system call itself. glibc has a `renameat2` wrapper only since 2.28, and the
+/// release binaries are built to run on glibc 2.17 and later (Amazon Linux 2 has 2.26;
+/// docs/portability.md); the system call is in every kernel since 3.15.
+fn exchange(a: &Path, b: &Path) -> Result<(), nix::errno::Errno> {
+    use nix::libc;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes());
+    let (a, b) = match (c(a), c(b)) {
+        (Ok(a), Ok(b)) => (a, b),
+        _ => return Err(nix::errno::Errno::EINVAL),
+    };
+    // SAFETY: the two pointers are NUL-terminated strings that outlive the call, which
+    // reads nothing else of this process's memory and writes none of it.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    nix::errno::Errno::result(rc).map(drop)
+}
+
 /// Now, as state files record times: seconds since the epoch, with fractions.
 pub fn unix_time() -> f64 {
     std::time::SystemTime::now()
@@ -234,13 +261,7 @@ impl MountState {
         let path = dir.join(name);
         let tmp = dir.join(temp_name(name, "new"));
         let result = self.write_temp(&tmp).and_then(|()| {
-            match nix::fcntl::renameat2(
-                nix::fcntl::AT_FDCWD,
-                &tmp,
-                nix::fcntl::AT_FDCWD,
-                &path,
-                nix::fcntl::RenameFlags::RENAME_EXCHANGE,
-            ) {
+            match exchange(&tmp, &path) {
                 Ok(()) => File::open(dir)?.sync_all().map(|()| true),
                 Err(nix::errno::Errno::ENOENT) => Ok(false),
                 Err(e) => Err(io::Error::from(e)),
