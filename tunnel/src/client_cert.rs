@@ -161,8 +161,27 @@ pub fn load(
     })
 }
 
+/// More than any certificate chain or key: a path that names something else (a device,
+/// a log) is refused instead of read to the end.
+const MAX_FILE: u64 = 1 << 20;
+
+fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_FILE + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE {
+        return Err(std::io::Error::other(format!(
+            "larger than {} KiB",
+            MAX_FILE / 1024
+        )));
+    }
+    Ok(bytes)
+}
+
 fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, ClientCertError> {
-    let bytes = std::fs::read(path).map_err(|e| ClientCertError::CertUnreadable {
+    let bytes = read_bounded(path).map_err(|e| ClientCertError::CertUnreadable {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
@@ -181,7 +200,7 @@ fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, ClientCertErr
 }
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, ClientCertError> {
-    let bytes = std::fs::read(path).map_err(|e| ClientCertError::KeyUnreadable {
+    let bytes = read_bounded(path).map_err(|e| ClientCertError::KeyUnreadable {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
@@ -350,6 +369,14 @@ mod tests {
                 dir.pair("e", &cert, &other_key),
                 "key.pem",
                 "does not match",
+            ),
+            (
+                ClientCertFiles {
+                    cert: "/dev/zero".into(),
+                    key: files.key.clone(),
+                },
+                "/dev/zero",
+                "larger than 1024 KiB",
             ),
         ];
         for (files, names, says) in cases {
