@@ -20,7 +20,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
 
 pub use efs_tunnel_contract::control::{
-    query_status, ControlError, LastError, Status, TlsSession, MAX_REQUEST,
+    query_status, ClientCertStatus, ControlError, LastError, Status, TlsSession, MAX_REQUEST,
 };
 
 use crate::shutdown::Shutdown;

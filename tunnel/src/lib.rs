@@ -5,6 +5,8 @@
 //! watchdog; `efs-tunnel` is also usable by hand in the foreground. Where to look:
 //! * [`server::run`]: the life of a tunnel, top to bottom;
 //! * [`policy`]: the TLS policy (versions, suites, groups, verification), in one place;
+//! * [`tls_config`]: the configuration new connections use, rebuilt on SIGHUP, and
+//!   [`client_cert`]: the client certificate EFS authorizes the tunnel by;
 //! * [`copy`]: how bytes move, and why it is fast;
 //! * [`upstream`]: reaching the mount target, and the errors it can give;
 //! * [`control`]: serving the status socket the watchdog and the status command read,
@@ -20,6 +22,7 @@
 //! `efs_tunnel_contract` crate, which has neither tokio nor rustls.
 
 pub mod certinfo;
+pub mod client_cert;
 pub mod control;
 pub mod copy;
 pub mod fds;
@@ -31,6 +34,7 @@ pub mod repeat_log;
 pub mod server;
 pub mod shutdown;
 pub mod stats;
+pub mod tls_config;
 pub mod upstream;
 pub mod watch;
 

@@ -6,6 +6,7 @@ use std::net::TcpListener;
 use std::process::ExitCode;
 
 use efs_config::logging::{self, LogSpec, RotatingFile};
+use efs_tunnel::client_cert::ClientCertFiles;
 use efs_tunnel::fds;
 use efs_tunnel::policy::{self, HostnameCheck, TlsPolicy, Trust};
 use efs_tunnel::upstream::Target;
@@ -101,6 +102,12 @@ fn start(args: Invocation) -> Result<(), String> {
     let (host, port) = split_host_port(&cmd.connect)?;
     let check_host = ServerName::try_from(cmd.check_host.clone())
         .map_err(|_| format!("--check-host {:?} is not a valid DNS name", cmd.check_host))?;
+    let client_cert = match (cmd.client_cert, cmd.client_key) {
+        (Some(cert), Some(key)) => Some(ClientCertFiles { cert, key }),
+        (None, None) => None,
+        // clap requires each with the other; said again here for any other caller.
+        _ => return Err("--client-cert and --client-key go together".into()),
+    };
     let config = TunnelConfig {
         target: Target {
             host,
@@ -117,6 +124,7 @@ fn start(args: Invocation) -> Result<(), String> {
             },
             fips: cmd.fips,
         },
+        client_cert,
         control_socket: cmd.control,
         ready: args
             .ready_fd

@@ -36,6 +36,7 @@ use rustls::crypto::ring as backend;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
@@ -185,25 +186,41 @@ fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PolicyErr
         .map_err(|e| unreadable(format!("bad PEM: {e}")))
 }
 
-/// Builds the client configuration for upstream connections. One configuration is shared
-/// by all connections of a tunnel, so its session cache gives resumption across
-/// reconnects.
+/// Builds the client configuration for upstream connections, presenting no client
+/// certificate. One configuration is shared by all connections of a tunnel, so its
+/// session cache gives resumption across reconnects.
 pub fn client_config(policy: &TlsPolicy) -> Result<ClientConfig, PolicyError> {
+    client_config_from(policy, Arc::new(root_store(&policy.trust)?), None)
+}
+
+/// Builds the client configuration from trust anchors already loaded, presenting
+/// `client_cert` to the mount target if given (what `with_client_auth_cert` does, with a
+/// key that was parsed and checked once, in `client_cert::load`). Each configuration
+/// starts with a session cache of its own, empty.
+pub fn client_config_from(
+    policy: &TlsPolicy,
+    roots: Arc<RootCertStore>,
+    client_cert: Option<&CertifiedKey>,
+) -> Result<ClientConfig, PolicyError> {
     let provider = Arc::new(provider(policy.fips));
-    let roots = Arc::new(root_store(&policy.trust)?);
     let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
         .build()
         .map_err(|e| PolicyError::Rustls(e.to_string()))?;
     let builder = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| PolicyError::Rustls(e.to_string()))?;
-    let config = match policy.hostname {
+    let builder = match policy.hostname {
         HostnameCheck::Required => builder.with_webpki_verifier(webpki),
         HostnameCheck::DisabledByConfig => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(ChainOnlyVerifier(webpki))),
-    }
-    .with_no_client_auth();
+    };
+    let config = match client_cert {
+        None => builder.with_no_client_auth(),
+        Some(pair) => {
+            builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(pair.clone())))
+        }
+    };
     Ok(config)
 }
 

@@ -2,26 +2,30 @@
 //! its own verified TLS connection to the mount target. [`run`] is the whole life of a
 //! tunnel, top to bottom; `serve_connection` the life of one connection: the peer check,
 //! the upstream connection, the copy, and why it ended.
+//!
+//! The TLS configuration new connections use (trust anchors, the client certificate)
+//! is [`crate::tls_config`]'s, rebuilt on SIGHUP; open connections keep theirs.
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use log::{debug, info, warn};
-use rustls::ClientConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::signal::unix::{signal, SignalKind};
 
+use crate::client_cert::{ClientCertError, ClientCertFiles};
 use crate::control::{ControlSocket, Status};
 use crate::copy::CopyError;
 use crate::peer::{self, Endpoints, Refusal};
-use crate::policy::{self, HostnameCheck, PolicyError, TlsPolicy};
+use crate::policy::{HostnameCheck, PolicyError, TlsPolicy};
 use crate::repeat_log::{repeats_suffix, RepeatLog};
-use crate::shutdown::{Shutdown, ShutdownTrigger};
+use crate::shutdown::{Request, Shutdown, ShutdownTrigger, Signals};
 use crate::stats::Stats;
+use crate::tls_config::{LoadError, TlsConfig};
 use crate::upstream::{self, Target, UpstreamError};
 use crate::{copy, fds};
 use efs_tunnel_contract::Readiness;
@@ -35,6 +39,8 @@ const CLOSE_NOTIFY_DEADLINE: Duration = Duration::from_secs(1);
 pub struct TunnelConfig {
     pub target: Target,
     pub policy: TlsPolicy,
+    /// The client certificate to present (EFS authorizes by it), re-read on SIGHUP.
+    pub client_cert: Option<ClientCertFiles>,
     /// Where to answer status requests (mode 0600).
     pub control_socket: Option<PathBuf>,
     /// If set, complete one TLS handshake with the mount target before serving, and
@@ -58,6 +64,7 @@ pub struct TunnelConfig {
 #[derive(Debug)]
 pub enum TunnelError {
     Policy(PolicyError),
+    ClientCert(ClientCertError),
     Listener(std::io::Error),
     Control(PathBuf, std::io::Error),
     Signals(std::io::Error),
@@ -68,6 +75,7 @@ impl fmt::Display for TunnelError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TunnelError::Policy(e) => write!(f, "{e}"),
+            TunnelError::ClientCert(e) => write!(f, "{e}"),
             TunnelError::Listener(e) => write!(f, "cannot use the listening socket: {e}"),
             TunnelError::Control(p, e) => {
                 write!(f, "cannot create control socket {}: {e}", p.display())
@@ -80,11 +88,19 @@ impl fmt::Display for TunnelError {
 
 impl std::error::Error for TunnelError {}
 
+impl From<LoadError> for TunnelError {
+    fn from(e: LoadError) -> Self {
+        match e {
+            LoadError::Policy(e) => TunnelError::Policy(e),
+            LoadError::ClientCert(e) => TunnelError::ClientCert(e),
+        }
+    }
+}
+
 /// What every connection task shares.
 struct Shared {
     target: Target,
-    policy: TlsPolicy,
-    tls: RwLock<Arc<ClientConfig>>,
+    tls: TlsConfig,
     stats: Stats,
     listen_port: u16,
     allow_any_peer: bool,
@@ -96,36 +112,17 @@ struct Shared {
 }
 
 impl Shared {
-    fn tls(&self) -> Arc<ClientConfig> {
-        match self.tls.read() {
-            Ok(cfg) => cfg.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
-    /// SIGHUP: re-read the CA file for new connections. A bad file keeps the old one.
-    fn reload(&self) {
-        match policy::client_config(&self.policy) {
-            Ok(cfg) => {
-                match self.tls.write() {
-                    Ok(mut slot) => *slot = Arc::new(cfg),
-                    Err(poisoned) => *poisoned.into_inner() = Arc::new(cfg),
-                }
-                info!("SIGHUP: reloaded trust anchors; new connections use them");
-            }
-            Err(e) => warn!("SIGHUP: keeping the previous trust anchors: {e}"),
-        }
-    }
-
     fn status(&self) -> Status {
+        let policy = self.tls.policy();
         Status {
             listen_port: self.listen_port,
             upstream_host: self.target.host.clone(),
             upstream_port: self.target.port,
             check_host: self.target.check_host.to_str().into_owned(),
             fs_id: self.target.fs_id.clone(),
-            hostname_check: self.policy.hostname == HostnameCheck::Required,
-            fips: self.policy.fips,
+            hostname_check: policy.hostname == HostnameCheck::Required,
+            fips: policy.fips,
+            client_cert: self.tls.client_cert_status(),
             ..self.stats.snapshot()
         }
     }
@@ -163,12 +160,21 @@ impl Shared {
 /// Runs a tunnel on `listener` until SIGTERM or SIGINT.
 pub async fn run(config: TunnelConfig, listener: std::net::TcpListener) -> Result<(), TunnelError> {
     // Signals first, so that a SIGTERM from a mount helper cleaning up is always graceful.
-    let mut sigterm = signal(SignalKind::terminate()).map_err(TunnelError::Signals)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(TunnelError::Signals)?;
-    let mut sighup = signal(SignalKind::hangup()).map_err(TunnelError::Signals)?;
+    let mut signals = Signals::install().map_err(TunnelError::Signals)?;
 
-    let tls = policy::client_config(&config.policy).map_err(TunnelError::Policy)?;
-    if config.policy.hostname == HostnameCheck::DisabledByConfig {
+    let mut ready = config.ready;
+    let tls = match TlsConfig::load(config.policy, config.client_cert) {
+        Ok(tls) => tls,
+        Err(e) => {
+            // The parent waiting on the ready pipe learns why, not only that we died.
+            let e = TunnelError::from(e);
+            if let Some(ready) = ready.as_mut() {
+                ready.report(&Readiness::Failed(e.to_string()));
+            }
+            return Err(e);
+        }
+    };
+    if tls.policy().hostname == HostnameCheck::DisabledByConfig {
         warn!(
             "certificate hostname checking is DISABLED by configuration (stunnel_check_cert_hostname = false): \
              any certificate from a trusted CA is accepted for {}",
@@ -182,8 +188,7 @@ pub async fn run(config: TunnelConfig, listener: std::net::TcpListener) -> Resul
     let listen_addr = listener.local_addr().map_err(TunnelError::Listener)?;
     let shared = Arc::new(Shared {
         target: config.target,
-        policy: config.policy,
-        tls: RwLock::new(Arc::new(tls)),
+        tls,
         stats: Stats::default(),
         listen_port: listen_addr.port(),
         allow_any_peer: config.allow_any_peer,
@@ -200,7 +205,7 @@ pub async fn run(config: TunnelConfig, listener: std::net::TcpListener) -> Resul
         tokio::spawn(control.serve(Arc::new(move || for_status.status()), trigger.subscribe()));
     }
 
-    if let Some(ready) = config.ready {
+    if let Some(ready) = ready {
         probe(&shared, ready, config.probe_retry).await?;
     }
     info!(
@@ -224,9 +229,10 @@ pub async fn run(config: TunnelConfig, listener: std::net::TcpListener) -> Resul
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
-            _ = sighup.recv() => shared.reload(),
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
+            request = signals.recv() => match request {
+                Request::Reload => shared.tls.reload(),
+                Request::Stop => break,
+            },
         }
     }
 
@@ -251,14 +257,8 @@ async fn probe(
     let mut delay = Duration::from_millis(250);
     let mut attempts = 1u32;
     loop {
-        match upstream::connect(&shared.target, shared.tls(), shared.dead_upstream).await {
-            Ok(mut tls) => {
-                record_handshake(shared, &tls);
-                let _ = tokio::time::timeout(
-                    CLOSE_NOTIFY_DEADLINE,
-                    tokio::io::AsyncWriteExt::shutdown(&mut tls),
-                )
-                .await;
+        match probe_once(shared).await {
+            Ok(()) => {
                 if attempts > 1 {
                     info!("{} answered after {attempts} attempts", shared.target);
                 }
@@ -295,6 +295,34 @@ async fn probe(
             }
         }
     }
+}
+
+/// One probe: a handshake, then close_notify and the mount target's answer to it. In
+/// TLS 1.3 the server judges the client certificate (or its absence) after the client's
+/// side of the handshake has ended, so a refusal arrives as an alert after `connect`
+/// returned: reading until the server's close (or [`CLOSE_NOTIFY_DEADLINE`]) tells an
+/// authorized client from a refused one. In TLS 1.2 the handshake itself says so.
+async fn probe_once(shared: &Shared) -> Result<(), UpstreamError> {
+    let mut tls =
+        upstream::connect(&shared.target, shared.tls.current(), shared.dead_upstream).await?;
+    let tls13 = tls.get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
+    let verdict = tokio::time::timeout(CLOSE_NOTIFY_DEADLINE, async {
+        tls.shutdown().await?;
+        if tls13 {
+            let mut sink = [0u8; 512];
+            while tls.read(&mut sink).await? > 0 {}
+        }
+        Ok::<(), std::io::Error>(())
+    })
+    .await;
+    // A silent server, or one that closes without close_notify, has accepted us.
+    if let Ok(Err(e)) = verdict {
+        if let Some(refused) = UpstreamError::refused_after_handshake(&e) {
+            return Err(refused);
+        }
+    }
+    record_handshake(shared, &tls);
+    Ok(())
 }
 
 fn record_handshake(shared: &Shared, tls: &upstream::TlsStream) {
@@ -351,7 +379,7 @@ async fn serve_connection(
     }
 
     let connected = tokio::select! {
-        r = upstream::connect(&shared.target, shared.tls(), shared.dead_upstream) => r,
+        r = upstream::connect(&shared.target, shared.tls.current(), shared.dead_upstream) => r,
         _ = shutdown.recv() => return,
     };
     let mut tls = match connected {
@@ -371,17 +399,63 @@ async fn serve_connection(
 
     let stats = &shared.stats;
     tokio::select! {
-        r = copy::bidirectional(&mut client, &mut tls, &stats.bytes_to_server, &stats.bytes_from_server, shared.dead_upstream) => match r {
-            Ok(()) => {}
-            Err(CopyError::Silent(s)) => shared.upstream_silent(&s),
-            // Only the upstream socket has a user timeout and keepalive.
-            Err(CopyError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
-                shared.upstream_silent(&format_args!("the connection timed out ({e})"));
-            }
-            Err(e) => debug!("connection closed: {e}"),
-        },
-        _ = shutdown.recv() => {
-            let _ = tokio::time::timeout(CLOSE_NOTIFY_DEADLINE, tokio::io::AsyncWriteExt::shutdown(&mut tls)).await;
+        r = copy::bidirectional(&mut client, &mut tls, &stats.bytes_to_server, &stats.bytes_from_server, shared.dead_upstream) => {
+            copy_ended(&shared, &mut tls, r).await;
         }
+        _ = shutdown.recv() => {
+            let _ = tokio::time::timeout(CLOSE_NOTIFY_DEADLINE, tls.shutdown()).await;
+        }
+    }
+}
+
+/// Says why a connection's copy ended, where that is worth saying.
+async fn copy_ended(shared: &Shared, tls: &mut upstream::TlsStream, ended: Result<(), CopyError>) {
+    let e = match ended {
+        Ok(()) => return,
+        Err(CopyError::Silent(s)) => return shared.upstream_silent(&s),
+        Err(CopyError::Io(e)) => e,
+    };
+    let refused = match UpstreamError::refused_after_handshake(&e) {
+        Some(refused) => Some(refused),
+        None => unread_refusal(tls, &e).await,
+    };
+    if let Some(refused) = refused {
+        // TLS 1.3: the mount target's verdict on our client certificate comes after our
+        // side of the handshake; a refusal is a failed handshake, not a copy error.
+        let resumed = matches!(
+            tls.get_ref().1.handshake_kind(),
+            Some(rustls::HandshakeKind::Resumed)
+        );
+        shared.stats.handshake_refused(
+            resumed,
+            format!(
+                "cannot reach {}: {refused}; closed the NFS client's connection",
+                shared.target
+            ),
+        );
+    } else if e.kind() == std::io::ErrorKind::TimedOut {
+        // Only the upstream socket has a user timeout and keepalive.
+        shared.upstream_silent(&format_args!("the connection timed out ({e})"));
+    } else {
+        debug!("connection closed: {e}");
+    }
+}
+
+/// When a write to the mount target failed because it had closed the connection, the
+/// alert it sent before closing may still be unread: in TLS 1.3 a refused client
+/// certificate is answered right after the handshake, and the client's first request
+/// then meets a closed socket. One short read finds it.
+async fn unread_refusal(
+    tls: &mut upstream::TlsStream,
+    e: &std::io::Error,
+) -> Option<UpstreamError> {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionReset};
+    if !matches!(e.kind(), BrokenPipe | ConnectionReset) {
+        return None;
+    }
+    let mut sink = [0u8; 512];
+    match tokio::time::timeout(Duration::from_millis(100), tls.read(&mut sink)).await {
+        Ok(Err(e)) => UpstreamError::refused_after_handshake(&e),
+        _ => None,
     }
 }

@@ -2,10 +2,53 @@
 //! [`ShutdownTrigger`], every task holds a [`Shutdown`] and selects on
 //! [`Shutdown::recv`], and `run` waits for the tasks' [`Shutdown`]s to be dropped, with a
 //! deadline, before the process exits.
+//!
+//! And the signals that ask for it, or for a reload ([`Signals`]): SIGTERM and SIGINT
+//! stop the tunnel, SIGHUP makes it read its files again. Every one of them is handled
+//! once `run` has started, so none of them kills the tunnel by its default action.
 
 use std::time::Duration;
 
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{mpsc, watch};
+
+/// What a signal asks of the tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// SIGTERM, SIGINT: close the connections and exit 0.
+    Stop,
+    /// SIGHUP: read the CA file and the client certificate again, for new connections.
+    Reload,
+}
+
+/// The signals a tunnel answers.
+#[derive(Debug)]
+pub struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    /// Installs the handlers (inside the runtime).
+    pub fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// The next request. Cancel-safe: a signal that arrives while the caller is busy
+    /// elsewhere is returned by the next call.
+    pub async fn recv(&mut self) -> Request {
+        tokio::select! {
+            _ = self.term.recv() => Request::Stop,
+            _ = self.int.recv() => Request::Stop,
+            _ = self.hup.recv() => Request::Reload,
+        }
+    }
+}
 
 /// Held by every task that must finish before the process exits.
 #[derive(Debug, Clone)]

@@ -76,9 +76,9 @@ pub enum FailedStep {
 impl FailedStep {
     pub fn of(e: &UpstreamError) -> FailedStep {
         match e {
-            UpstreamError::Handshake(_) | UpstreamError::Timeout("TLS handshake") => {
-                FailedStep::Handshake
-            }
+            UpstreamError::Handshake(_)
+            | UpstreamError::RefusedAfterHandshake(_)
+            | UpstreamError::Timeout("TLS handshake") => FailedStep::Handshake,
             UpstreamError::Resolve(_)
             | UpstreamError::NoAddress
             | UpstreamError::Connect(..)
@@ -142,6 +142,19 @@ impl Stats {
                 e.last_logged = None;
             }
         }
+    }
+
+    /// A handshake counted by [`Stats::handshake_ok`] that the mount target then refused
+    /// (TLS 1.3 judges the client certificate after the client's side is done): it
+    /// counts as failed instead, and is logged as an upstream error.
+    pub fn handshake_refused(&self, resumed: bool, message: String) {
+        let counter = if resumed {
+            &self.handshakes_resumed
+        } else {
+            &self.handshakes_full
+        };
+        let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        self.upstream_error(FailedStep::Handshake, message);
     }
 
     /// Records an upstream failure at `step` and logs it: a new message at once, an

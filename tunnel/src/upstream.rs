@@ -65,9 +65,34 @@ pub enum UpstreamError {
     /// The TLS handshake failed: a bad certificate, a wrong name, no common protocol
     /// version or cipher suite, or an alert from the server.
     Handshake(io::Error),
+    /// TLS 1.3: the handshake completed on our side, then the server refused our client
+    /// certificate (or its absence) with this alert.
+    RefusedAfterHandshake(rustls::Error),
 }
 
 impl UpstreamError {
+    /// The mount target's refusal of the client (an authentication alert), if that is
+    /// what ended a TLS stream. In TLS 1.3 it arrives after the client's side of the
+    /// handshake, on the first read.
+    pub fn refused_after_handshake(e: &io::Error) -> Option<UpstreamError> {
+        use rustls::AlertDescription as A;
+        let tls = e.get_ref()?.downcast_ref::<rustls::Error>()?;
+        match tls {
+            rustls::Error::AlertReceived(
+                A::CertificateRequired
+                | A::HandshakeFailure
+                | A::BadCertificate
+                | A::UnsupportedCertificate
+                | A::CertificateRevoked
+                | A::CertificateExpired
+                | A::CertificateUnknown
+                | A::UnknownCA
+                | A::AccessDenied,
+            ) => Some(UpstreamError::RefusedAfterHandshake(tls.clone())),
+            _ => None,
+        }
+    }
+
     /// A failure that may pass by itself: the name does not resolve yet, nothing answers
     /// or accepts on the port, a step timed out, or the connection broke during the
     /// handshake (a terminator restarting). A refusal by TLS itself (certificate, name,
@@ -78,6 +103,7 @@ impl UpstreamError {
             | UpstreamError::NoAddress
             | UpstreamError::Connect(..)
             | UpstreamError::Timeout(_) => true,
+            UpstreamError::RefusedAfterHandshake(_) => false,
             UpstreamError::Handshake(e) => e
                 .get_ref()
                 .and_then(|i| i.downcast_ref::<rustls::Error>())
@@ -99,6 +125,15 @@ impl fmt::Display for UpstreamError {
                     None => write!(f, "TLS handshake failed: {e}"),
                 }
             }
+            UpstreamError::RefusedAfterHandshake(tls) => {
+                let hint = match tls {
+                    rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired) => {
+                        " (the mount target requires a client certificate: mount with -o iam or -o accesspoint)"
+                    }
+                    _ => " (the mount target refused the client certificate: check the IAM identity's permissions, the file system policy and the access point)",
+                };
+                write!(f, "TLS handshake refused: {tls}{hint}")
+            }
         }
     }
 }
@@ -113,7 +148,7 @@ fn hint(e: &rustls::Error) -> &'static str {
             " (the certificate does not chain to a trusted CA: check the cafile option or stunnel_cafile)"
         }
         E::AlertReceived(A::HandshakeFailure | A::InsufficientSecurity) => {
-            " (the server offers no cipher suite or key exchange we allow: TLS 1.2+ with AEAD ciphers only)"
+            " (the server offers no cipher suite or key exchange we allow: TLS 1.2+ with AEAD ciphers only; or, with a client certificate, it refused that)"
         }
         E::AlertReceived(A::ProtocolVersion) | E::PeerIncompatible(_) => {
             " (the server does not speak TLS 1.2 or 1.3)"
@@ -322,6 +357,37 @@ mod tests {
             t.to_string(),
             "10.0.1.5:2049 (TLS name fs-1.efs.us-east-1.amazonaws.com)"
         );
+    }
+
+    #[test]
+    fn only_an_authentication_alert_is_a_refusal_after_the_handshake() {
+        use rustls::AlertDescription as A;
+        let alert = |a| io::Error::new(io::ErrorKind::InvalidData, rustls::Error::AlertReceived(a));
+        let refused = UpstreamError::refused_after_handshake(&alert(A::CertificateRequired))
+            .expect("a refusal");
+        assert!(!refused.is_transient());
+        assert_eq!(
+            crate::stats::FailedStep::of(&refused),
+            crate::stats::FailedStep::Handshake
+        );
+        assert!(
+            refused
+                .to_string()
+                .contains("requires a client certificate"),
+            "{refused}"
+        );
+        let denied = UpstreamError::refused_after_handshake(&alert(A::HandshakeFailure)).unwrap();
+        assert!(
+            denied
+                .to_string()
+                .contains("refused the client certificate"),
+            "{denied}"
+        );
+        assert!(UpstreamError::refused_after_handshake(&alert(A::DecodeError)).is_none());
+        assert!(UpstreamError::refused_after_handshake(&io::Error::from(
+            io::ErrorKind::BrokenPipe
+        ))
+        .is_none());
     }
 
     #[tokio::test]

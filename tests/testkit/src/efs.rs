@@ -4,11 +4,16 @@
 //! known access key). Named as a fake: the real authorization runs inside EFS.
 //!
 //! Each verdict is recorded, so a test can assert who was let in (or why not).
+//!
+//! [`client_certificate`] issues what a client presents, as `mount.efs` does.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use efs_iam::cert::{self, CertificateRequest, ClientCertificate, HostKey, Iam};
+use efs_iam::credentials::{AccessKeyId, Credentials, SecretAccessKey};
 use efs_iam::testing::{authorize, Expect, KnownKey, Verdict};
+use efs_iam::SigningTime;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, UnixTime};
@@ -58,6 +63,39 @@ impl Default for FakeEfsPolicy {
     fn default() -> Self {
         FakeEfsPolicy::new()
     }
+}
+
+/// A client certificate for [`crate::FS_ID`], issued now with `host_key` as `mount.efs`
+/// issues it: signed for us-east-1 with `access_key` (id, secret) if given (`-o iam`),
+/// naming `access_point` if given. Generate the [`HostKey`] once per test: RSA-3072 takes
+/// a second or so.
+pub fn client_certificate(
+    host_key: &HostKey,
+    access_key: Option<(&str, &str)>,
+    access_point: Option<&str>,
+) -> ClientCertificate {
+    let credentials = access_key.map(|(id, secret)| {
+        Credentials::new(
+            AccessKeyId::new(id).expect("an access key id of 16-128 [A-Za-z0-9_]"),
+            SecretAccessKey::new(secret).expect("a printable secret"),
+            None,
+            None,
+        )
+    });
+    let request = CertificateRequest {
+        common_name: "efs-test-client",
+        fs_id: crate::FS_ID,
+        access_point,
+        iam: credentials.as_ref().map(|credentials| Iam {
+            credentials,
+            region: "us-east-1",
+            service: efs_iam::EFS_SERVICE,
+        }),
+        client_source: Some("efs-testkit"),
+        efs_utils_version: "3.2.0",
+        now: SigningTime::now().expect("a clock after 2000"),
+    };
+    cert::issue(host_key, &request).expect("a certificate for a valid request")
 }
 
 /// The verifier: requires a client certificate and authorizes it by [`FakeEfsPolicy`].
