@@ -43,6 +43,9 @@ pub const NOT_AFTER: time::Duration = time::Duration::hours(3);
 pub const MAX_COMMON_NAME: usize = 64;
 /// Longest `[client-info] source`; longer or empty becomes `unknown`.
 pub const MAX_SOURCE: usize = 100;
+/// The `efs_utils_version` of extension 7.4: the amazon-efs-utils release whose client
+/// certificate (and behaviour) this crate reproduces, so EFS sees what it knows.
+pub const EFS_UTILS_VERSION: &str = "3.2.0";
 
 /// Why no key or certificate. One line each, naming what failed.
 #[derive(Debug, Clone, PartialEq, Eq)]

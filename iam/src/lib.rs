@@ -54,7 +54,7 @@
 //!     access_point: Some("fsap-0123456789abcdef0"),
 //!     iam: Some(Iam { credentials: &got.credentials, region: "eu-west-1", service: efs_iam::EFS_SERVICE }),
 //!     client_source: None,
-//!     efs_utils_version: "3.2.0",
+//!     efs_utils_version: cert::EFS_UTILS_VERSION,
 //!     now,
 //! })?;
 //! // state file: awsCredentialsMethod = got.source.method(),
