@@ -39,7 +39,8 @@
 //! * The key is generated with the pure-Rust `rsa` crate (ring cannot generate RSA, and
 //!   aws-lc-rs stays out of the default build); ring signs, through rcgen.
 //!
-//! A mount with `-o tls,iam,accesspoint=...`, as `mount.efs` will do it:
+//! A mount with `-o tls,iam,accesspoint=...`, as `mount.efs` does it
+//! (`mount-helper/src/client_cert.rs`, with the endpoints from the config):
 //!
 //! ```no_run
 //! use efs_iam::{cert, credentials, CertificateRequest, HostKey, Iam, ProcessEnv, SigningTime};
