@@ -6,7 +6,9 @@
 //! bound port, no tunnel): the host key (`[paths] private_key`, made once, 0400), the AWS
 //! credentials in the incumbent's order (`efs_iam::credentials::obtain`, endpoints from
 //! the config so tests point them at fakes), and the signed certificate. A credential
-//! failure is then the mount's one-line error and nothing has to be undone. [`write`]
+//! failure is then the mount's one-line error and nothing has to be undone. It runs in
+//! the helper's own network namespace, before `netns=` is entered: where the region is
+//! looked up and where the watchdog renews. [`write`]
 //! puts the PEM at `<state dir>/<state name>+/certificate.pem` once the state name (which
 //! holds the port) is known: directory 0700, file 0600, created exclusively, never
 //! through a symlink. [`Prepared::record`] is what the state file keeps for the watchdog

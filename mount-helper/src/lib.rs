@@ -145,10 +145,6 @@ pub fn run(inv: &Invocation) -> Result<(), MountError> {
         .as_deref()
         .map(|ns| namespace::MountNamespace::open(Path::new(ns)))
         .transpose()?;
-    if let Some(ns) = opts.netns.as_deref() {
-        namespace::enter_netns(Path::new(ns))?;
-    }
-
     let mount = Mount {
         cfg: &cfg,
         inv,
@@ -159,11 +155,29 @@ pub fn run(inv: &Invocation) -> Result<(), MountError> {
         opts: &opts,
         mount_ns: mount_ns.as_ref(),
     };
-    if opts.tls {
-        mount.tls()
+    // In this network namespace, before netns= is entered: the CA file, and the AWS
+    // credentials, found where the region was and where the watchdog renews them.
+    let tls = if opts.tls {
+        match mount.tls_prepare()? {
+            Some(t) => Some(t),
+            None => return Ok(()), // already mounted
+        }
     } else {
-        mount.plain()
+        None
+    };
+    if let Some(ns) = opts.netns.as_deref() {
+        namespace::enter_netns(Path::new(ns))?;
     }
+    match tls {
+        Some(t) => mount.tls(t),
+        None => mount.plain(),
+    }
+}
+
+/// What a TLS mount settles before it starts anything.
+struct TlsPrepared {
+    cafile: Option<PathBuf>,
+    client_cert: Option<client_cert::Prepared>,
 }
 
 /// Everything one mount needs, resolved.
@@ -224,8 +238,11 @@ impl Mount<'_> {
         }
     }
 
-    /// Through a tunnel on 127.0.0.1.
-    fn tls(&self) -> Result<(), MountError> {
+    /// Before a TLS mount starts anything: `None` if it is already there (`mount -a` run
+    /// twice: says so), else the CA file and, with `iam` or `accesspoint`, the client
+    /// certificate. Credentials and certificate come before anything of the mount
+    /// exists: a mount that cannot have them leaves nothing to undo.
+    fn tls_prepare(&self) -> Result<Option<TlsPrepared>, MountError> {
         let cfg = self.cfg;
         if let Some(st) = already::mounted(cfg, &self.inv.mountpoint, self.fs_id, self.path) {
             let msg = already::message(&self.inv.mountpoint);
@@ -234,9 +251,8 @@ impl Mount<'_> {
                 st.fs_id, st.port
             );
             println!("{msg}");
-            return Ok(());
+            return Ok(None);
         }
-        let paths = &cfg.paths;
         let cafile = self
             .opts
             .cafile
@@ -251,9 +267,21 @@ impl Mount<'_> {
                 )));
             }
         }
-        // Credentials and certificate before anything of the mount exists: a mount that
-        // cannot have them leaves nothing to undo.
-        let prepared = client_cert::prepare(cfg, self.opts, self.fs_id, self.region)?;
+        let client_cert = client_cert::prepare(cfg, self.opts, self.fs_id, self.region)?;
+        Ok(Some(TlsPrepared {
+            cafile,
+            client_cert,
+        }))
+    }
+
+    /// Through a tunnel on 127.0.0.1.
+    fn tls(&self, prepared: TlsPrepared) -> Result<(), MountError> {
+        let cfg = self.cfg;
+        let paths = &cfg.paths;
+        let TlsPrepared {
+            cafile,
+            client_cert: prepared,
+        } = prepared;
         state::ensure_state_dir(&paths.state_dir, cfg.state_file_dir_mode).map_err(|e| {
             MountError::Failed(format!("cannot create {}: {e}", paths.state_dir.display()))
         })?;
