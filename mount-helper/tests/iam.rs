@@ -281,6 +281,7 @@ fn assert_certified(
     akid: Option<&str>,
     ap: Option<&str>,
     method: Option<&str>,
+    source: &str,
 ) -> ClientCertRecord {
     let (name, st) = state_of(root, mp);
     let rec = st.client_cert.clone().expect("client_cert in the state");
@@ -326,6 +327,7 @@ fn assert_certified(
         )),
         "{cmd}"
     );
+    let expected_source = source;
     match verdict(&rec.certificate, akid, ap) {
         Verdict::Allowed(Identity {
             access_key_id,
@@ -335,7 +337,7 @@ fn assert_certified(
         }) => {
             assert_eq!(access_key_id.as_deref(), akid);
             assert_eq!(access_point.as_deref(), ap);
-            assert_eq!(source, "unknown");
+            assert_eq!(source, expected_source);
             assert_eq!(efs_utils_version, "3.2.0");
         }
         Verdict::Denied(why) => panic!("the fake EFS refused the certificate: {why:?}"),
@@ -368,7 +370,14 @@ async fn iam_with_the_instance_role_makes_the_host_key_once_and_a_certificate_pe
         &[],
     );
     run.assert_ok();
-    assert_certified(&root, &mp, Some(IMDS_AKID), None, Some("metadata:"));
+    assert_certified(
+        &root,
+        &mp,
+        Some(IMDS_AKID),
+        None,
+        Some("metadata:"),
+        "unknown",
+    );
     // IMDSv2: a token first, then the role and its credentials with it
     let seen = aws.seen.lock().unwrap().clone();
     assert_eq!(
@@ -397,7 +406,14 @@ async fn iam_with_the_instance_role_makes_the_host_key_once_and_a_certificate_pe
     )
     .assert_ok();
     assert_eq!(std::fs::read(&key).unwrap(), first_key);
-    let second = assert_certified(&root, &mp2, Some(IMDS_AKID), None, Some("metadata:"));
+    let second = assert_certified(
+        &root,
+        &mp2,
+        Some(IMDS_AKID),
+        None,
+        Some("metadata:"),
+        "unknown",
+    );
     assert_ne!(
         second.certificate,
         state_of(&root, &mp).1.client_cert.unwrap().certificate
@@ -436,7 +452,14 @@ async fn iam_with_a_named_profile_from_the_credentials_file() {
         &[],
     )
     .assert_ok();
-    assert_certified(&root, &mp, Some(PROFILE_AKID), None, Some("credentials:p"));
+    assert_certified(
+        &root,
+        &mp,
+        Some(PROFILE_AKID),
+        None,
+        Some("credentials:p"),
+        "unknown",
+    );
     assert!(
         aws.seen.lock().unwrap().is_empty(),
         "no endpoint asked for a profile"
@@ -448,6 +471,12 @@ async fn iam_with_a_named_profile_from_the_credentials_file() {
 async fn iam_with_awscredsuri_from_the_ecs_endpoint_and_an_access_point() {
     let aws = fake_aws(Mode::Serve);
     let root = iam_root(&aws.base, false, "");
+    // [client-info] source goes into the certificate (the EFS CSI driver writes k8s)
+    let mut config = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&root.config)
+        .unwrap();
+    writeln!(config, "\n[client-info]\nsource = \"k8s\"").unwrap();
     let (_server, ip) = server(&root).await;
     let mp = root.mountpoint("ecs");
     let run = mount(
@@ -469,6 +498,7 @@ async fn iam_with_awscredsuri_from_the_ecs_endpoint_and_an_access_point() {
         Some(ECS_AKID),
         Some(AP),
         Some("ecs:/v2/credentials/task"),
+        "k8s",
     );
     assert_eq!(
         aws.seen.lock().unwrap().clone(),
@@ -500,7 +530,7 @@ async fn an_access_point_without_iam_asks_for_no_credentials() {
         &[],
     )
     .assert_ok();
-    assert_certified(&root, &mp, None, Some(AP), None);
+    assert_certified(&root, &mp, None, Some(AP), None, "unknown");
     assert!(aws.seen.lock().unwrap().is_empty());
 }
 
