@@ -14,6 +14,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -201,8 +202,23 @@ fn mount(root: &Root, args: &[&str], env: &[(&str, &str)]) -> Run {
     root.mount_env(args, &all)
 }
 
+/// A free loopback address for a "mount target" on port 2049, in a block of this process
+/// (testkit's `target_addr` hands out the same few addresses in every test process, and
+/// other test runs on the machine may hold them).
+fn mount_target_addr() -> SocketAddr {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let block = 100 + (std::process::id() % 100) as u8;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let addr = SocketAddr::from(([127, block, (n / 250) as u8, (n % 250) as u8 + 1], 2049));
+        if TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+}
+
 async fn server(root: &Root) -> (TlsServer, String) {
-    let addr = target_addr();
+    let addr = mount_target_addr();
     let s = TlsServer::start_on(addr, &root.ca.issue(WILDCARD), Behaviour::Echo).await;
     (s, addr.ip().to_string())
 }
@@ -694,6 +710,30 @@ fn an_unreadable_web_identity_token_file_is_named() {
 }
 
 #[test]
+fn a_host_key_that_cannot_be_made_is_named() {
+    let root = iam_root(&closed(), true, "");
+    let key = root.dir.path("no-such-dir/privateKey.pem");
+    let text = std::fs::read_to_string(&root.config).unwrap();
+    let text = text.replace(
+        &format!("private_key = \"{}\"", key_path(&root).display()),
+        &format!("private_key = \"{}\"", key.display()),
+    );
+    std::fs::write(&root.config, text).unwrap();
+    assert_refused(
+        &root,
+        &format!("tls,accesspoint={AP},mounttargetip=127.0.0.1"),
+        &[],
+        &[
+            &format!(
+                "cannot make the client certificate for {FS_ID}: cannot create the client key {}",
+                key.display()
+            ),
+            "[paths] private_key",
+        ],
+    );
+}
+
+#[test]
 fn web_identity_options_alone_are_a_usage_error() {
     let root = iam_root(&closed(), false, "");
     let mp = root.mountpoint("x");
@@ -822,7 +862,7 @@ async fn an_iam_mount_is_let_in_by_a_fake_efs_that_requires_the_certificate() {
         verifier.clone(),
     )
     .await;
-    let target = target_addr();
+    let target = mount_target_addr();
     forward(target, efs.addr);
     let mp = root.mountpoint("e2e");
     mount(
