@@ -43,11 +43,20 @@ pub const NOT_AFTER: time::Duration = time::Duration::hours(3);
 pub const MAX_COMMON_NAME: usize = 64;
 /// Longest `[client-info] source`; longer or empty becomes `unknown`.
 pub const MAX_SOURCE: usize = 100;
+/// The `efs_utils_version` of extension 7.4: the amazon-efs-utils release whose client
+/// certificate (and behaviour) this crate reproduces, so EFS sees what it knows.
+pub const EFS_UTILS_VERSION: &str = "3.2.0";
 
 /// Why no key or certificate. One line each, naming what failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CertError {
+    /// The key file is there but cannot be read or used.
     KeyFile {
+        path: PathBuf,
+        reason: String,
+    },
+    /// There is no key file, and none can be written there.
+    KeyNotWritable {
         path: PathBuf,
         reason: String,
     },
@@ -67,6 +76,11 @@ impl std::fmt::Display for CertError {
             CertError::KeyFile { path, reason } => write!(
                 f,
                 "client key {}: {reason}: remove it to have a new one made",
+                path.display()
+            ),
+            CertError::KeyNotWritable { path, reason } => write!(
+                f,
+                "cannot create the client key {}: {reason}: check [paths] private_key, and that its directory exists and root can write there",
                 path.display()
             ),
             CertError::KeyGeneration(e) => write!(f, "cannot generate the client key: {e}"),
@@ -164,6 +178,15 @@ impl HostKey {
             Ok(None) => {}
             Err(e) => return Err(file_err(e)),
         }
+        // before seconds of key generation: a key that could not be written anyway
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.is_dir() {
+                return Err(CertError::KeyNotWritable {
+                    path: path.to_path_buf(),
+                    reason: format!("{} is not a directory", dir.display()),
+                });
+            }
+        }
         let key = Self::generate()?;
         let name = path
             .file_name()
@@ -190,7 +213,10 @@ impl HostKey {
                 Ok(None) => Err(file_err("empty after another process created it".into())),
                 Err(e) => Err(file_err(e)),
             },
-            Err(e) => Err(file_err(e.to_string())),
+            Err(e) => Err(CertError::KeyNotWritable {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            }),
         }
     }
 }

@@ -523,8 +523,12 @@ impl std::fmt::Display for Error {
             ),
             Error::TokenFile { what, path, reason } => write!(
                 f,
-                "cannot read the {what} token file {}: {reason}",
-                path.display()
+                "cannot read the {what} token file {}: {reason}: {}",
+                path.display(),
+                match *what {
+                    "web identity" => "fix -o jwtpath (or AWS_WEB_IDENTITY_TOKEN_FILE, or the profile's web_identity_token_file), or let the token be written there first",
+                    _ => "fix AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE, or let the token be written there first",
+                }
             ),
             Error::File { path, reason } => write!(f, "cannot read {}: {reason}", path.display()),
             Error::UntrustedFile { path, reason } => write!(

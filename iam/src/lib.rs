@@ -39,7 +39,8 @@
 //! * The key is generated with the pure-Rust `rsa` crate (ring cannot generate RSA, and
 //!   aws-lc-rs stays out of the default build); ring signs, through rcgen.
 //!
-//! A mount with `-o tls,iam,accesspoint=...`, as `mount.efs` will do it:
+//! A mount with `-o tls,iam,accesspoint=...`, as `mount.efs` does it
+//! (`mount-helper/src/client_cert.rs`, with the endpoints from the config):
 //!
 //! ```no_run
 //! use efs_iam::{cert, credentials, CertificateRequest, HostKey, Iam, ProcessEnv, SigningTime};
@@ -54,7 +55,7 @@
 //!     access_point: Some("fsap-0123456789abcdef0"),
 //!     iam: Some(Iam { credentials: &got.credentials, region: "eu-west-1", service: efs_iam::EFS_SERVICE }),
 //!     client_source: None,
-//!     efs_utils_version: "3.2.0",
+//!     efs_utils_version: cert::EFS_UTILS_VERSION,
 //!     now,
 //! })?;
 //! // state file: awsCredentialsMethod = got.source.method(),

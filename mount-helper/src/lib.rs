@@ -6,6 +6,8 @@
 //! * [`options`]: every `-o` option, its validation and error text, and the options
 //!   `mount.nfs4` gets;
 //! * [`target`]: file system id, region, DNS name and certificate name;
+//! * [`client_cert`]: the client certificate of an `iam` or `accesspoint` mount (host
+//!   key, AWS credentials, signing, where it is written);
 //! * [`launch`]: choosing the port and starting the tunnel;
 //! * [`nfs`]: running `mount.nfs4`, with retries;
 //! * [`sharing`]: which tunnel the kernel really gave the mount (it may share another's);
@@ -14,10 +16,13 @@
 //!
 //! Exit codes follow mount(8): 1 for usage and invalid options, `mount.nfs4`'s own code
 //! when it fails, 32 for any other failure. A failure after the tunnel started stops the
-//! tunnel and removes its state: a failed mount leaves nothing behind.
+//! tunnel and removes its state and client certificate: a failed mount leaves nothing
+//! behind. AWS credentials are found before anything of the mount exists, so a mount
+//! that cannot have them fails with nothing to undo.
 
 pub mod already;
 pub mod args;
+pub mod client_cert;
 pub mod imds;
 pub mod launch;
 pub mod namespace;
@@ -125,7 +130,8 @@ pub fn run(inv: &Invocation) -> Result<(), MountError> {
     let needs_region = ["{region}", "{dns_name_suffix}"]
         .iter()
         .any(|f| cfg.mount.dns_name_format.contains(f));
-    let region = if needs_region {
+    // With iam the SigV4 signature is scoped to the region, whatever the DNS name needs.
+    let region = if needs_region || (opts.tls && opts.iam) {
         target::resolve_region(opts.region.as_deref(), &device, &cfg)
             .map_err(MountError::Invalid)?
     } else {
@@ -139,10 +145,6 @@ pub fn run(inv: &Invocation) -> Result<(), MountError> {
         .as_deref()
         .map(|ns| namespace::MountNamespace::open(Path::new(ns)))
         .transpose()?;
-    if let Some(ns) = opts.netns.as_deref() {
-        namespace::enter_netns(Path::new(ns))?;
-    }
-
     let mount = Mount {
         cfg: &cfg,
         inv,
@@ -153,11 +155,29 @@ pub fn run(inv: &Invocation) -> Result<(), MountError> {
         opts: &opts,
         mount_ns: mount_ns.as_ref(),
     };
-    if opts.tls {
-        mount.tls()
+    // In this network namespace, before netns= is entered: the CA file, and the AWS
+    // credentials, found where the region was and where the watchdog renews them.
+    let tls = if opts.tls {
+        match mount.tls_prepare()? {
+            Some(t) => Some(t),
+            None => return Ok(()), // already mounted
+        }
     } else {
-        mount.plain()
+        None
+    };
+    if let Some(ns) = opts.netns.as_deref() {
+        namespace::enter_netns(Path::new(ns))?;
     }
+    match tls {
+        Some(t) => mount.tls(t),
+        None => mount.plain(),
+    }
+}
+
+/// What a TLS mount settles before it starts anything.
+struct TlsPrepared {
+    cafile: Option<PathBuf>,
+    client_cert: Option<client_cert::Prepared>,
 }
 
 /// Everything one mount needs, resolved.
@@ -218,8 +238,11 @@ impl Mount<'_> {
         }
     }
 
-    /// Through a tunnel on 127.0.0.1.
-    fn tls(&self) -> Result<(), MountError> {
+    /// Before a TLS mount starts anything: `None` if it is already there (`mount -a` run
+    /// twice: says so), else the CA file and, with `iam` or `accesspoint`, the client
+    /// certificate. Credentials and certificate come before anything of the mount
+    /// exists: a mount that cannot have them leaves nothing to undo.
+    fn tls_prepare(&self) -> Result<Option<TlsPrepared>, MountError> {
         let cfg = self.cfg;
         if let Some(st) = already::mounted(cfg, &self.inv.mountpoint, self.fs_id, self.path) {
             let msg = already::message(&self.inv.mountpoint);
@@ -228,9 +251,8 @@ impl Mount<'_> {
                 st.fs_id, st.port
             );
             println!("{msg}");
-            return Ok(());
+            return Ok(None);
         }
-        let paths = &cfg.paths;
         let cafile = self
             .opts
             .cafile
@@ -245,6 +267,21 @@ impl Mount<'_> {
                 )));
             }
         }
+        let client_cert = client_cert::prepare(cfg, self.opts, self.fs_id, self.region)?;
+        Ok(Some(TlsPrepared {
+            cafile,
+            client_cert,
+        }))
+    }
+
+    /// Through a tunnel on 127.0.0.1.
+    fn tls(&self, prepared: TlsPrepared) -> Result<(), MountError> {
+        let cfg = self.cfg;
+        let paths = &cfg.paths;
+        let TlsPrepared {
+            cafile,
+            client_cert: prepared,
+        } = prepared;
         state::ensure_state_dir(&paths.state_dir, cfg.state_file_dir_mode).map_err(|e| {
             MountError::Failed(format!("cannot create {}: {e}", paths.state_dir.display()))
         })?;
@@ -264,6 +301,26 @@ impl Mount<'_> {
             format!("{connect_host}:2049")
         };
         let control = state::control_socket_path(&paths.state_dir, port);
+        let name = state::state_file_name(self.fs_id, Path::new(&self.inv.mountpoint), port);
+        let mut guard = Undo {
+            tunnel: None,
+            state_file: None,
+            client_cert: None,
+        };
+        let client_cert = match &prepared {
+            Some(p) => {
+                let path = state::client_cert_path(&paths.state_dir, &name);
+                client_cert::write(&path, &p.pem).map_err(|e| {
+                    MountError::Failed(format!(
+                        "cannot write the client certificate {}: {e}",
+                        path.display()
+                    ))
+                })?;
+                guard.client_cert = Some(path.clone());
+                Some(p.record(&path, &paths.private_key, self.region))
+            }
+            None => None,
+        };
         let spec = TunnelCommand {
             program: paths.tunnel.clone(),
             connect,
@@ -287,19 +344,15 @@ impl Mount<'_> {
             // Already there (the helper entered it); recorded so that a tunnel the
             // watchdog restarts runs there too.
             netns: self.opts.netns.as_ref().map(PathBuf::from),
-            client_cert: None,
-            client_key: None,
+            client_cert: client_cert.as_ref().map(|c| c.certificate.clone()),
+            client_key: client_cert.as_ref().map(|c| c.private_key.clone()),
         };
         info!("Starting TLS tunnel: \"{}\"", spec.to_args().join(" "));
         let tunnel =
             launch::start(&spec, listener).map_err(|e| MountError::Failed(e.to_string()))?;
         info!("Started TLS tunnel, pid: {}", tunnel.pid());
-        let mut guard = Undo {
-            tunnel: Some(tunnel),
-            state_file: None,
-        };
+        guard.tunnel = Some(tunnel);
 
-        let name = state::state_file_name(self.fs_id, Path::new(&self.inv.mountpoint), port);
         let mut record = MountState {
             pid: guard
                 .tunnel
@@ -321,7 +374,9 @@ impl Mount<'_> {
             unmount_time: None,
             served_by: None,
             also_serves: Vec::new(),
-            client_cert: None,
+            // Not in `files`: the watchdog removes it, and its directory, at teardown
+            // (state::remove_client_cert).
+            client_cert,
             extra: Default::default(),
         };
         guard.state_file = Some(
@@ -404,10 +459,12 @@ impl Mount<'_> {
     }
 }
 
-/// What a failed TLS mount must undo: stop the tunnel, remove the state file.
+/// What a failed TLS mount must undo: stop the tunnel, remove the state file and the
+/// client certificate with its directory.
 struct Undo {
     tunnel: Option<RunningTunnel>,
     state_file: Option<PathBuf>,
+    client_cert: Option<PathBuf>,
 }
 
 impl Undo {
@@ -415,6 +472,7 @@ impl Undo {
     fn keep(&mut self) {
         self.tunnel = None;
         self.state_file = None;
+        self.client_cert = None;
     }
 }
 
@@ -427,6 +485,9 @@ impl Drop for Undo {
         }
         if let Some(t) = self.tunnel.take() {
             t.stop();
+        }
+        if let Some(c) = self.client_cert.take() {
+            let _ = state::remove_client_cert(&c);
         }
     }
 }

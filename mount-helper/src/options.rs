@@ -2,11 +2,15 @@
 //! options `mount.nfs4` gets.
 //!
 //! Names, meanings, checks and error texts follow amazon-efs-utils (the reference
-//! behaviour's sections 1.2, 1.4 and 1.5), with three deliberate differences: a value that
+//! behaviour's sections 1.2, 1.4 and 1.5), with these deliberate differences: a value that
 //! contains `=` is kept whole instead of crashing the parser; options for features not
-//! built yet (IAM, access points, OCSP, ...) are validated as the incumbent does and then
-//! refused with a clear "not supported yet"; and `verify=0` (no certificate verification
-//! at all) is refused.
+//! built yet (`crossaccount`, which needs the EFS API, and `ocsp`) are validated as the
+//! incumbent does and then refused with a clear "not supported yet"; `verify=0` (no
+//! certificate verification at all) is refused; and with `iam`, `rolearn` and `jwtpath`
+//! must come together (the incumbent ignores one alone and mounts with whatever identity
+//! the rest of the credential chain finds). The IAM and access-point options themselves
+//! (`iam`, `accesspoint`, `awsprofile`, `awscredsuri`, `rolearn`, `jwtpath`) become
+//! [`EfsOptions`] fields; [`crate::client_cert`] acts on them.
 
 use std::fmt;
 
@@ -40,16 +44,7 @@ pub const EFS_OPTIONS: &[&str] = &[
 const UNSUPPORTED: &[&str] = &["capath", "azid"];
 
 /// Validated, then refused until they are built.
-const NOT_YET: &[&str] = &[
-    "iam",
-    "accesspoint",
-    "awsprofile",
-    "awscredsuri",
-    "rolearn",
-    "jwtpath",
-    "crossaccount",
-    "ocsp",
-];
+const NOT_YET: &[&str] = &["crossaccount", "ocsp"];
 
 /// The option string, in the order given: `(key, Some(value))` or `(key, None)`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -143,6 +138,25 @@ pub struct EfsOptions {
     pub netns: Option<String>,
     /// `stunnel` was given: accepted for compatibility, with a notice.
     pub stunnel: bool,
+    /// `iam`: the client certificate carries a SigV4 signature of AWS credentials.
+    pub iam: bool,
+    /// `accesspoint=fsap-...`, checked against `^fsap-[0-9a-f]{17}$`.
+    pub accesspoint: Option<String>,
+    /// `awsprofile=NAME` (only with `iam`).
+    pub awsprofile: Option<String>,
+    /// `awscredsuri=/...` (only with `iam`; starts with `/`).
+    pub awscredsuri: Option<String>,
+    /// `rolearn=ARN` (with `jwtpath`, only with `iam`).
+    pub rolearn: Option<String>,
+    /// `jwtpath=PATH` (with `rolearn`, only with `iam`).
+    pub jwtpath: Option<String>,
+}
+
+impl EfsOptions {
+    /// The mount presents a client certificate: `iam` or `accesspoint`.
+    pub fn client_cert(&self) -> bool {
+        self.iam || self.accesspoint.is_some()
+    }
 }
 
 /// Checks the options in the incumbent's order and extracts ours.
@@ -238,6 +252,9 @@ pub fn validate(o: &Options) -> Result<EfsOptions, OptionError> {
         "mounttargetip",
         "netns",
         "tlsport",
+        "awsprofile",
+        "rolearn",
+        "jwtpath",
     ] {
         if o.has(key) && o.get(key).is_none_or(str::is_empty) {
             return err(format!(
@@ -251,6 +268,11 @@ pub fn validate(o: &Options) -> Result<EfsOptions, OptionError> {
             return err(format!("mounttargetip {ip} is not an IP address"));
         }
     }
+    let iam = o.has("iam");
+    if iam && o.has("rolearn") != o.has("jwtpath") {
+        return err("The \"rolearn\" and \"jwtpath\" options go together: give both (web identity), or neither");
+    }
+    let value = |key: &str| o.get(key).map(str::to_string);
     Ok(EfsOptions {
         tls,
         tlsport,
@@ -260,6 +282,12 @@ pub fn validate(o: &Options) -> Result<EfsOptions, OptionError> {
         mounttargetip,
         netns: o.get("netns").map(str::to_string),
         stunnel: o.has("stunnel"),
+        iam,
+        accesspoint: value("accesspoint"),
+        awsprofile: value("awsprofile").filter(|_| iam),
+        awscredsuri: value("awscredsuri").filter(|_| iam),
+        rolearn: value("rolearn").filter(|_| iam),
+        jwtpath: value("jwtpath").filter(|_| iam),
     })
 }
 
@@ -398,15 +426,57 @@ mod tests {
 
     #[test]
     fn features_not_built_yet_are_refused_after_validation() {
-        for opts in [
-            "tls,iam",
-            "tls,accesspoint=fsap-0123456789abcdef0",
-            "tls,ocsp",
-            "crossaccount",
-        ] {
+        for opts in ["tls,ocsp", "crossaccount", "tls,iam,crossaccount"] {
             let e = check(opts).unwrap_err();
             assert!(e.contains("is not supported yet"), "{opts}: {e}");
         }
+    }
+
+    #[test]
+    fn iam_and_access_point_options_are_extracted() {
+        let e = check("tls,iam,accesspoint=fsap-0123456789abcdef0,awsprofile=dev").unwrap();
+        assert!(e.iam && e.client_cert());
+        assert_eq!(e.accesspoint.as_deref(), Some("fsap-0123456789abcdef0"));
+        assert_eq!(e.awsprofile.as_deref(), Some("dev"));
+        assert_eq!(e.awscredsuri, None);
+
+        let e = check("tls,iam,awscredsuri=/v2/credentials/abc").unwrap();
+        assert_eq!(e.awscredsuri.as_deref(), Some("/v2/credentials/abc"));
+
+        let e =
+            check("tls,iam,rolearn=arn:aws:iam::123456789012:role/r,jwtpath=/var/run/jwt").unwrap();
+        assert_eq!(
+            e.rolearn.as_deref(),
+            Some("arn:aws:iam::123456789012:role/r")
+        );
+        assert_eq!(e.jwtpath.as_deref(), Some("/var/run/jwt"));
+
+        let e = check("tls,accesspoint=fsap-0123456789abcdef0").unwrap();
+        assert!(!e.iam && e.client_cert());
+        assert!(!check("tls").unwrap().client_cert());
+    }
+
+    #[test]
+    fn web_identity_options_come_together_and_everything_needs_a_value() {
+        for opts in [
+            "tls,iam,rolearn=arn:aws:iam::1:role/r",
+            "tls,iam,jwtpath=/t",
+        ] {
+            let e = check(opts).unwrap_err();
+            assert!(e.contains("go together"), "{opts}: {e}");
+        }
+        for opts in [
+            "tls,iam,awsprofile",
+            "tls,iam,rolearn,jwtpath=/t",
+            "tls,iam,rolearn=arn:aws:iam::1:role/r,jwtpath=",
+        ] {
+            let e = check(opts).unwrap_err();
+            assert!(e.contains("needs a value"), "{opts}: {e}");
+        }
+        assert_eq!(
+            check("tls,iam,accesspoint").unwrap_err(),
+            "Access Point ID  is malformed"
+        );
     }
 
     #[test]
