@@ -260,13 +260,13 @@ impl MountState {
     pub fn rewrite(&self, dir: &Path, name: &str) -> io::Result<bool> {
         let path = dir.join(name);
         let tmp = dir.join(temp_name(name, "new"));
-        let result = self.write_temp(&tmp).and_then(|()| {
-            match exchange(&tmp, &path) {
+        let result = self
+            .write_temp(&tmp)
+            .and_then(|()| match exchange(&tmp, &path) {
                 Ok(()) => File::open(dir)?.sync_all().map(|()| true),
                 Err(nix::errno::Errno::ENOENT) => Ok(false),
                 Err(e) => Err(io::Error::from(e)),
-            }
-        });
+            });
         // After the exchange the temporary name holds the old text; remove it either way.
         let _ = fs::remove_file(&tmp);
         result

@@ -847,7 +847,6 @@ fn forward(listen: SocketAddr, to: SocketAddr) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "needs the tunnel's --client-cert (iam-tunnel branch)"]
 async fn an_iam_mount_is_let_in_by_a_fake_efs_that_requires_the_certificate() {
     let aws = fake_aws(Mode::Serve);
     let root = iam_root(&aws.base, false, "");

@@ -24,7 +24,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
 
 #[derive(Parser, Debug)]
-#[command(about = "A fake EFS front door: TLS with EFS-style client certificates, in front of an NFS server (tests only)")]
+#[command(
+    about = "A fake EFS front door: TLS with EFS-style client certificates, in front of an NFS server (tests only)"
+)]
 struct Args {
     /// Address to accept TLS on.
     #[arg(long)]
@@ -67,7 +69,11 @@ fn load_keys(path: &Option<PathBuf>) -> Result<HashMap<String, KnownKey>, String
     };
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut keys = HashMap::new();
-    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    for line in text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
         let mut f = line.split_whitespace();
         match (f.next(), f.next(), f.next()) {
             (Some(id), Some(secret), token) => {
@@ -79,7 +85,12 @@ fn load_keys(path: &Option<PathBuf>) -> Result<HashMap<String, KnownKey>, String
                     },
                 );
             }
-            _ => return Err(format!("{}: not `AKID SECRET [TOKEN]`: {line}", path.display())),
+            _ => {
+                return Err(format!(
+                    "{}: not `AKID SECRET [TOKEN]`: {line}",
+                    path.display()
+                ))
+            }
         }
     }
     Ok(keys)
