@@ -24,9 +24,12 @@ cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --all-targets --locked
 
-# The RPM: built from `make install` (the release build the e2e step reuses) with
+# The RPM: built from `make install GLIBC=2.17` (the release build the e2e step reuses) with
 # Debian's rpm, then its file list, dependencies and scriptlets checked.
 tests/package-rpm.sh
+
+# The release binaries (the same build) need no glibc newer than 2.17.
+tests/glibc.sh
 
 # Every parser of outside input under libFuzzer, a bounded time each (docs/fuzzing.md).
 FUZZ_SECONDS=${FUZZ_SECONDS:-10} tests/fuzz.sh
