@@ -52,7 +52,7 @@ fn the_incumbents_config_converts_to_one_check_accepts_with_the_same_values() {
         !left.contains("accepted, no effect: [mount-watchdog] tls_cert_renewal_interval_min"),
         "{left}"
     );
-    assert_eq!(left.matches("accepted, no effect").count(), 3, "{left}");
+    assert_eq!(left.matches("accepted, no effect").count(), 2, "{left}");
 
     let cfg = efs_config::Config::load_from(&out_path).unwrap();
     assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
