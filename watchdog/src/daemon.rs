@@ -511,7 +511,8 @@ impl Daemon {
                         .client_cert
                         .as_ref()
                         .is_some_and(|c| renew::stale_for_restart(c, state::unix_time()));
-                    if t.state.served_by.is_none() && t.renewal.holds_restart(stale, now) {
+                    let can_renew = !self.renewals_unavailable && t.state.served_by.is_none();
+                    if can_renew && t.renewal.holds_restart(stale, now) {
                         continue;
                     }
                     if let Err(e) = t.start() {
@@ -591,7 +592,8 @@ impl Daemon {
         let rec = t.state.client_cert.as_ref()?;
         let wait = renew::next_due(rec, renew::interval(&self.cfg)) - state::unix_time();
         // The loop wakes at least every minute anyway.
-        let due = Instant::now() + Duration::from_secs_f64(wait.clamp(0.0, 60.0));
+        let due = Instant::now()
+            + Duration::try_from_secs_f64(wait.clamp(0.0, 60.0)).unwrap_or(Duration::ZERO);
         Some(t.renewal.retry_at.map_or(due, |r| r.max(due)))
     }
 

@@ -438,6 +438,31 @@ async fn a_certificate_outside_the_state_directory_is_neither_written_nor_remove
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shorter_renewal_interval_applies_on_sighup() {
+    let scene = Scene::on(root()).await;
+    let root = &scene.root;
+    let m = scene.mount("interval");
+    set_mounts(root, &[(&m.mountpoint, m.port)]);
+    // Issued 30 min ago: not due with the default 60 min interval.
+    give_certificate(root, &m, None, 1800.0, 2.5 * HOUR);
+    let wd = start(root, &[]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!renewed(&m), "{}", watchdog_log(root));
+    let text = std::fs::read_to_string(&root.config).unwrap();
+    let text = text.replace(
+        "poll_interval_sec = 1\n",
+        "poll_interval_sec = 1\ntls_cert_renewal_interval_min = 10\n",
+    );
+    std::fs::write(&root.config, text).unwrap();
+    kill(Pid::from_raw(wd.id() as i32), Signal::SIGHUP).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || renewed(&m)),
+        "{}",
+        watchdog_log(root)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs the tunnel's SIGHUP reload (iam-tunnel branch)"]
 async fn the_tunnel_presents_the_renewed_certificate_to_new_connections() {
     let scene = Scene::on(root()).await;
