@@ -7,15 +7,21 @@
 //! a mountpoint, so it cannot hang on a stuck mount. A mount's health is that of the
 //! tunnel the kernel really sends its traffic to, which for a second mount of one server
 //! is the first mount's (see `efs_config::mounts`), not the one its `port=` names.
+//!
+//! A mount with a client certificate (`iam`, `accesspoint`) also shows what the state
+//! says of it (access point, IAM and where its credentials come from, expiry, the
+//! watchdog's last renewal and renewal error) next to what its tunnel says it presents,
+//! and warns when the two disagree: a renewed file the tunnel has not loaded, or could
+//! not load, is a certificate EFS will refuse once the old one expires.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use efs_config::mounts::{self, KernelView};
-use efs_config::state::{self, MountState};
+use efs_config::state::{self, ClientCertRecord, MountState};
 use efs_config::Config;
-use efs_tunnel_contract::control::{self, Status};
+use efs_tunnel_contract::control::{self, ClientCertStatus, Status};
 use serde::Serialize;
 
 /// How long a tunnel gets to answer.
@@ -79,6 +85,100 @@ pub struct Row {
     pub also_serves: Vec<String>,
     /// What the tunnel on `kernel_port` (else `port`) says of itself.
     pub tunnel: Option<Status>,
+    /// The client certificate of the connection (`iam`, `accesspoint`), if it has one:
+    /// this mount's, or for a mount riding on another's tunnel, that tunnel's.
+    pub client_cert: Option<ClientCert>,
+}
+
+/// A client certificate, as the state records it and as the tunnel presents it. Times
+/// are seconds since the epoch. Nothing secret: `credential_source` names where the
+/// credentials come from (`iam_source`, e.g. `metadata:`, `credentials:default`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClientCert {
+    pub certificate: PathBuf,
+    pub access_point: Option<String>,
+    pub iam: bool,
+    pub credential_source: Option<String>,
+    pub issued_unix: i64,
+    pub not_after_unix: i64,
+    pub credentials_expire_unix: Option<i64>,
+    /// The watchdog's last successful renewal.
+    pub renewed_unix: Option<i64>,
+    /// Set while the watchdog's renewals fail (one line).
+    pub renewal_error: Option<String>,
+    /// What the tunnel says it presents to new connections (None: it did not answer, or
+    /// reports no certificate).
+    pub presented: Option<ClientCertStatus>,
+    /// What needs attention, one line each.
+    pub warnings: Vec<String>,
+}
+
+impl ClientCert {
+    /// Joins the record with the tunnel's answer (`None`: it did not answer) at `now`.
+    pub fn new(rec: &ClientCertRecord, answer: Option<&Status>, now: i64) -> ClientCert {
+        let unix = |t: f64| t as i64; // saturating; NaN is 0
+        let not_after = unix(rec.not_after);
+        let presented = answer.and_then(|a| a.client_cert.clone());
+        let mut warnings = Vec::new();
+        if not_after <= now {
+            warnings.push(
+                "the certificate has EXPIRED: EFS refuses new connections with it until the watchdog renews it".to_string(),
+            );
+        }
+        match (answer, &presented) {
+            (Some(_), None) => warnings.push(
+                "the tunnel reports no client certificate: it is older than client certificates, or was started without --client-cert".into(),
+            ),
+            (_, Some(p)) => {
+                if p.not_after_unix < not_after {
+                    warnings.push(format!(
+                        "the tunnel still presents an older certificate ({}) than the renewed file ({}): it has not loaded it; see efs-tunnel.log",
+                        expiry(p.not_after_unix, now),
+                        expiry(not_after, now)
+                    ));
+                }
+                if let Some(e) = &p.reload_error {
+                    warnings.push(format!(
+                        "the tunnel could not load the renewed certificate and presents the previous one: {e}"
+                    ));
+                }
+            }
+            (None, None) => {}
+        }
+        ClientCert {
+            certificate: rec.certificate.clone(),
+            access_point: rec.access_point.clone(),
+            iam: rec.iam_source.is_some(),
+            credential_source: rec.iam_source.clone(),
+            issued_unix: unix(rec.issued),
+            not_after_unix: not_after,
+            credentials_expire_unix: rec.credentials_expire.map(unix),
+            renewed_unix: rec.renewed.map(unix),
+            renewal_error: rec.renewal_error.clone(),
+            presented,
+            warnings,
+        }
+    }
+}
+
+/// `expires in 2 h 59 min` / `EXPIRED 5 min ago`.
+fn expiry(at: i64, now: i64) -> String {
+    if at > now {
+        format!("expires in {}", span(at - now))
+    } else {
+        format!("EXPIRED {} ago", span(now.saturating_sub(at)))
+    }
+}
+
+/// A duration for people: `42 s`, `17 min`, `2 h 5 min`, `3 days`.
+fn span(secs: i64) -> String {
+    let secs = secs.max(0);
+    match secs {
+        0..60 => format!("{secs} s"),
+        60..3600 => format!("{} min", secs / 60),
+        3600..172_800 => format!("{} h {} min", secs / 3600, secs % 3600 / 60),
+        _ => format!("{} days", secs / 86_400),
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -141,9 +241,10 @@ pub fn report(cfg: &Config) -> Report {
             .map(|t| (t.state.port, t))
             .collect()
     });
+    let now = state::unix_time() as i64;
     let mut mounts: Vec<Row> = states
         .into_iter()
-        .map(|st| tls_row(st, &view, &tunnels, watchdog.is_some()))
+        .map(|st| tls_row(st, &view, &tunnels, watchdog.is_some(), now))
         .collect();
     mounts.extend(plain_rows(&view.mounts));
     Report {
@@ -158,6 +259,7 @@ fn tls_row(
     view: &KernelView,
     tunnels: &BTreeMap<u16, Tunnel>,
     watchdog_running: bool,
+    now: i64,
 ) -> Row {
     // This mount in the mount table: at its mountpoint, through its own port or the one
     // it rides on.
@@ -179,6 +281,12 @@ fn tls_row(
             None => Health::Broken,
         }
     };
+    let answer = tunnel.and_then(|t| t.answer.as_ref().ok());
+    let client_cert = st
+        .client_cert
+        .as_ref()
+        .or_else(|| tunnel.and_then(|t| t.state.client_cert.as_ref()))
+        .map(|rec| ClientCert::new(rec, answer, now));
     Row {
         fs_id: st.fs_id,
         mountpoint: st.mountpoint,
@@ -191,7 +299,8 @@ fn tls_row(
         mounted: here.is_some(),
         served_by: st.served_by,
         also_serves: st.also_serves,
-        tunnel: tunnel.and_then(|t| t.answer.clone().ok()),
+        tunnel: answer.cloned(),
+        client_cert,
     }
 }
 
@@ -218,6 +327,7 @@ fn plain_rows(mounts: &[mounts::NfsMount]) -> Vec<Row> {
                 served_by: None,
                 also_serves: Vec::new(),
                 tunnel: None,
+                client_cert: None,
             })
         })
         .collect()
@@ -242,6 +352,48 @@ fn find_process(comm: &str) -> Option<i32> {
             std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("comm")).ok()?;
         (c.trim() == comm).then_some(pid)
     })
+}
+
+/// The lines of a client certificate.
+fn render_client_cert(out: &mut String, c: &ClientCert, now: i64) {
+    if let Some(ap) = &c.access_point {
+        out.push_str(&format!("  access point {ap}\n"));
+    }
+    match &c.credential_source {
+        Some(source) => out.push_str(&format!("  iam         on, credentials from {source}\n")),
+        None => out.push_str("  iam         off\n"),
+    }
+    let renewed = match c.renewed_unix {
+        Some(t) => format!("renewed {} ago", span(now.saturating_sub(t))),
+        None => "not renewed yet".into(),
+    };
+    out.push_str(&format!(
+        "  client cert {}, issued {} ago, {renewed}\n",
+        expiry(c.not_after_unix, now),
+        span(now.saturating_sub(c.issued_unix))
+    ));
+    if let Some(t) = c.credentials_expire_unix {
+        out.push_str(&format!(
+            "  credentials {}\n",
+            expiry(t, now).replace("expires", "expire")
+        ));
+    }
+    if let Some(p) = &c.presented {
+        out.push_str(&format!(
+            "  presented   {}, loaded {} ago, {} reload(s)\n",
+            expiry(p.not_after_unix, now),
+            span(now.saturating_sub(p.loaded_unix)),
+            p.reloads
+        ));
+    }
+    if let Some(e) = &c.renewal_error {
+        out.push_str(&format!(
+            "  renewal     FAILING: {e} (the watchdog keeps the current certificate and retries)\n"
+        ));
+    }
+    for w in &c.warnings {
+        out.push_str(&format!("  warning     {w}\n"));
+    }
 }
 
 /// The human-readable table.
@@ -325,9 +477,140 @@ pub fn render(r: &Report, now_unix: i64) -> String {
                 out.push_str(&format!("  last error  {}\n", e.message));
             }
         }
+        if let Some(c) = &m.client_cert {
+            render_client_cert(&mut out, c, now_unix);
+        }
     }
     for p in &r.problems {
         out.push_str(&format!("\nproblem: {p}\n"));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn record() -> ClientCertRecord {
+        ClientCertRecord {
+            certificate: "/var/run/efs/fs-1.mnt.efs.20049+/certificate.pem".into(),
+            private_key: "/etc/amazon/efs/privateKey.pem".into(),
+            common_name: "host".into(),
+            region: "us-east-1".into(),
+            access_point: Some("fsap-0123456789abcdef0".into()),
+            iam_source: Some("credentials:default".into()),
+            issued: (NOW - 300) as f64,
+            not_after: (NOW + 3 * 3600 - 300) as f64,
+            credentials_expire: Some((NOW + 3000) as f64),
+            renewed: Some((NOW - 300) as f64),
+            renewal_error: None,
+        }
+    }
+
+    fn answer(not_after: i64, reload_error: Option<&str>) -> Status {
+        Status {
+            client_cert: Some(ClientCertStatus {
+                not_after_unix: not_after,
+                loaded_unix: NOW - 290,
+                reloads: 2,
+                reload_error: reload_error.map(str::to_string),
+            }),
+            ..Status::default()
+        }
+    }
+
+    fn row(cert: ClientCert) -> Report {
+        Report {
+            watchdog_pid: Some(1),
+            mounts: vec![Row {
+                fs_id: "fs-1".into(),
+                mountpoint: "/mnt/efs".into(),
+                transport: "tls",
+                port: Some(20049),
+                kernel_port: Some(20049),
+                pid: Some(2),
+                state: Health::Healthy,
+                restarts: 0,
+                mounted: true,
+                served_by: None,
+                also_serves: Vec::new(),
+                tunnel: None,
+                client_cert: Some(cert),
+            }],
+            problems: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_current_certificate_shows_its_identity_expiry_and_renewal_and_no_warning() {
+        let rec = record();
+        let c = ClientCert::new(&rec, Some(&answer(rec.not_after as i64, None)), NOW);
+        assert_eq!(c.warnings, Vec::<String>::new());
+        let text = render(&row(c), NOW);
+        for line in [
+            "  access point fsap-0123456789abcdef0\n",
+            "  iam         on, credentials from credentials:default\n",
+            "  client cert expires in 2 h 55 min, issued 5 min ago, renewed 5 min ago\n",
+            "  credentials expire in 50 min\n",
+            "  presented   expires in 2 h 55 min, loaded 4 min ago, 2 reload(s)\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in\n{text}");
+        }
+        assert!(!text.contains("warning"), "{text}");
+    }
+
+    #[test]
+    fn a_renewed_file_the_tunnel_did_not_load_or_could_not_is_a_warning() {
+        let mut rec = record();
+        rec.renewal_error = Some("AWS profile [default] not found".into());
+        let c = ClientCert::new(&rec, Some(&answer(NOW + 600, Some("bad PEM"))), NOW);
+        let text = render(&row(c), NOW);
+        for line in [
+            "  renewal     FAILING: AWS profile [default] not found (the watchdog keeps the current certificate and retries)\n",
+            "  warning     the tunnel still presents an older certificate (expires in 10 min) than the renewed file (expires in 2 h 55 min): it has not loaded it; see efs-tunnel.log\n",
+            "  warning     the tunnel could not load the renewed certificate and presents the previous one: bad PEM\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn an_expired_certificate_and_a_tunnel_that_presents_none_are_warnings() {
+        let mut rec = record();
+        rec.access_point = None;
+        rec.iam_source = None;
+        rec.not_after = (NOW - 120) as f64;
+        rec.renewed = None;
+        let c = ClientCert::new(&rec, Some(&Status::default()), NOW);
+        assert!(!c.iam);
+        let text = render(&row(c), NOW);
+        assert!(text.contains("  iam         off\n"), "{text}");
+        assert!(!text.contains("access point"), "{text}");
+        assert!(
+            text.contains("client cert EXPIRED 2 min ago, issued 5 min ago, not renewed yet"),
+            "{text}"
+        );
+        assert!(
+            text.contains("warning     the certificate has EXPIRED"),
+            "{text}"
+        );
+        assert!(
+            text.contains("warning     the tunnel reports no client certificate"),
+            "{text}"
+        );
+        // A tunnel that does not answer says nothing of its certificate.
+        let quiet = ClientCert::new(&rec, None, NOW);
+        assert_eq!(quiet.warnings.len(), 1, "{:?}", quiet.warnings);
+    }
+
+    #[test]
+    fn spans_read_as_people_say_them() {
+        assert_eq!(span(-5), "0 s");
+        assert_eq!(span(59), "59 s");
+        assert_eq!(span(3599), "59 min");
+        assert_eq!(span(3 * 3600 + 61), "3 h 1 min");
+        assert_eq!(span(10 * 86_400), "10 days");
+    }
 }

@@ -154,3 +154,172 @@ async fn stuck_tunnels_show_as_not_answering_after_one_timeout_not_one_each() {
         assert!(text.contains(&format!("on {mp}: not answering")), "{text}");
     }
 }
+
+/// A stand-in for a tunnel's control socket (a fake, named as such: the real tunnel
+/// reports its client certificate only once the iam-tunnel branch is merged): answers
+/// every request with `status`.
+fn fake_control_socket(path: &std::path::Path, status: &efs_tunnel_contract::Status) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+    let line = serde_json::to_string(status).unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut request = String::new();
+            let _ = BufReader::new(&stream).read_line(&mut request);
+            let _ = writeln!(&stream, "{line}");
+        }
+    });
+}
+
+/// A state file for a mount with a client certificate, its tunnel behind a fake control
+/// socket that presents `presented`.
+fn cert_mount(
+    root: &Root,
+    name: &str,
+    port: u16,
+    record: efs_config::state::ClientCertRecord,
+    presented: efs_tunnel_contract::ClientCertStatus,
+) -> String {
+    let mountpoint = format!("/mnt/{name}");
+    let control = efs_config::state::control_socket_path(&root.state_dir(), port);
+    let st = efs_config::state::MountState {
+        // This test: alive, so an unanswered socket would read "not answering".
+        pid: std::process::id() as i32,
+        cmd: vec![tunnel_bin().display().to_string()],
+        files: Vec::new(),
+        mount_time: 1_800_000_000.0,
+        mountpoint: mountpoint.clone(),
+        service_type: efs_config::state::SERVICE_TYPE_EFS.into(),
+        fs_id: FS_ID.into(),
+        port,
+        dns_name: DNS_NAME.into(),
+        check_host: DNS_NAME.into(),
+        connect: format!("{DNS_NAME}:2049"),
+        control_socket: control.clone(),
+        restarts: 0,
+        unmount_time: None,
+        served_by: None,
+        also_serves: Vec::new(),
+        client_cert: Some(record),
+        extra: Default::default(),
+    };
+    let file = efs_config::state::state_file_name(FS_ID, std::path::Path::new(&mountpoint), port);
+    st.write(&root.state_dir(), &file).unwrap();
+    fake_control_socket(
+        &control,
+        &efs_tunnel_contract::Status {
+            listen_port: port,
+            client_cert: Some(presented),
+            ..Default::default()
+        },
+    );
+    mountpoint
+}
+
+#[test]
+fn shows_client_certificates_and_warns_when_the_tunnel_presents_another() {
+    let root = Root::new("");
+    efs_config::state::ensure_state_dir(&root.state_dir(), 0o750).unwrap();
+    let now = efs_config::state::unix_time();
+    let record = |ap: Option<&str>, source: Option<&str>, error: Option<&str>| {
+        efs_config::state::ClientCertRecord {
+            certificate: root.state_dir().join("x+").join("certificate.pem"),
+            private_key: "/etc/amazon/efs/privateKey.pem".into(),
+            common_name: "test-host".into(),
+            region: "us-east-1".into(),
+            access_point: ap.map(str::to_string),
+            iam_source: source.map(str::to_string),
+            issued: now - 600.0,
+            not_after: now + 3.0 * 3600.0 - 570.0,
+            credentials_expire: None,
+            renewed: Some(now - 600.0),
+            renewal_error: error.map(str::to_string),
+        }
+    };
+    let current =
+        |reload_error: Option<&str>, not_after: f64| efs_tunnel_contract::ClientCertStatus {
+            not_after_unix: not_after as i64,
+            loaded_unix: now as i64 - 60,
+            reloads: 1,
+            reload_error: reload_error.map(str::to_string),
+        };
+    // Renewed, loaded: all well.
+    let good_rec = record(Some("fsap-0123456789abcdef0"), Some("metadata:"), None);
+    let good_after = good_rec.not_after;
+    let good = cert_mount(&root, "good", 20991, good_rec, current(None, good_after));
+    // Renewed, but the tunnel still presents the one before, and could not load the new.
+    let stale = cert_mount(
+        &root,
+        "stale",
+        20992,
+        record(None, Some("credentials:default"), Some("AWS profile [default] not found in /root/.aws/credentials or /root/.aws/config: add it")),
+        current(Some("cannot read /x+/certificate.pem: No such file"), now + 1230.0),
+    );
+    std::fs::write(
+        root.dir.path("mountinfo"),
+        format!(
+            "40 22 0:50 / {good} rw - nfs4 127.0.0.1:/ rw,vers=4.1,port=20991,addr=127.0.0.1\n\
+             41 22 0:51 / {stale} rw - nfs4 127.0.0.1:/ rw,vers=4.1,port=20992,addr=127.0.0.1\n"
+        ),
+    )
+    .unwrap();
+
+    let text = status(&root, false);
+    let section = |mp: &str| {
+        let start = text
+            .find(&format!("on {mp}:"))
+            .unwrap_or_else(|| panic!("{text}"));
+        let rest = &text[start..];
+        rest[..rest[1..].find("\nfs-").map_or(rest.len(), |i| i + 1)].to_string()
+    };
+    let g = section(&good);
+    assert!(g.contains(": healthy"), "{g}");
+    assert!(g.contains("  access point fsap-0123456789abcdef0\n"), "{g}");
+    assert!(
+        g.contains("  iam         on, credentials from metadata:\n"),
+        "{g}"
+    );
+    assert!(
+        g.contains("  client cert expires in 2 h 50 min, issued 10 min ago, renewed 10 min ago\n"),
+        "{g}"
+    );
+    assert!(!g.contains("warning"), "{g}");
+    let s = section(&stale);
+    assert!(!s.contains("access point"), "{s}");
+    assert!(
+        s.contains("  iam         on, credentials from credentials:default\n"),
+        "{s}"
+    );
+    assert!(
+        s.contains("  renewal     FAILING: AWS profile [default] not found"),
+        "{s}"
+    );
+    assert!(
+        s.contains("  warning     the tunnel still presents an older certificate (expires in 20 min) than the renewed file"),
+        "{s}"
+    );
+    assert!(
+        s.contains("  warning     the tunnel could not load the renewed certificate and presents the previous one: cannot read /x+/certificate.pem"),
+        "{s}"
+    );
+
+    let json: serde_json::Value = serde_json::from_str(&status(&root, true)).unwrap();
+    let mounts = json["mounts"].as_array().unwrap();
+    let of =
+        |mp: &str| mounts.iter().find(|m| m["mountpoint"] == mp).unwrap()["client_cert"].clone();
+    let g = of(&good);
+    assert_eq!(g["access_point"], "fsap-0123456789abcdef0");
+    assert_eq!(g["iam"], true);
+    assert_eq!(g["credential_source"], "metadata:");
+    assert_eq!(g["not_after_unix"], good_after as i64);
+    assert_eq!(g["presented"]["not_after_unix"], good_after as i64);
+    assert_eq!(g["warnings"].as_array().unwrap().len(), 0);
+    let s = of(&stale);
+    assert!(s["renewal_error"].as_str().unwrap().contains("not found"));
+    assert!(s["presented"]["reload_error"]
+        .as_str()
+        .unwrap()
+        .contains("No such file"));
+    assert_eq!(s["warnings"].as_array().unwrap().len(), 2, "{s}");
+    assert!(s["access_point"].is_null());
+}

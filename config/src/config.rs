@@ -815,7 +815,6 @@ mod tests {
             [
                 "mount.fall_back_to_mount_target_ip_address_enabled efs-utils.toml",
                 "mount-watchdog.unmount_count_for_consistency efs-utils.toml",
-                "mount-watchdog.tls_cert_renewal_interval_min efs-utils.toml",
             ]
         );
     }

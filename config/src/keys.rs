@@ -886,8 +886,8 @@ pub static KEYS: &[Key] = &[
             get: |c| c.watchdog.tls_cert_renewal_interval_min as i64,
             set: |c, v| c.watchdog.tls_cert_renewal_interval_min = v as u64,
         }),
-        doc: "The incumbent's renewal interval of client (IAM, access point) certificates, which are not supported yet.",
-        effect: Effect::NoneYet,
+        doc: "Minutes between renewals of each mount's client certificate (iam, accesspoint) by the watchdog; it also renews one that expires within 30 minutes or whose credentials expire within 10.",
+        effect: WATCHDOG,
         shipped: Shipped::CommentedDefault,
     },
     Key {

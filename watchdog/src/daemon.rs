@@ -9,8 +9,10 @@
 //!   of a server rides on the first one's (see `efs_config::mounts` and
 //!   docs/watchdog.md);
 //! * inotify on the state directory: a new mount is adopted at once;
-//! * signal pipes (SIGTERM: exit, tunnels untouched; SIGHUP: re-read the config) and the
-//!   health checker's pipe;
+//! * signal pipes (SIGTERM: exit, tunnels untouched; SIGHUP: re-read the config), the
+//!   health checker's pipe and the certificate renewal workers' (`crate::renew`: the
+//!   loop hands out a job when a client certificate is due, and commits each result:
+//!   the file, a SIGHUP to the tunnel, the state);
 //!
 //! and wakes on its own for deadlines and a sweep every `poll_interval_sec` (a safety net,
 //! and how a mount table in a plain file, as in tests, is followed). Nothing on this thread
@@ -28,11 +30,12 @@ use std::time::{Duration, Instant};
 use efs_config::mounts::KernelView;
 use efs_config::state::{self, MountState};
 use efs_config::Config;
-use log::{info, warn};
+use log::{debug, info, warn};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
 use crate::notify;
+use crate::renew;
 use crate::tunnels::{Phase, Tunnel};
 
 /// A tunnel whose control socket did not answer: (state file, pid at the time).
@@ -60,6 +63,10 @@ pub struct Daemon {
     health_settings: crate::health::SharedSettings,
     last_sweep: Instant,
     next_ping: Option<Instant>,
+    /// The certificate renewal threads, started with the first job.
+    renewals: Option<renew::Workers>,
+    /// They could not be started (logged once; tried again after SIGHUP).
+    renewals_unavailable: bool,
 }
 
 impl Daemon {
@@ -125,6 +132,8 @@ impl Daemon {
             health_settings,
             last_sweep: Instant::now(),
             next_ping: notify::watchdog_interval().map(|i| Instant::now() + i),
+            renewals: None,
+            renewals_unavailable: false,
         })
     }
 
@@ -133,6 +142,7 @@ impl Daemon {
         self.rescan();
         self.check_mounts();
         self.tick();
+        self.dispatch_renewals();
         info!("watching {} tunnel(s)", self.tunnels.len());
         notify::send(&format!(
             "READY=1\nSTATUS=watching {} tunnel(s)",
@@ -149,6 +159,8 @@ impl Daemon {
             if ready.hup {
                 self.reload();
             }
+            // Before the restarts: a restart held for a renewal goes ahead with its result.
+            self.collect_renewals();
             for path in &ready.exited {
                 if let Some(t) = self.tunnels.get_mut(path) {
                     t.on_exit();
@@ -174,6 +186,7 @@ impl Daemon {
                 self.check_mounts();
             }
             self.tick();
+            self.dispatch_renewals();
             self.ping();
         }
     }
@@ -189,6 +202,7 @@ impl Daemon {
             .values()
             .filter_map(|t| t.deadline(grace))
             .chain(self.next_ping)
+            .chain(self.tunnels.values().filter_map(|t| self.renewal_due(t)))
             .fold(sweep, Instant::min)
     }
 
@@ -214,6 +228,10 @@ impl Daemon {
             fds.push(PollFd::new(m.as_fd(), PollFlags::POLLPRI));
             fds.len() - 1
         });
+        // Readable when a renewal is done; `collect_renewals` drains it.
+        if let Some(w) = &self.renewals {
+            fds.push(PollFd::new(w.wake.as_fd(), PollFlags::POLLIN));
+        }
         let first_pidfd = fds.len();
         for k in &keys {
             if let Some(p) = self.tunnels.get(k).and_then(Tunnel::pidfd) {
@@ -486,6 +504,17 @@ impl Daemon {
         for (k, t) in self.tunnels.iter_mut() {
             match t.phase {
                 Phase::RestartAt(at) if at <= now => {
+                    // A certificate that is expired (or nearly) is renewed first: the
+                    // tunnel would be refused with it (at most `MAX_RESTART_HOLD`).
+                    let stale = t
+                        .state
+                        .client_cert
+                        .as_ref()
+                        .is_some_and(|c| renew::stale_for_restart(c, state::unix_time()));
+                    let can_renew = !self.renewals_unavailable && t.state.served_by.is_none();
+                    if can_renew && t.renewal.holds_restart(stale, now) {
+                        continue;
+                    }
                     if let Err(e) = t.start() {
                         warn!(
                             "cannot restart the tunnel of {}: {e}; trying again",
@@ -546,11 +575,167 @@ impl Daemon {
                 if let Ok(mut s) = self.health_settings.lock() {
                     *s = crate::health::Settings::from_config(&cfg);
                 }
-                info!("SIGHUP: configuration re-read; the unmount grace period, poll interval, health check settings and log level apply now (a new state directory or mount table path needs a restart)");
+                info!("SIGHUP: configuration re-read; the unmount grace period, poll interval, health check settings, certificate renewal settings and log level apply now (a new state directory or mount table path needs a restart)");
+                self.renewals_unavailable = false;
                 log::set_max_level(cfg.logging_level);
                 self.cfg = cfg;
             }
             Err(e) => warn!("SIGHUP: keeping the previous configuration: {e}"),
+        }
+    }
+
+    /// When `t`'s certificate must next be looked at for renewal, if it has one to renew.
+    fn renewal_due(&self, t: &Tunnel) -> Option<Instant> {
+        if self.renewals_unavailable || t.renewal.in_flight || !t.renews() {
+            return None;
+        }
+        let rec = t.state.client_cert.as_ref()?;
+        let wait = renew::next_due(rec, renew::interval(&self.cfg)) - state::unix_time();
+        // The loop wakes at least every minute anyway.
+        let due = Instant::now()
+            + Duration::try_from_secs_f64(wait.clamp(0.0, 60.0)).unwrap_or(Duration::ZERO);
+        Some(t.renewal.retry_at.map_or(due, |r| r.max(due)))
+    }
+
+    /// Hands a job to the renewal workers for each certificate that is due (one per
+    /// mount at a time; after a failure, not before its retry time unless a restart
+    /// waits for it).
+    fn dispatch_renewals(&mut self) {
+        if self.renewals_unavailable {
+            return;
+        }
+        let now = Instant::now();
+        let now_unix = state::unix_time();
+        let interval = renew::interval(&self.cfg);
+        let mut jobs = Vec::new();
+        for (k, t) in self.tunnels.iter() {
+            let Some(rec) = t.state.client_cert.as_ref().filter(|_| t.renews()) else {
+                continue;
+            };
+            if t.renewal.in_flight {
+                continue;
+            }
+            let why = if t.renewal.urgent {
+                Some("its tunnel is being restarted")
+            } else if t.renewal.retry_at.is_some_and(|r| r > now) {
+                None
+            } else {
+                renew::due(rec, now_unix, interval)
+            };
+            if let Some(why) = why {
+                debug!("renewing the client certificate of {}: {why}", t.name());
+                jobs.push(renew::Job::new(k.clone(), &t.state.fs_id, rec, &self.cfg));
+            }
+        }
+        if jobs.is_empty() {
+            return;
+        }
+        if self.renewals.is_none() {
+            match renew::Workers::start(renew::WORKERS) {
+                Ok(w) => self.renewals = Some(w),
+                Err(e) => {
+                    warn!("cannot start the certificate renewal threads ({e}); client certificates are not renewed until SIGHUP");
+                    self.renewals_unavailable = true;
+                    return;
+                }
+            }
+        }
+        let Some(workers) = &self.renewals else {
+            return;
+        };
+        for job in jobs {
+            let key = job.key.clone();
+            if !workers.submit(job) {
+                warn!("the certificate renewal threads are gone; client certificates are not renewed until SIGHUP");
+                self.renewals = None;
+                self.renewals_unavailable = true;
+                return;
+            }
+            if let Some(t) = self.tunnels.get_mut(&key) {
+                t.renewal.in_flight = true;
+                t.renewal.urgent = false;
+            }
+        }
+    }
+
+    /// Commits the renewals that are done.
+    fn collect_renewals(&mut self) {
+        let Some(workers) = self.renewals.as_mut() else {
+            return;
+        };
+        for outcome in workers.collect() {
+            self.commit_renewal(outcome);
+        }
+    }
+
+    /// One renewal's result. Success: the new certificate replaces the file, the tunnel is
+    /// told (SIGHUP), the state records it. Failure: the old file and the tunnel stay as
+    /// they are, the state records the error, the log says it once, and it is retried
+    /// later.
+    fn commit_renewal(&mut self, outcome: renew::Outcome) {
+        let now = Instant::now();
+        let interval = renew::interval(&self.cfg);
+        // The same checks as before a restart: root's state file, the tunnel binary.
+        let trusted = match self.tunnels.get(&outcome.key) {
+            Some(t) => self.trusted(&t.state_path, &t.state),
+            None => return, // torn down meanwhile: nothing was written
+        };
+        let state_dir = self.cfg.paths.state_dir.clone();
+        let Some(t) = self.tunnels.get_mut(&outcome.key) else {
+            return;
+        };
+        t.renewal.in_flight = false;
+        let Some(mut rec) = t.state.client_cert.clone().filter(|_| t.renews()) else {
+            return; // it became a rider, or is being torn down
+        };
+        let written = outcome.result.and_then(|r| {
+            trusted.map_err(|why| format!("not renewing: {why}"))?;
+            renew::write_certificate(&state_dir, &rec.certificate, &r.pem).map(|()| r)
+        });
+        match written {
+            Ok(r) => {
+                let failures = t.renewal.succeeded();
+                rec.issued = r.issued;
+                rec.not_after = r.not_after;
+                rec.credentials_expire = r.credentials_expire;
+                rec.renewed = Some(state::unix_time());
+                rec.renewal_error = None;
+                let told = match t.reload_certificate() {
+                    Ok(Some(pid)) => format!("; told its tunnel (pid {pid}) to present it"),
+                    Ok(None) => "; its tunnel starts with it".into(),
+                    Err(e) => format!("; but the tunnel was not told: {e}"),
+                };
+                let after = match failures {
+                    0 => String::new(),
+                    n => format!(" after {n} failed attempt(s)"),
+                };
+                info!(
+                    "renewed the client certificate of {}{after} (valid for {} min){told}",
+                    t.name(),
+                    ((r.not_after - rec.renewed.unwrap_or(r.issued)) / 60.0).floor()
+                );
+                t.set_client_cert(rec);
+            }
+            Err(e) => {
+                let e = renew::one_line(&e);
+                if t.renewal.failed(&e, now, interval) {
+                    let left = rec.not_after - state::unix_time();
+                    warn!(
+                        "cannot renew the client certificate of {}: {e}; keeping the current one ({}), retrying in {} min",
+                        t.name(),
+                        if left > 0.0 {
+                            format!("valid for {} more min", (left / 60.0).floor())
+                        } else {
+                            "EXPIRED".to_string()
+                        },
+                        renew::retry_delay(t.renewal.failures, interval).as_secs() / 60
+                    );
+                }
+                if rec.renewal_error.as_deref() != Some(e.as_str()) {
+                    rec.renewal_error = Some(e);
+                    t.set_client_cert(rec);
+                }
+            }
         }
     }
 

@@ -7,6 +7,7 @@
 //! * [`daemon`]: the main loop: what it waits on, and what it does for each event;
 //! * [`tunnels`]: adopting, restarting and tearing down one tunnel;
 //! * [`health`]: the health check thread;
+//! * [`renew`]: renewing the client certificates tunnels present (`iam`, `accesspoint`);
 //! * [`lock`]: one watchdog per state directory;
 //! * [`sys`]: pidfd syscalls (the crate's only `unsafe`); [`notify`]: sd_notify.
 
@@ -14,5 +15,6 @@ pub mod daemon;
 pub mod health;
 pub mod lock;
 pub mod notify;
+pub mod renew;
 pub mod sys;
 pub mod tunnels;

@@ -70,6 +70,8 @@ pub struct Tunnel {
     pub unmounted_since: Option<Instant>,
     /// The state file's inode when this watchdog last read or wrote it.
     ino: Option<u64>,
+    /// Renewal of the client certificate, if the mount has one (`crate::renew`).
+    pub renewal: crate::renew::Tracker,
 }
 
 impl Tunnel {
@@ -86,6 +88,7 @@ impl Tunnel {
             seen_mounted: false,
             unmounted_since: None,
             ino: None,
+            renewal: Default::default(),
         };
         if let Some(port) = t.state.served_by {
             info!(
@@ -206,6 +209,8 @@ impl Tunnel {
         });
         self.phase = Phase::Running;
         self.started = Instant::now();
+        self.renewal.hold_since = None;
+        self.renewal.urgent = false;
         self.state.restarts = self.state.restarts.saturating_add(1);
         self.state.pid = pid;
         // Logged before the state names the new pid, so that whoever sees the new pid
@@ -327,11 +332,59 @@ impl Tunnel {
         for f in &self.state.files {
             remove(f);
         }
+        if let Some(rec) = &self.state.client_cert {
+            // Like `files`, but only what a state file may name: its certificate
+            // directory in the state directory.
+            let state_dir = self.state_path.parent().unwrap_or(Path::new("/"));
+            match rec.certificate.parent() {
+                Some(dir) if crate::renew::inside_state_dir(state_dir, &rec.certificate) => {
+                    remove(&dir.join(crate::renew::TEMP_NAME));
+                    if let Err(e) = state::remove_client_cert(&rec.certificate) {
+                        warn!("cannot remove {}: {e}", dir.display());
+                    }
+                }
+                _ => warn!(
+                    "not removing the client certificate {} of {}: it is not in the state directory",
+                    rec.certificate.display(),
+                    self.name()
+                ),
+            }
+        }
         remove(&self.state.control_socket);
         remove(&self.state_path);
         self.listener = None;
         self.phase = Phase::Gone;
         info!("removed the tunnel and state of {}", self.name());
+    }
+
+    /// Whether this mount's client certificate is renewed here: it has one, and its own
+    /// tunnel (riders present none; a tunnel that outlives its mount for riders renews).
+    pub fn renews(&self) -> bool {
+        self.state.client_cert.is_some()
+            && self.state.served_by.is_none()
+            && matches!(self.phase, Phase::Running | Phase::RestartAt(_))
+    }
+
+    /// Tells the running tunnel to load its certificate again, for new connections. Only
+    /// through the pidfd of the process this watchdog adopted (after its pid-reuse check)
+    /// or started. The pid, or None if no tunnel runs (a restart will read the file).
+    pub fn reload_certificate(&self) -> Result<Option<i32>, String> {
+        match (&self.phase, &self.process) {
+            (Phase::Running, Some(p)) => p
+                .pidfd
+                .signal(Signal::SIGHUP)
+                .map(|()| Some(p.pidfd.pid))
+                .map_err(|e| format!("cannot signal pid {}: {e}", p.pidfd.pid)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Records a renewed (or failed) client certificate in the state file.
+    pub fn set_client_cert(&mut self, rec: state::ClientCertRecord) {
+        if self.state.client_cert.as_ref() != Some(&rec) {
+            self.state.client_cert = Some(rec);
+            self.save();
+        }
     }
 
     /// Records the time the mount disappeared (or clears it), in memory and on disk.
@@ -382,7 +435,9 @@ impl Tunnel {
     /// When the main loop must next look at this tunnel, if at a set time.
     pub fn deadline(&self, grace: Duration) -> Option<Instant> {
         match self.phase {
-            Phase::RestartAt(t) => Some(t),
+            // Held for a renewal (`renew::Tracker::holds_restart`): the outcome wakes
+            // the loop, at the latest this.
+            Phase::RestartAt(t) => Some(self.renewal.hold_deadline().map_or(t, |h| h.max(t))),
             Phase::Stopping { deadline, .. } => Some(deadline),
             Phase::Running | Phase::Riding => self.unmounted_since.map(|t| t + grace),
             Phase::Gone => None,

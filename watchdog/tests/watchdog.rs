@@ -3,142 +3,16 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use efs_config::state::MountState;
 use efs_testkit::root::*;
 use efs_testkit::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-const WATCHDOG_CONFIG: &str =
-    "[mount-watchdog]\nunmount_grace_period_sec = 1\npoll_interval_sec = 1\n";
-
-struct Mounted {
-    mountpoint: String,
-    port: u16,
-    state_path: PathBuf,
-}
-
-impl Mounted {
-    fn state(&self) -> MountState {
-        MountState::read(&self.state_path).unwrap()
-    }
-    fn pid(&self) -> i32 {
-        self.state().pid
-    }
-}
-
-/// Mounts with the real mount.efs (mount.nfs4 is a stand-in) and returns what it recorded.
-fn mount(root: &Root, name: &str, ip: &str) -> Mounted {
-    let mp = root.mountpoint(name);
-    root.mount(&["fs-12345678", &mp, "-o", &format!("tls,mounttargetip={ip}")])
-        .assert_ok();
-    let calls = root.nfs_calls();
-    let call = calls
-        .iter()
-        .rev()
-        .find(|c| c[1] == mp)
-        .expect("mount.nfs4 was called");
-    let port = port_of(&call[3]);
-    let state_path = root.state_dir().join(efs_config::state::state_file_name(
-        FS_ID,
-        std::path::Path::new(&mp),
-        port,
-    ));
-    Mounted {
-        mountpoint: mp,
-        port,
-        state_path,
-    }
-}
-
-/// A temporary root with the watchdog's test config and a TLS "mount target" on its own
-/// loopback address.
-struct Scene {
-    root: Root,
-    ip: String,
-    _server: TlsServer,
-}
-
-impl Scene {
-    async fn new() -> Scene {
-        let root = Root::with_sections("", WATCHDOG_CONFIG);
-        let addr = target_addr();
-        let server = TlsServer::start_on(addr, &root.ca.issue(WILDCARD), Behaviour::Echo).await;
-        Scene {
-            root,
-            ip: addr.ip().to_string(),
-            _server: server,
-        }
-    }
-
-    fn mount(&self, name: &str) -> Mounted {
-        mount(&self.root, name, &self.ip)
-    }
-}
-
-/// Writes the mount table the watchdog reads: one NFS line per (mountpoint, port).
-fn set_mounts(root: &Root, mounts: &[(&str, u16)]) {
-    let mut text = String::from("22 1 0:21 / / rw,relatime - ext4 /dev/root rw\n");
-    for (i, (mp, port)) in mounts.iter().enumerate() {
-        text.push_str(&format!(
-            "{} 22 0:{} / {} rw,relatime - nfs4 127.0.0.1:/ rw,vers=4.1,rsize=1048576,wsize=1048576,hard,noresvport,proto=tcp,port={port},timeo=600,retrans=2,addr=127.0.0.1\n",
-            40 + i,
-            50 + i,
-            mp.replace(' ', "\\040")
-        ));
-    }
-    let tmp = root.dir.path("mountinfo.tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(tmp, root.dir.path("mountinfo")).unwrap();
-}
-
-fn watchdog_log(root: &Root) -> String {
-    std::fs::read_to_string(root.dir.path("log").join("mount-watchdog.log")).unwrap_or_default()
-}
-
-/// Starts the real watchdog and waits until it has adopted what is there.
-fn start_watchdog(root: &Root) -> KillOnDrop {
-    let before = watchdog_log(root).matches("watching ").count();
-    let child = Command::new(watchdog_bin())
-        .env("EFS_UTILS_CONFIG", &root.config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(stdio_file(&root.dir, "watchdog.stderr"))
-        .spawn()
-        .unwrap();
-    let child = KillOnDrop(child);
-    assert!(
-        wait_until(Duration::from_secs(10), || watchdog_log(root)
-            .matches("watching ")
-            .count()
-            > before),
-        "watchdog did not start: {}",
-        watchdog_log(root)
-    );
-    child
-}
-
-fn alive(pid: i32) -> bool {
-    kill(Pid::from_raw(pid), None).is_ok()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .rsplit_once(')')
-            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-}
-
-/// One echo round trip through the tunnel on `port`.
-fn round_trip(port: u16, payload: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.write_all(payload)?;
-    let mut back = vec![0u8; payload.len()];
-    s.read_exact(&mut back)?;
-    Ok(back)
-}
+mod common;
+use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_tunnel_is_restarted_on_the_same_socket_and_the_client_carries_on() {
