@@ -706,7 +706,7 @@ pub static KEYS: &[Key] = &[
             set: |c, v| c.mount.disable_fetch_ec2_metadata_token = v,
         }),
         doc: "Ask instance metadata without an IMDSv2 token.",
-        effect: MOUNT,
+        effect: MOUNT_AND_WATCHDOG,
         shipped: Shipped::CommentedDefault,
     },
     Key {
@@ -778,8 +778,8 @@ pub static KEYS: &[Key] = &[
             get: |c| &c.mount.instance_metadata_url,
             set: |c, v| c.mount.instance_metadata_url = v,
         }),
-        doc: "Instance metadata service, asked for the region when nothing else names it.",
-        effect: MOUNT,
+        doc: "Instance metadata service: the region when nothing else names it, and the instance role's credentials (with iam).",
+        effect: MOUNT_AND_WATCHDOG,
         shipped: Shipped::CommentedDefault,
     },
     Key {

@@ -98,7 +98,9 @@ start_fake_efs() {
     pkill -x efs-fake-efs 2>/dev/null
     sleep 0.2
     (umask 077; echo "$E2E_AKID $E2E_SECRET" >/etc/e2e-tls/efs-keys)
-    setsid /opt/efs/efs-fake-efs --listen 127.0.0.2:2049 --connect 127.0.0.3:2049 \
+    # Kept in the guest's own disk: at boot it starts before /opt/efs is there.
+    [ -x /opt/efs/efs-fake-efs ] && install -m 0755 /opt/efs/efs-fake-efs /usr/local/sbin/efs-fake-efs
+    setsid /usr/local/sbin/efs-fake-efs --listen 127.0.0.2:2049 --connect 127.0.0.3:2049 \
         --cert /etc/e2e-tls/server.pem --key /etc/e2e-tls/server.key \
         --keys /etc/e2e-tls/efs-keys "$@" >>/var/log/fake-efs.log 2>&1 </dev/null &
     wait_for 10 grep -q "listening on 127.0.0.2:2049" /var/log/fake-efs.log

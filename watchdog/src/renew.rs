@@ -260,7 +260,7 @@ pub fn issue(job: &Job, env: &dyn Env) -> Result<Renewed, String> {
                 service: efs_iam::EFS_SERVICE,
             }),
             client_source: job.client_source.as_deref(),
-            efs_utils_version: env!("CARGO_PKG_VERSION"),
+            efs_utils_version: efs_iam::cert::EFS_UTILS_VERSION,
             now,
         },
     )

@@ -463,7 +463,6 @@ async fn a_shorter_renewal_interval_applies_on_sighup() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "needs the tunnel's SIGHUP reload (iam-tunnel branch)"]
 async fn the_tunnel_presents_the_renewed_certificate_to_new_connections() {
     let scene = Scene::on(root()).await;
     let root = &scene.root;

@@ -62,8 +62,9 @@ dd if=/dev/urandom of=/tmp/src bs=1M count=64 status=none
 writer=$!
 sleep 1
 kill -9 "$tunnel"
-wait_for 30 sh -c "[ -n \"\$(tunnel_pid $port)\" ] && [ \"\$(tunnel_pid $port)\" != $tunnel ]"
-check "the watchdog restarted the tunnel on port $port" sh -c "[ -n \"\$(tunnel_pid $port)\" ] && [ \"\$(tunnel_pid $port)\" != $tunnel ]"
+restarted() { local p; p=$(tunnel_pid "$port"); [ -n "$p" ] && [ "$p" != "$tunnel" ]; }
+wait_for 30 restarted
+check "the watchdog restarted the tunnel on port $port" restarted
 wait_for 120 test -f /tmp/dd.rc
 wait $writer 2>/dev/null # not a bare wait: the watchdog is a job too
 check "the write finished" test "$(cat /tmp/dd.rc 2>/dev/null)" = 0
