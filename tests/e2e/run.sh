@@ -6,14 +6,18 @@
 #
 #   tests/e2e/run.sh [CASE ...]     (default: every case in tests/e2e/cases)
 #
+# E2E_CASES_DIR names another folder of cases (bench/guest: the real-kernel benchmark);
+# E2E_RUN_ENV, shell assignments the cases read from /e2e/run/run.env.
+#
 # Prints each case's PASS/FAIL line as it comes and ends with "N passed, N failed".
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/../.." && pwd)
 
+cases_dir=$(cd "${E2E_CASES_DIR:-$here/cases}" && pwd)
 cases=("$@")
 if ((${#cases[@]} == 0)); then
-    for f in "$here"/cases/*.sh; do cases+=("$(basename "$f" .sh)"); done
+    for f in "$cases_dir"/*.sh; do cases+=("$(basename "$f" .sh)"); done
 fi
 
 img_dir=$("$here/build-image.sh")
@@ -29,7 +33,9 @@ mkdir -p "$stage/root"
 # guest tests what ships; one build serves the tree, the deb and the fake below.
 make -C "$top" --no-print-directory install DESTDIR="$stage/root" GLIBC=2.17 >&2
 cp "$("$top/packaging/build-deb.sh")" "$stage/efs-utils.deb"
-cp -r "$here/cases" "$here/lib.sh" "$stage/"
+mkdir -p "$stage/cases"
+cp "$cases_dir"/*.sh "$stage/cases/"
+cp "$here/lib.sh" "$stage/"
 # The fake of EFS's IAM authorization (tests/fake-efs): test-only, never installed.
 triple=$(rustc -vV | sed -n 's/^host: //p')
 (cd "$top" && cargo zigbuild --release --locked -q --target "$triple.2.17" -p efs-fake-efs >&2)
@@ -38,17 +44,19 @@ cp "$top/target/$triple/release/efs-fake-efs" "$stage/"
 passed=0
 failed=0
 for case in "${cases[@]}"; do
-    [ -f "$here/cases/$case.sh" ] || { echo "FAIL $case: no such case" ; failed=$((failed + 1)); continue; }
+    [ -f "$cases_dir/$case.sh" ] || { echo "FAIL $case: no such case" ; failed=$((failed + 1)); continue; }
     run="$work/run-$case"
     mkdir -p "$run"
-    mode=$(sed -n 's/^# e2e-mode: *//p' "$here/cases/$case.sh" | head -1)
-    timeout=$(sed -n 's/^# e2e-timeout: *//p' "$here/cases/$case.sh" | head -1)
+    # Settings for the case (shell assignments), read in the guest from /e2e/run/run.env.
+    printf '%s\n' "${E2E_RUN_ENV:-}" >"$run/run.env"
+    mode=$(sed -n 's/^# e2e-mode: *//p' "$cases_dir/$case.sh" | head -1)
+    timeout=$(sed -n 's/^# e2e-timeout: *//p' "$cases_dir/$case.sh" | head -1)
     printf '#!/bin/sh\nexec /bin/bash /opt/efs/cases/%s.sh\n' "$case" >"$run/cmd"
     chmod +x "$run/cmd"
     : >"$run/out.log"
-    boots=$(sed -n 's/^# e2e-boots: *//p' "$here/cases/$case.sh" | head -1)
+    boots=$(sed -n 's/^# e2e-boots: *//p' "$cases_dir/$case.sh" | head -1)
     show='^(PASS|FAIL|INFO)'
-    grep -q '^# e2e-show: all' "$here/cases/$case.sh" && show=''
+    grep -q '^# e2e-show: all' "$cases_dir/$case.sh" && show=''
 
     init="init=/usr/local/sbin/e2e-init"
     [ "$mode" = systemd ] && init="systemd.unit=multi-user.target systemd.show_status=0"

@@ -72,6 +72,7 @@ check "64 MiB arrived bit-identical" test "$(sha /tmp/src)" = "$(sha /srv/efs/bi
 check "the restarted tunnel was let in with the certificate" \
     test "$(grep -c "allowed AKID=$E2E_AKID ap=$AP" /var/log/fake-efs.log)" -ge 2
 
+[ "$FAILS" = 0 ] || sed 's/^/INFO fake EFS: /' /var/log/fake-efs.log
 check "umount" umount /mnt/iam
 check "after the grace period the certificate and its directory are gone" \
     wait_for 30 sh -c "[ ! -e '$cert' ] && [ ! -e '$(dirname "$cert")' ] && [ -z \"\$(state_files)\" ]"

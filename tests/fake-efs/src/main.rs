@@ -129,19 +129,27 @@ fn run(args: Args) -> Result<(), String> {
         let listener = TcpListener::bind(args.listen)
             .await
             .map_err(|e| format!("{}: {e}", args.listen))?;
+        // Every verdict, in order, as it is recorded (one reporter, so none is missed or
+        // printed twice however connections interleave).
+        let reporter = verifier.clone();
+        tokio::spawn(async move {
+            let mut printed = 0;
+            loop {
+                let all = reporter.verdicts();
+                all.iter().skip(printed).for_each(report);
+                printed = all.len();
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        });
         println!("listening on {}", args.listen);
         let _ = std::io::stdout().flush();
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 continue;
             };
-            let (acceptor, verifier, upstream) = (acceptor.clone(), verifier.clone(), args.connect);
+            let (acceptor, upstream) = (acceptor.clone(), args.connect);
             tokio::spawn(async move {
-                let seen = verifier.verdicts().len();
                 let tls = acceptor.accept(tcp).await;
-                for v in verifier.verdicts().iter().skip(seen) {
-                    report(v);
-                }
                 let Ok(mut tls) = tls else {
                     return;
                 };

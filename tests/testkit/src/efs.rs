@@ -98,7 +98,8 @@ pub fn client_certificate(
     cert::issue(host_key, &request).expect("a certificate for a valid request")
 }
 
-/// The verifier: requires a client certificate and authorizes it by [`FakeEfsPolicy`].
+/// The verifier: authorizes a client certificate by [`FakeEfsPolicy`], and requires one
+/// when the policy needs an identity.
 #[derive(Debug)]
 pub struct FakeEfsVerifier {
     policy: Mutex<FakeEfsPolicy>,
@@ -157,8 +158,12 @@ impl ClientCertVerifier for FakeEfsVerifier {
         true
     }
 
+    /// As EFS: a client certificate is needed only when the policy asks for an identity
+    /// (IAM, an access point); otherwise plain TLS is let in, and a certificate that is
+    /// presented is still checked.
     fn client_auth_mandatory(&self) -> bool {
-        true
+        let policy = self.policy.lock().unwrap_or_else(|e| e.into_inner());
+        policy.require_iam || policy.access_point.is_some()
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {

@@ -1,0 +1,133 @@
+# e2e-mode: fast
+# e2e-timeout: 1500
+# e2e-show: all
+# The real-kernel benchmark (issue #15; run by bench/kernel.sh, not a test): the kernel's
+# NFS client through `mount -t efs -o tls` (our tunnel) against the same mount through
+# stunnel configured as amazon-efs-utils configures it, same guest, same run, rounds
+# interleaved. The two mounts never exist at once: the kernel would put the second on
+# the first one's connection (NFSv4.1 trunking).
+#
+#   NFS client ──▶ 127.0.0.1:PORT  efs-tunnel | stunnel client ──TLS──▶ 127.0.0.2:2049 stunnel server ──▶ knfsd
+#
+# Per workload: MiB/s (or ops/s), the tunnel's CPU seconds per GiB (utime+stime of its
+# process), and ours/stunnel. The guest has one CPU: client, tunnel, terminator and knfsd
+# share it, so ratios carry over and absolute figures do not.
+# BENCH_MIB (default 256) per sequential run, BENCH_FILES (default 400) small files,
+# BENCH_ROUNDS (default 3): the median of the rounds is reported.
+. /opt/efs/lib.sh
+efs_side_up
+. /e2e/run/run.env 2>/dev/null
+MIB=${BENCH_MIB:-256}
+FILES=${BENCH_FILES:-400}
+ROUNDS=${BENCH_ROUNDS:-3}
+mkdir -p /mnt/b
+dd if=/dev/urandom of=/dev/shm/src bs=1M count="$MIB" status=none
+head -c 4096 /dev/urandom >/dev/shm/small
+hz=$(getconf CLK_TCK)
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+now_ns() { date +%s%N; }
+
+# stunnel as amazon-efs-utils v3.2.0 writes its config (the reference, section 6.2).
+cat >/etc/e2e-tls/stunnel-client.conf <<EOT
+foreground = yes
+pid =
+socket = l:SO_REUSEADDR=yes
+socket = a:SO_BINDTODEVICE=lo
+[efs]
+client = yes
+accept = 127.0.0.1:20999
+connect = $DNS:2049
+sslVersion = TLSv1.2
+renegotiation = no
+TIMEOUTbusy = 20
+TIMEOUTclose = 0
+TIMEOUTidle = 70
+delay = yes
+verify = 2
+CAfile = /etc/amazon/efs/e2e-ca.pem
+checkHost = $DNS
+libwrap = no
+EOT
+NFSOPTS=nfsvers=4.1,rsize=1048576,wsize=1048576,hard,timeo=600,retrans=2,noresvport
+
+no_nfs_client() { ! grep -q '^v4' /proc/fs/nfsfs/servers 2>/dev/null; }
+# mount_side ours|stunnel: mounts /mnt/b through that tunnel; sets TPID.
+mount_side() {
+    wait_for 30 no_nfs_client
+    if [ "$1" = ours ]; then
+        mount -t efs -o tls $FS:/ /mnt/b || return 1
+        TPID=$(tunnel_pid "$(port_of /mnt/b)")
+    else
+        stunnel4 /etc/e2e-tls/stunnel-client.conf 2>/var/log/stunnel-client.log &
+        TPID=$!
+        wait_for 10 sh -c "ss -tln | grep -q 127.0.0.1:20999"
+        mount.nfs4 127.0.0.1:/ /mnt/b -o "$NFSOPTS,port=20999" || return 1
+    fi
+}
+umount_side() {
+    umount /mnt/b
+    [ "$1" = stunnel ] && { kill "$TPID"; wait "$TPID" 2>/dev/null; }
+    wait_for 30 no_nfs_client
+}
+
+# run_workload NAME: prints "VALUE CPU_S_PER_GIB" for the mounted side.
+run_workload() {
+    local t0 c0 t1 c1 bytes ops=0
+    sync; echo 3 >/proc/sys/vm/drop_caches
+    c0=$(ticks "$TPID"); t0=$(now_ns)
+    case $1 in
+        write-direct) dd if=/dev/shm/src of=/mnt/b/big bs=1M oflag=direct status=none; bytes=$((MIB << 20)) ;;
+        write-buffered) dd if=/dev/shm/src of=/mnt/b/big bs=1M conv=fsync status=none; bytes=$((MIB << 20)) ;;
+        read-direct) dd if=/mnt/b/big of=/dev/null bs=1M iflag=direct status=none; bytes=$((MIB << 20)) ;;
+        read-buffered) dd if=/mnt/b/big of=/dev/null bs=1M status=none; bytes=$((MIB << 20)) ;;
+        small-files)
+            mkdir -p /mnt/b/small
+            for i in $(seq "$FILES"); do
+                cp /dev/shm/small /mnt/b/small/f$i
+                stat /mnt/b/small/f$i >/dev/null
+                cat /mnt/b/small/f$i >/dev/null
+                rm /mnt/b/small/f$i
+            done
+            ops=$((FILES * 4)); bytes=$((FILES * 8192)) ;;
+    esac
+    t1=$(now_ns); c1=$(ticks "$TPID")
+    awk -v b="$bytes" -v ns=$((t1 - t0)) -v dc=$((c1 - c0)) -v hz="$hz" -v ops="$ops" 'BEGIN {
+        s = ns / 1e9; v = (ops > 0) ? ops / s : b / 1048576 / s
+        printf "%.1f %.3f\n", v, (dc / hz) / (b / 1073741824) }'
+}
+
+WORKLOADS="write-direct write-buffered read-direct read-buffered small-files"
+for r in $(seq "$ROUNDS"); do
+    # Interleaved, and the order alternates, so neither side always goes first.
+    sides="ours stunnel"; [ $((r % 2)) = 0 ] && sides="stunnel ours"
+    for side in $sides; do
+        mount_side "$side" || { fail "round $r: mounting through $side"; continue; }
+        for w in $WORKLOADS; do
+            echo "$side $w $(run_workload "$w")" >>/tmp/bench.raw
+        done
+        check "round $r, $side: the data read back is what was written" \
+            test "$(sha /dev/shm/src)" = "$(sha /mnt/b/big)"
+        rm -f /mnt/b/big
+        umount_side "$side"
+    done
+done
+
+median() { sort -n | awk '{a[NR] = $1} END { if (NR) print a[int((NR + 1) / 2)]; else print 0 }'; }
+fig() { awk -v s="$1" -v w="$2" -v c="$3" '$1 == s && $2 == w {print $c}' /tmp/bench.raw | median; }
+echo
+echo "real kernel NFS client, $MIB MiB per sequential run, $FILES small files (create+write 4 KiB, stat, read, unlink), median of $ROUNDS interleaved rounds"
+printf '| %-16s | %-8s | %9s | %9s | %6s | %13s | %13s | %6s |\n' workload unit ours stunnel ratio "ours CPU s/GiB" "stunnel CPU" ratio
+missed=0
+for w in $WORKLOADS; do
+    unit="MiB/s"; [ "$w" = small-files ] && unit="ops/s"
+    o=$(fig ours "$w" 3); t=$(fig stunnel "$w" 3); oc=$(fig ours "$w" 4); tc=$(fig stunnel "$w" 4)
+    rv=$(awk -v a="$o" -v b="$t" 'BEGIN { printf "%.2fx", (b > 0) ? a / b : 0 }')
+    rc=$(awk -v a="$oc" -v b="$tc" 'BEGIN { printf "%.2fx", (b > 0) ? a / b : 0 }')
+    printf '| %-16s | %-8s | %9s | %9s | %6s | %13s | %13s | %6s |\n' "$w" "$unit" "$o" "$t" "$rv" "$oc" "$tc" "$rc"
+    # Goals: at least stunnel's throughput, at most its CPU per GiB, on every workload.
+    awk -v a="$o" -v b="$t" 'BEGIN { exit !(a >= b) }' || { echo "MISSED: $w: $unit ours $o < stunnel $t"; missed=$((missed + 1)); }
+    awk -v a="$oc" -v b="$tc" 'BEGIN { exit !(a <= b) }' || { echo "MISSED: $w: CPU per GiB ours $oc > stunnel $tc"; missed=$((missed + 1)); }
+done
+sed 's/^/raw: /' /tmp/bench.raw
+check "every goal met (ours >= stunnel's throughput, <= its CPU per GiB)" test "$missed" = 0
+finish
