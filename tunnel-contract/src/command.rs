@@ -204,8 +204,9 @@ impl TunnelCommand {
 /// Who a tunnel's TLS connection says it is and whom it trusts: two mounts may share one
 /// connection (the kernel's NFS client puts a second mount of a server on the first one's)
 /// only if these agree. Everything else of a command line (log settings, the control
-/// socket, which mount target address is dialled) may differ. IAM and access points will
-/// add the client certificate's identity here.
+/// socket, which mount target address is dialled, the client certificate's file) may
+/// differ. The client certificate's identity (access point, IAM source) is the state
+/// file's (`ClientCertRecord`), compared next to this by `mount.efs`'s `sharing.rs`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsIdentity {
     pub fs_id: Option<String>,

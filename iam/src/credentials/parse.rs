@@ -112,7 +112,15 @@ pub fn parse_sts_answer(body: &str) -> Result<StsAnswer, ParseError> {
             .find(|n| n.is_element() && n.tag_name().name() == name)
     };
     if let Some(error) = find("Error") {
-        let clip = |s: Option<&str>| s.unwrap_or("").chars().take(200).collect::<String>();
+        // Shown in the mount's one-line error: control characters (a newline in a
+        // message) become spaces.
+        let clip = |s: Option<&str>| {
+            s.unwrap_or("")
+                .chars()
+                .take(200)
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect::<String>()
+        };
         return Ok(StsAnswer::Refused {
             code: clip(child_text(error, "Code")),
             message: clip(child_text(error, "Message")),
@@ -233,6 +241,15 @@ mod tests {
             StsAnswer::Refused {
                 code: "InvalidIdentityToken".into(),
                 message: "Couldn't retrieve verification key".into()
+            }
+        );
+        // STS's message goes into a one-line error: no line breaks get through.
+        let multiline = "<ErrorResponse><Error><Code>X</Code><Message>one\ntwo\r\n</Message></Error></ErrorResponse>";
+        assert_eq!(
+            parse_sts_answer(multiline).unwrap(),
+            StsAnswer::Refused {
+                code: "X".into(),
+                message: "one two".into()
             }
         );
         assert_eq!(
