@@ -5,6 +5,9 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::process::{Command, Output};
 
+mod common;
+
+use common::succeeded;
 use efs_testkit::root::workspace_bin;
 use efs_testkit::TempDir;
 
@@ -18,16 +21,13 @@ fn the_incumbents_config_converts_to_one_check_accepts_with_the_same_values() {
     let dir = TempDir::new("import");
     let out_path = dir.path("efs-utils.toml");
     // --output before the input file: the input is still the input.
-    let out = Command::new(workspace_bin("efs-utils"))
-        .args(["config", "import", "--output"])
-        .arg(&out_path)
-        .arg(INCUMBENT)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = succeeded(
+        Command::new(workspace_bin("efs-utils"))
+            .args(["config", "import", "--output"])
+            .arg(&out_path)
+            .arg(INCUMBENT)
+            .output()
+            .unwrap(),
     );
     let left = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -87,17 +87,14 @@ fn the_incumbents_config_converts_to_one_check_accepts_with_the_same_values() {
         "{text}"
     );
 
-    let check = Command::new(workspace_bin("efs-utils"))
-        .args(["config", "check"])
-        .arg(&out_path)
-        .output()
-        .unwrap();
-    let shown = String::from_utf8_lossy(&check.stdout);
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stderr)
+    let check = succeeded(
+        Command::new(workspace_bin("efs-utils"))
+            .args(["config", "check"])
+            .arg(&out_path)
+            .output()
+            .unwrap(),
     );
+    let shown = String::from_utf8_lossy(&check.stdout);
     assert!(
         shown.contains("mount.port_range_lower_bound = 20049")
             && shown.contains("# efs-utils.toml"),
@@ -169,12 +166,7 @@ fn import_reads_the_input_wherever_output_stands() {
                 o,
             ]
         };
-        let out = efs_utils(&args);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = succeeded(efs_utils(&args));
         assert!(
             out.stdout.is_empty(),
             "the TOML went to the file, not stdout"
@@ -217,16 +209,11 @@ fn a_non_utf8_argument_is_one_line_and_exit_1() {
         );
     }
     // A file name is a path, and any bytes make one.
-    let out = efs_utils(&[
+    succeeded(efs_utils(&[
         "config".as_ref(),
         "check".as_ref(),
         OsStr::from_bytes(b"/nonexistent/\xff.toml"),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ]));
 }
 
 #[test]
@@ -237,8 +224,7 @@ fn usage_errors_exit_1_and_version_is_the_incumbents_line() {
     let out = efs_utils(&["status".as_ref(), "--jsn".as_ref()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--jsn"));
-    let out = efs_utils(&["--version".as_ref()]);
-    assert!(out.status.success());
+    let out = succeeded(efs_utils(&["--version".as_ref()]));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         format!("efs-utils Version: {}\n", env!("CARGO_PKG_VERSION"))
@@ -262,12 +248,7 @@ fn check_shows_efs_utils_conf_under_efs_utils_toml_and_each_values_origin() {
             .env_remove("EFS_UTILS_INCUMBENT_CONFIG")
             .env_remove("AWS_USE_FIPS_ENDPOINT")
             .envs(env.iter().copied());
-        let out = cmd.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = succeeded(cmd.output().unwrap());
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
 

@@ -2,6 +2,9 @@
 
 use std::process::Command;
 
+mod common;
+
+use common::succeeded;
 use efs_testkit::root::*;
 use efs_testkit::*;
 
@@ -11,12 +14,7 @@ fn status(root: &Root, json: bool) -> String {
     if json {
         cmd.arg("--json");
     }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = succeeded(cmd.output().unwrap());
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 

@@ -9,7 +9,9 @@
 //! * [`state`]: state file names, mountpoint mangling, the JSON schema, atomic writes;
 //! * [`import`]: amazon-efs-utils' INI configuration converted to ours;
 //! * [`mounts`]: the mount table, and which tunnel ports it references;
-//! * [`logging`]: the log line format and size-rotated log files.
+//! * [`logging`]: the log line format and size-rotated log files;
+//! * [`watchdog_lock`]: the one-watchdog lock on the state directory, taken by the
+//!   watchdog and probed by `mount.efs`.
 
 pub mod config;
 pub mod import;
@@ -17,5 +19,6 @@ pub mod keys;
 pub mod logging;
 pub mod mounts;
 pub mod state;
+pub mod watchdog_lock;
 
 pub use config::{Config, ConfigError, Origin, Setting, Warning};

@@ -371,14 +371,13 @@ pub fn temp_writer_pid(file_name: &str) -> Option<i32> {
     })
 }
 
-/// Temporary files in `dir` whose writer is gone (killed mid-write, driver issue #1940's
-/// way): never a state, only clutter; whoever keeps the directory removes them.
-pub fn stale_temp_files(dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return Vec::new();
-    };
+/// The temporary files among `entries` (a listing of the state directory) whose writer
+/// is gone (killed mid-write, driver issue #1940's way): never a state, only clutter;
+/// whoever keeps the directory removes them. It takes the listing, not the directory, so
+/// that the watchdog's rescan reads the directory once for state files and these.
+pub fn stale_temp_files<'a>(entries: impl IntoIterator<Item = &'a fs::DirEntry>) -> Vec<PathBuf> {
     entries
-        .flatten()
+        .into_iter()
         .filter_map(|e| {
             let pid = temp_writer_pid(&e.file_name().to_string_lossy())?;
             let gone = !Path::new(&format!("/proc/{pid}")).exists();
@@ -576,7 +575,8 @@ mod tests {
         for p in [&dead, &alive, &state] {
             fs::write(p, "{").unwrap();
         }
-        assert_eq!(stale_temp_files(&dir), vec![dead]);
+        let listing: Vec<fs::DirEntry> = fs::read_dir(&dir).unwrap().flatten().collect();
+        assert_eq!(stale_temp_files(&listing), vec![dead]);
         fs::remove_dir_all(&dir).unwrap();
     }
 

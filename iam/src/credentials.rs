@@ -21,10 +21,11 @@
 //! `Debug` or `Display`: only the access key id may be shown.
 
 pub mod assume;
-mod http;
+pub(crate) mod http;
 pub mod parse;
 pub mod profile;
 
+use crate::imds::{self, Imds, Retry, TokenError};
 pub use http::{HttpProblem, MAX_ANSWER};
 use parse::{parse_credentials_json, parse_role_name, parse_sts_answer, StsAnswer};
 use profile::{AwsFiles, Loaded};
@@ -242,7 +243,7 @@ impl Default for Endpoints {
             ecs: "http://169.254.170.2".into(),
             imds: "http://169.254.169.254".into(),
             imds_token: true,
-            imds_token_tries: 3,
+            imds_token_tries: imds::TOKEN_TRIES,
             sts: None,
             dns_name_suffix: "amazonaws.com".into(),
             timeout: Duration::from_secs(1),
@@ -586,13 +587,20 @@ fn fetch(
     url: &str,
     headers: &[(&str, &str)],
 ) -> Result<String, Error> {
-    let answer = client
-        .call(method, url, headers, None)
-        .map_err(|problem| Error::Endpoint {
-            what,
-            url: url.to_string(),
-            problem,
-        })?;
+    answered(what, url, client.call(method, url, headers, None))
+}
+
+/// The body of an answer that must be 2xx.
+fn answered(
+    what: &'static str,
+    url: &str,
+    answer: Result<http::Answer, HttpProblem>,
+) -> Result<String, Error> {
+    let answer = answer.map_err(|problem| Error::Endpoint {
+        what,
+        url: url.to_string(),
+        problem,
+    })?;
     if !answer.ok() {
         return Err(Error::Status {
             what,
@@ -787,59 +795,51 @@ fn sts_result(
     }
 }
 
-const IMDS_TOKEN_RETRY_PAUSE: Duration = Duration::from_millis(500);
-
 /// The instance role: IMDSv2 token (unless disabled; IMDSv1 when IMDS refuses to give
-/// one), the role name, then its credentials.
+/// one), the role name, then its credentials. The token is asked for again only while
+/// IMDS does not answer; if it never does, that is this source's failure.
 pub fn from_instance_metadata(ctx: &Context) -> Result<Credentials, Error> {
-    let client = link_local_client(ctx)?;
-    let base = ctx.endpoints.imds.trim_end_matches('/');
-    let token = if ctx.endpoints.imds_token {
-        let url = format!("{base}/latest/api/token");
-        let put = || {
-            client.call(
-                "PUT",
-                &url,
-                &[("X-aws-ec2-metadata-token-ttl-seconds", "21600")],
-                None,
-            )
-        };
-        let mut answer = put();
-        for _ in 1..ctx.endpoints.imds_token_tries {
-            if answer.is_ok() {
-                break;
-            }
-            std::thread::sleep(IMDS_TOKEN_RETRY_PAUSE);
-            answer = put();
+    let what = "instance metadata";
+    let imds = Imds::new(&ctx.endpoints.imds, ctx.endpoints.timeout).map_err(|reason| {
+        Error::InvalidOption {
+            what: "TLS configuration",
+            reason,
         }
-        let answer = answer.map_err(|problem| Error::Endpoint {
-            what: "instance metadata",
-            url: url.clone(),
-            problem,
-        })?;
-        answer.ok().then(|| answer.body.trim().to_string())
+    })?;
+    let token = if ctx.endpoints.imds_token {
+        match imds.token(ctx.endpoints.imds_token_tries, Retry::Unanswered) {
+            Ok(token) => Some(token),
+            Err(TokenError::Refused(_) | TokenError::NotAToken) => None,
+            Err(TokenError::Unanswered(problem)) => {
+                return Err(Error::Endpoint {
+                    what,
+                    url: imds.url(imds::TOKEN_PATH),
+                    problem,
+                })
+            }
+        }
     } else {
         None
     };
-    let headers: Vec<(&str, &str)> = token
-        .as_deref()
-        .map(|t| vec![("X-aws-ec2-metadata-token", t)])
-        .unwrap_or_default();
-    let roles_url = format!("{base}/latest/meta-data/iam/security-credentials/");
-    let roles = match fetch(&client, "instance metadata", "GET", &roles_url, &headers) {
-        Err(Error::Status { status: 404, .. }) => {
-            return Err(Error::NoInstanceRole { url: roles_url })
-        }
+    let get = |path: &str| {
+        let url = imds.url(path);
+        let answer = imds.get(path, token.as_deref());
+        answered(what, &url, answer).map(|body| (url, body))
+    };
+    let roles_path = "/latest/meta-data/iam/security-credentials/";
+    let (roles_url, roles) = match get(roles_path) {
+        Err(Error::Status {
+            status: 404, url, ..
+        }) => return Err(Error::NoInstanceRole { url }),
         other => other?,
     };
     let role = parse_role_name(&roles).map_err(|problem| Error::BadAnswer {
-        what: "instance metadata",
-        url: roles_url.clone(),
+        what,
+        url: roles_url,
         problem,
     })?;
-    let url = format!("{roles_url}{role}");
-    let body = fetch(&client, "instance metadata", "GET", &url, &headers)?;
-    credentials_from_json("instance metadata", &url, &body)
+    let (url, body) = get(&format!("{roles_path}{role}"))?;
+    credentials_from_json(what, &url, &body)
 }
 
 /// How deep `source_profile` may chain (botocore has no limit but detects loops).

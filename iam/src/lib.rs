@@ -6,6 +6,8 @@
 //! * [`credentials`]: AWS credentials in amazon-efs-utils' order (`awscredsuri`, profile,
 //!   ECS, Pod Identity, web identity, instance role), each source a function, the winner
 //!   named by [`credentials::Source`] so the watchdog renews from the same one;
+//! * [`imds`]: the instance metadata service's IMDSv2 token and requests, for the
+//!   instance role here and for `mount.efs`'s region lookup;
 //! * [`sigv4`]: the SigV4 signature of EFS's `Connect` action, byte for byte as the
 //!   service recomputes it;
 //! * [`cert`]: the host's RSA-3072 key and each mount's self-signed certificate with the
@@ -66,6 +68,7 @@
 pub mod cert;
 pub mod credentials;
 pub mod der;
+pub mod imds;
 pub mod sigv4;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -1,5 +1,5 @@
 //! Making sure a watchdog runs after a TLS mount, so that a dead tunnel is restarted.
-//! A watchdog that holds its lock on the state directory (see `efs_watchdog::lock`) runs,
+//! A watchdog that holds its lock on the state directory (see `efs_config::watchdog_lock`) runs,
 //! whoever started it (systemd, the EFS CSI driver, an operator): then nothing is done.
 //! Otherwise, under systemd (its runtime directory exists, as sd_booted(3) checks) the
 //! unit is started without waiting (`systemctl start --no-block`) if it is not active.
@@ -15,7 +15,7 @@ pub const UNIT: &str = "amazon-efs-mount-watchdog";
 
 pub fn ensure_running(cfg: &Config) {
     let paths = &cfg.paths;
-    if efs_watchdog::lock::is_held(&paths.state_dir) == Some(true) {
+    if efs_config::watchdog_lock::is_held(&paths.state_dir) == Some(true) {
         debug!(
             "{UNIT} runs (it holds the lock on {})",
             paths.state_dir.display()

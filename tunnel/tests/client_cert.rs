@@ -8,9 +8,8 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream as StdTcpStream};
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -235,36 +234,6 @@ async fn without_a_client_certificate_the_server_refuses_and_sighup_changes_noth
     );
 }
 
-/// Runs the tunnel with `--ready-fd` and returns (the line it reported, the process).
-fn start_with_ready_pipe(efs: &FakeEfs, dir: &TempDir, extra: &[String]) -> (String, KillOnDrop) {
-    let cafile = dir.path("ca.pem");
-    std::fs::write(&cafile, &efs.ca.pem).unwrap();
-    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
-    nix::fcntl::fcntl(
-        &write_end,
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-    )
-    .unwrap();
-    let child = Command::new(tunnel_bin())
-        .args(["--listen", "127.0.0.1:0", "--connect"])
-        .arg(efs.server.addr.to_string())
-        .args(["--check-host", CHECK_HOST, "--fs-id", FS_ID, "--ready-fd"])
-        .arg(write_end.as_raw_fd().to_string())
-        .arg("--cafile")
-        .arg(&cafile)
-        .arg("--log-file")
-        .arg(dir.path("tunnel.log"))
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(stdio_file(dir, "stderr"))
-        .spawn()
-        .unwrap();
-    let child = KillOnDrop(child);
-    drop(write_end);
-    (read_line_from(std::fs::File::from(read_end)), child)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readiness_probe_tells_an_admitted_client_from_a_refused_one() {
     let efs = FakeEfs::start(&[OLD_KEY]).await;
@@ -275,7 +244,7 @@ async fn the_readiness_probe_tells_an_admitted_client_from_a_refused_one() {
     );
 
     let dir = TempDir::new("probe-admitted");
-    let (line, mut child) = start_with_ready_pipe(&efs, &dir, &pair.args());
+    let (line, mut child) = start_with_ready_pipe(efs.server.addr, &dir, &efs.ca.pem, &pair.args());
     assert!(line.starts_with("ready port="), "{line:?}");
     assert!(child.try_wait().unwrap().is_none());
     assert_eq!(efs.admitted(), [Some(OLD_KEY.0.to_string())]);
@@ -283,7 +252,7 @@ async fn the_readiness_probe_tells_an_admitted_client_from_a_refused_one() {
     // TLS 1.3: the refusal comes after the client's side of the handshake; the probe
     // still sees it, and fails the start.
     let dir = TempDir::new("probe-refused");
-    let (line, mut child) = start_with_ready_pipe(&efs, &dir, &[]);
+    let (line, mut child) = start_with_ready_pipe(efs.server.addr, &dir, &efs.ca.pem, &[]);
     assert!(line.starts_with("error "), "{line:?}");
     assert!(
         line.contains("CertificateRequired") && line.contains(FS_ID),
@@ -297,7 +266,8 @@ async fn the_readiness_probe_tells_an_admitted_client_from_a_refused_one() {
         &client_certificate(&host_key, Some(NEW_KEY), Some(ACCESS_POINT)),
     );
     let dir = TempDir::new("probe-unknown-key");
-    let (line, mut child) = start_with_ready_pipe(&efs, &dir, &unknown.args());
+    let (line, mut child) =
+        start_with_ready_pipe(efs.server.addr, &dir, &efs.ca.pem, &unknown.args());
     assert!(
         line.starts_with("error ") && line.contains("refused the client certificate"),
         "{line:?}"
@@ -477,7 +447,7 @@ async fn a_bad_pair_at_start_is_one_line_naming_the_file_and_exit_1() {
         "--client-key".into(),
         path(&good.key),
     ];
-    let (line, mut child) = start_with_ready_pipe(&efs, &dir, &args);
+    let (line, mut child) = start_with_ready_pipe(efs.server.addr, &dir, &efs.ca.pem, &args);
     assert!(
         line.starts_with("error ") && line.contains("garbage.pem"),
         "{line:?}"

@@ -5,8 +5,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream as StdTcpStream;
-use std::os::fd::AsRawFd;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -67,40 +66,12 @@ async fn sighup_reloads_the_ca_file_for_new_connections() {
 }
 
 /// Runs the tunnel with `--ready-fd` and returns (the line it reported, the process).
-fn start_with_ready_pipe(upstream_port: u16, dir: &TempDir, ca_pem: &str) -> (String, KillOnDrop) {
-    let cafile = dir.path("ca.pem");
-    std::fs::write(&cafile, ca_pem).unwrap();
-    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
-    nix::fcntl::fcntl(
-        &write_end,
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-    )
-    .unwrap();
-    let child = Command::new(tunnel_bin())
-        .args(["--listen", "127.0.0.1:0", "--connect"])
-        .arg(format!("127.0.0.1:{upstream_port}"))
-        .args(["--check-host", CHECK_HOST, "--fs-id", FS_ID, "--ready-fd"])
-        .arg(write_end.as_raw_fd().to_string())
-        .arg("--cafile")
-        .arg(&cafile)
-        .arg("--log-file")
-        .arg(dir.path("tunnel.log"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(stdio_file(dir, "stderr"))
-        .spawn()
-        .unwrap();
-    let child = KillOnDrop(child);
-    drop(write_end);
-    (read_line_from(std::fs::File::from(read_end)), child)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_pipe_reports_a_completed_handshake() {
     let ca = TestCa::new("Test CA");
     let server = TlsServer::start(&ca.issue(WILDCARD), Behaviour::Echo).await;
     let dir = TempDir::new("ready-ok");
-    let (line, mut child) = start_with_ready_pipe(server.addr.port(), &dir, &ca.pem);
+    let (line, mut child) = start_with_ready_pipe(server.addr, &dir, &ca.pem, &[]);
     assert!(line.starts_with("ready port="), "{line:?}");
     // The server finishes its side of the handshake a moment after the client does.
     let handshakes = || server.handshakes.load(std::sync::atomic::Ordering::Relaxed);
@@ -124,7 +95,7 @@ async fn ready_pipe_reports_why_the_target_was_refused_and_the_tunnel_exits() {
         TlsServer::start(&ca.issue("*.efs.eu-west-1.amazonaws.com"), Behaviour::Echo).await;
     let dir = TempDir::new("ready-bad");
     let t0 = Instant::now();
-    let (line, mut child) = start_with_ready_pipe(server.addr.port(), &dir, &ca.pem);
+    let (line, mut child) = start_with_ready_pipe(server.addr, &dir, &ca.pem, &[]);
     assert!(line.starts_with("error "), "{line:?}");
     assert!(
         line.contains("not valid for name") && line.contains(FS_ID),

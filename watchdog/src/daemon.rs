@@ -274,21 +274,23 @@ impl Daemon {
         let dir = &self.cfg.paths.state_dir;
         // Path -> inode: a state file is only ever replaced whole (renamed over), so a new
         // inode is a rewrite.
-        let present: BTreeMap<PathBuf, u64> = match std::fs::read_dir(dir) {
-            Ok(entries) => entries
-                .flatten()
-                .filter(|e| state::is_state_file_name(&e.file_name().to_string_lossy()))
-                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-                .map(|e| (e.path(), std::os::unix::fs::DirEntryExt::ino(&e)))
-                .collect(),
+        // One listing per sweep, for the state files and the stale temporaries.
+        let entries: Vec<std::fs::DirEntry> = match std::fs::read_dir(dir) {
+            Ok(entries) => entries.flatten().collect(),
             Err(e) => {
                 warn!("cannot read {}: {e}", dir.display());
                 return;
             }
         };
+        let present: BTreeMap<PathBuf, u64> = entries
+            .iter()
+            .filter(|e| state::is_state_file_name(&e.file_name().to_string_lossy()))
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .map(|e| (e.path(), std::os::unix::fs::DirEntryExt::ino(e)))
+            .collect();
         self.skipped.retain(|p| present.contains_key(p));
         // A mount.efs killed mid-write leaves its temporary file, never a torn state.
-        for stale in state::stale_temp_files(dir) {
+        for stale in state::stale_temp_files(&entries) {
             match std::fs::remove_file(&stale) {
                 Ok(()) => info!("removed {}, left by a writer that died", stale.display()),
                 Err(e) => warn!("cannot remove {}: {e}", stale.display()),

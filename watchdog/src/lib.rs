@@ -8,12 +8,11 @@
 //! * [`tunnels`]: adopting, restarting and tearing down one tunnel;
 //! * [`health`]: the health check thread;
 //! * [`renew`]: renewing the client certificates tunnels present (`iam`, `accesspoint`);
-//! * [`lock`]: one watchdog per state directory;
+//! * the one-watchdog lock: `efs_config::watchdog_lock` (`mount.efs` probes it too);
 //! * [`sys`]: pidfd syscalls (the crate's only `unsafe`); [`notify`]: sd_notify.
 
 pub mod daemon;
 pub mod health;
-pub mod lock;
 pub mod notify;
 pub mod renew;
 pub mod sys;

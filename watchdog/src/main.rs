@@ -1,11 +1,11 @@
 //! `amazon-efs-mount-watchdog`: a thin shell around [`efs_watchdog::daemon`]. Before it
 //! logs, reads state or touches a tunnel it takes the one-watchdog lock
-//! ([`efs_watchdog::lock`]): a second watchdog exits at once with its own exit code.
+//! ([`efs_config::watchdog_lock`]): a second watchdog exits at once with its own exit code.
 
 use std::process::ExitCode;
 
+use efs_config::watchdog_lock as lock;
 use efs_config::{logging, Config};
-use efs_watchdog::lock;
 use log::{error, info, warn};
 
 const USAGE: &str = "Usage: amazon-efs-mount-watchdog [--version] [-h|--help]";

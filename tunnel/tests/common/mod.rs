@@ -135,6 +135,43 @@ impl Drop for Tunnel {
     }
 }
 
+/// Runs the tunnel to `upstream`, trusting `ca_pem`, with `--ready-fd` and `extra`;
+/// returns (the line it reported on the ready pipe, the process).
+pub fn start_with_ready_pipe(
+    upstream: SocketAddr,
+    dir: &TempDir,
+    ca_pem: &str,
+    extra: &[String],
+) -> (String, KillOnDrop) {
+    use std::os::fd::AsRawFd;
+    let cafile = dir.path("ca.pem");
+    std::fs::write(&cafile, ca_pem).unwrap();
+    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    nix::fcntl::fcntl(
+        &write_end,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .unwrap();
+    let child = Command::new(tunnel_bin())
+        .args(["--listen", "127.0.0.1:0", "--connect"])
+        .arg(upstream.to_string())
+        .args(["--check-host", CHECK_HOST, "--fs-id", FS_ID, "--ready-fd"])
+        .arg(write_end.as_raw_fd().to_string())
+        .arg("--cafile")
+        .arg(&cafile)
+        .arg("--log-file")
+        .arg(dir.path("tunnel.log"))
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stdio_file(dir, "stderr"))
+        .spawn()
+        .unwrap();
+    let child = KillOnDrop(child);
+    drop(write_end);
+    (read_line_from(std::fs::File::from(read_end)), child)
+}
+
 /// Starts a tunnel on a listening socket the test owns (`--listen-fd`), as `mount.efs`
 /// and the watchdog do. The socket stays open in the test process too.
 pub fn spawn_on_fd(

@@ -1,9 +1,14 @@
-//! One watchdog per state directory. Two watchdogs over one `/var/run/efs` (the host's
-//! package plus the EFS CSI driver's own, which shares the directory as a hostPath: CSI
-//! issue #1022, efs-utils #265) would restart, adopt and tear down the same tunnels and
-//! fight over their state. So the watchdog holds an exclusive `flock` on the state
-//! directory itself for as long as it runs, and a second one exits at once with
-//! [`EXIT_ALREADY_RUNNING`], before it reads or writes any state or touches a tunnel.
+//! One watchdog per state directory, and how anyone tells whether one runs. Two
+//! watchdogs over one `/var/run/efs` (the host's package plus the EFS CSI driver's own,
+//! which shares the directory as a hostPath: CSI issue #1022, efs-utils #265) would
+//! restart, adopt and tear down the same tunnels and fight over their state. So the
+//! watchdog holds an exclusive `flock` on the state directory itself for as long as it
+//! runs ([`acquire`]), and a second one exits at once with [`EXIT_ALREADY_RUNNING`],
+//! before it reads or writes any state or touches a tunnel.
+//!
+//! It lives here, not in the watchdog, because the lock is a fact two programs share:
+//! the watchdog takes it, and `mount.efs` ([`is_held`]) asks whether it is taken; both
+//! sides of the `flock` stay in one file, and `mount.efs` needs nothing of the watchdog.
 //!
 //! Why the directory and not a lock file in it: nothing is added to the directory, so
 //! there is no file to leave behind, unlink or race over, and every process that sees the
@@ -24,7 +29,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use efs_config::state;
+use crate::state;
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
