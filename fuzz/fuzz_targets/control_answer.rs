@@ -17,8 +17,9 @@ use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use efs_tunnel::control::{query_status, Status, TlsSession};
-use efs_utils::{render, Health, Report, Row};
+use efs_config::state::ClientCertRecord;
+use efs_tunnel::control::{query_status, ClientCertStatus, Status, TlsSession};
+use efs_utils::{render, ClientCert, Health, Report, Row};
 use libfuzzer_sys::fuzz_target;
 
 /// The fake tunnel's socket, and where to send the next answer.
@@ -53,6 +54,12 @@ fuzz_target!(|data: &[u8]| {
         let near = raw & 0xffff_ffff;
         for not_after in [raw, i64::MIN + near, i64::MAX - near] {
             show(Status {
+                client_cert: Some(ClientCertStatus {
+                    not_after_unix: not_after,
+                    loaded_unix: raw,
+                    reloads: raw as u64,
+                    reload_error: None,
+                }),
                 tls: Some(TlsSession {
                     version: "TLSv1_3".into(),
                     cipher: "TLS13_AES_256_GCM_SHA384".into(),
@@ -74,9 +81,29 @@ fuzz_target!(|data: &[u8]| {
     show(status);
 });
 
-/// The status command's table for one healthy TLS mount with this tunnel status.
+/// The status command's table for one healthy TLS mount with this tunnel status, and a
+/// client certificate whose recorded times are the answer's (the tunnel's certificate
+/// against the state's: every comparison the table makes sees extremes).
 fn show(status: Status) {
     let now = efs_fuzz::unix_now();
+    let t = status
+        .client_cert
+        .as_ref()
+        .map_or(now as f64, |c| c.not_after_unix as f64);
+    let record = ClientCertRecord {
+        certificate: "/var/run/efs/fs-12345678.mnt.efs.20049+/certificate.pem".into(),
+        private_key: "/etc/amazon/efs/privateKey.pem".into(),
+        common_name: "host".into(),
+        region: "us-east-1".into(),
+        access_point: Some("fsap-0123456789abcdef0".into()),
+        iam_source: Some("metadata:".into()),
+        issued: -t,
+        not_after: t,
+        credentials_expire: Some(t * 2.0),
+        renewed: Some(f64::NAN),
+        renewal_error: None,
+    };
+    let client_cert = Some(ClientCert::new(&record, Some(&status), now));
     let report = Report {
         watchdog_pid: Some(1),
         mounts: vec![Row {
@@ -91,6 +118,7 @@ fn show(status: Status) {
             mounted: true,
             served_by: None,
             also_serves: Vec::new(),
+            client_cert,
             tunnel: Some(status),
         }],
         problems: Vec::new(),

@@ -77,6 +77,7 @@ fn well_formed() -> MountState {
         unmount_time: None,
         served_by: None,
         also_serves: Vec::new(),
+        client_cert: None,
         extra: Default::default(),
     }
 }

@@ -40,6 +40,17 @@ impl From<InvalidCredential> for ParseError {
     }
 }
 
+/// A parser's message as one bounded line (it becomes part of the mount's one-line
+/// error, and an XML parser's message may quote the answer, control characters and all:
+/// found by fuzzing, `regressions/aws_credentials/`).
+fn one_line(message: String) -> String {
+    message
+        .chars()
+        .take(200)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
 /// `2019-10-25T21:17:24Z` (RFC 3339, fractions allowed).
 pub fn parse_expiration(s: &str) -> Result<OffsetDateTime, ParseError> {
     OffsetDateTime::parse(s.trim(), &time::format_description::well_known::Rfc3339)
@@ -51,7 +62,7 @@ pub fn parse_expiration(s: &str) -> Result<OffsetDateTime, ParseError> {
 /// (`Code` only from IMDS).
 pub fn parse_credentials_json(body: &str) -> Result<Credentials, ParseError> {
     let v: serde_json::Value =
-        serde_json::from_str(body).map_err(|e| ParseError::NotJson(e.to_string()))?;
+        serde_json::from_str(body).map_err(|e| ParseError::NotJson(one_line(e.to_string())))?;
     let field = |name: &'static str| v.get(name).and_then(serde_json::Value::as_str);
     if let Some(code) = field("Code") {
         if code != "Success" {
@@ -106,7 +117,7 @@ fn child_text<'a>(node: roxmltree::Node<'a, 'a>, name: &str) -> Option<&'a str> 
 /// STS's XML answer to `AssumeRoleWithWebIdentity` or `AssumeRole` (the `Credentials`
 /// element, wherever it is), or its `ErrorResponse`.
 pub fn parse_sts_answer(body: &str) -> Result<StsAnswer, ParseError> {
-    let doc = roxmltree::Document::parse(body).map_err(|e| ParseError::NotXml(e.to_string()))?;
+    let doc = roxmltree::Document::parse(body).map_err(|e| ParseError::NotXml(one_line(e.to_string())))?;
     let find = |name: &str| {
         doc.descendants()
             .find(|n| n.is_element() && n.tag_name().name() == name)
