@@ -39,6 +39,55 @@ pub fn region(base_url: &str, use_token: bool) -> Result<String, String> {
     region_of_answer(answer.status, &answer.body)
 }
 
+const AZ_ID_PATH: &str = "/latest/meta-data/placement/availability-zone-id";
+
+/// The instance's availability zone ID (`use1-az1`), for `crossaccount`: AZ names differ
+/// between accounts, AZ IDs do not.
+pub fn az_id(base_url: &str, use_token: bool) -> Result<String, String> {
+    if !base_url.starts_with("http://") {
+        return Err(format!(
+            "instance_metadata_url {base_url} must start with http://"
+        ));
+    }
+    let token = if use_token {
+        Imds::new(base_url, TOKEN_TIMEOUT)?
+            .token(TOKEN_TRIES, Retry::Always)
+            .ok()
+    } else {
+        None
+    };
+    let answer = Imds::new(base_url, GET_TIMEOUT)?
+        .get(AZ_ID_PATH, token.as_deref())
+        .map_err(|problem| format!("GET {AZ_ID_PATH}: {problem}"))?;
+    az_id_of_answer(answer.status, &answer.body)
+}
+
+/// The AZ ID in the service's answer: `<region code><digit>-az<digits>` (`use1-az1`,
+/// `euw2-az3`), which goes into a DNS name.
+pub fn az_id_of_answer(status: u16, body: &str) -> Result<String, String> {
+    if status != 200 {
+        return Err(format!("GET {AZ_ID_PATH}: HTTP {status}"));
+    }
+    let id = body.trim();
+    let valid = id.split_once("-az").is_some_and(|(code, n)| {
+        (3..=12).contains(&code.len())
+            && code
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && !n.is_empty()
+            && n.len() <= 3
+            && n.bytes().all(|b| b.is_ascii_digit())
+    });
+    if valid {
+        Ok(id.to_string())
+    } else {
+        Err(format!(
+            "{AZ_ID_PATH} is not an AZ ID: {:?}",
+            id.chars().take(64).collect::<String>()
+        ))
+    }
+}
+
 /// The region in the service's answer (status and body) to the identity document
 /// request. Public so that the fuzz target `imds_answer` reaches what the service says
 /// without a socket.
@@ -65,6 +114,23 @@ pub fn region_of_answer(status: u16, doc: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn az_id_answers() {
+        assert_eq!(az_id_of_answer(200, "use1-az4\n").unwrap(), "use1-az4");
+        assert_eq!(az_id_of_answer(200, "cnn1-az12").unwrap(), "cnn1-az12");
+        for bad in [
+            "",
+            "us-east-1a",
+            "use1-az",
+            "USE1-az1",
+            "use1-az1.evil.com",
+            "a-az1",
+        ] {
+            assert!(az_id_of_answer(200, bad).is_err(), "{bad:?}");
+        }
+        assert!(az_id_of_answer(404, "use1-az1").is_err());
+    }
 
     #[test]
     fn identity_document_answers() {

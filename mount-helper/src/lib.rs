@@ -130,15 +130,32 @@ pub fn run(inv: &Invocation) -> Result<(), MountError> {
     let needs_region = ["{region}", "{dns_name_suffix}"]
         .iter()
         .any(|f| cfg.mount.dns_name_format.contains(f));
-    // With iam the SigV4 signature is scoped to the region, whatever the DNS name needs.
-    let region = if needs_region || (opts.tls && opts.iam) {
+    // With iam the SigV4 signature is scoped to the region; crossaccount names the
+    // region in its DNS name whatever the format says.
+    let region = if needs_region || (opts.tls && opts.iam) || opts.crossaccount {
         target::resolve_region(opts.region.as_deref(), &device, &cfg)
             .map_err(MountError::Invalid)?
     } else {
         opts.region.clone().unwrap_or_default()
     };
-    let dns_name = target::dns_name(&cfg, &device.fs_id, &region, az.as_deref())
-        .map_err(MountError::Invalid)?;
+    let dns_name = if opts.crossaccount {
+        // The incumbent's: the mount target in this client's AZ, by its AZ ID (AZ names
+        // are per account), whatever dns_name_format says.
+        let az_id = imds::az_id(
+            &cfg.mount.instance_metadata_url,
+            !cfg.mount.disable_fetch_ec2_metadata_token,
+        )
+        .map_err(|why| {
+            log::warn!("instance metadata: {why}");
+            MountError::Invalid(
+                "Cannot retrieve AZ-ID from metadata service. This is required for the crossaccount mount option.".into(),
+            )
+        })?;
+        target::cross_account_dns_name(&cfg, &device.fs_id, &region, &az_id)
+    } else {
+        target::dns_name(&cfg, &device.fs_id, &region, az.as_deref())
+            .map_err(MountError::Invalid)?
+    };
     // -N is a mount namespace (util-linux), netns= a network namespace (the incumbent's).
     let mount_ns = inv
         .namespace

@@ -3,9 +3,9 @@
 //!
 //! Names, meanings, checks and error texts follow amazon-efs-utils (the reference
 //! behaviour's sections 1.2, 1.4 and 1.5), with these deliberate differences: a value that
-//! contains `=` is kept whole instead of crashing the parser; options for features not
-//! built yet (`crossaccount`, which needs the EFS API, and `ocsp`) are validated as the
-//! incumbent does and then refused with a clear "not supported yet"; `verify=0` (no
+//! contains `=` is kept whole instead of crashing the parser; `ocsp` (not built yet) is
+//! validated as the incumbent does and then refused with a clear "not supported yet";
+//! `verify=0` (no
 //! certificate verification at all) is refused; and with `iam`, `rolearn` and `jwtpath`
 //! must come together (the incumbent ignores one alone and mounts with whatever identity
 //! the rest of the credential chain finds). The IAM and access-point options themselves
@@ -44,7 +44,7 @@ pub const EFS_OPTIONS: &[&str] = &[
 const UNSUPPORTED: &[&str] = &["capath", "azid"];
 
 /// Validated, then refused until they are built.
-const NOT_YET: &[&str] = &["crossaccount", "ocsp"];
+const NOT_YET: &[&str] = &["ocsp"];
 
 /// The option string, in the order given: `(key, Some(value))` or `(key, None)`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -135,6 +135,9 @@ pub struct EfsOptions {
     pub region: Option<String>,
     pub az: Option<String>,
     pub mounttargetip: Option<String>,
+    /// `crossaccount`: the mount target is named by the client's AZ ID
+    /// (`<az-id>.<fs_id>.efs.<region>.<suffix>`), for a file system of another account.
+    pub crossaccount: bool,
     pub netns: Option<String>,
     /// `stunnel` was given: accepted for compatibility, with a notice.
     pub stunnel: bool,
@@ -280,6 +283,7 @@ pub fn validate(o: &Options) -> Result<EfsOptions, OptionError> {
         region,
         az: o.get("az").map(str::to_string),
         mounttargetip,
+        crossaccount: o.has("crossaccount"),
         netns: o.get("netns").map(str::to_string),
         stunnel: o.has("stunnel"),
         iam,
@@ -426,7 +430,7 @@ mod tests {
 
     #[test]
     fn features_not_built_yet_are_refused_after_validation() {
-        for opts in ["tls,ocsp", "crossaccount", "tls,iam,crossaccount"] {
+        for opts in ["tls,ocsp", "ocsp"] {
             let e = check(opts).unwrap_err();
             assert!(e.contains("is not supported yet"), "{opts}: {e}");
         }

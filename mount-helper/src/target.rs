@@ -170,6 +170,15 @@ pub fn dns_name(
     Ok(name)
 }
 
+/// `crossaccount`'s DNS name: `<az-id>.<fs_id>.efs.<region>.<suffix>`, as the incumbent
+/// builds it (`dns_name_format` does not apply).
+pub fn cross_account_dns_name(cfg: &Config, fs_id: &str, region: &str, az_id: &str) -> String {
+    format!(
+        "{az_id}.{fs_id}.efs.{region}.{}",
+        cfg.dns_name_suffix(region)
+    )
+}
+
 /// The name the certificate must match: the DNS name from the file system id on, with
 /// any AZ label stripped (EFS certificates are `*.efs.<region>.<suffix>`).
 pub fn check_host(dns_name: &str, fs_id: &str) -> String {
@@ -229,5 +238,12 @@ mod tests {
         assert!(dns_name(&odd, "fs-1", "us-east-1", None)
             .unwrap_err()
             .contains("replacement fields"));
+        // crossaccount: the AZ ID, whatever the format; the certificate name stays.
+        let cross = cross_account_dns_name(&odd, "fs-1", "cn-north-1", "cnn1-az1");
+        assert_eq!(cross, "cnn1-az1.fs-1.efs.cn-north-1.amazonaws.com.cn");
+        assert_eq!(
+            check_host(&cross, "fs-1"),
+            "fs-1.efs.cn-north-1.amazonaws.com.cn"
+        );
     }
 }

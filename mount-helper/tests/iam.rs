@@ -74,6 +74,7 @@ fn answer(mode: Mode, method: &str, path: &str, imds_token: bool) -> (u16, Strin
             (200, creds_json(IMDS_AKID))
         }
         ("GET", "/v2/credentials/task") => (200, creds_json(ECS_AKID)),
+        ("GET", "/latest/meta-data/placement/availability-zone-id") => (200, "use1-az4".into()),
         _ => (404, "not found".into()),
     }
 }
@@ -899,4 +900,51 @@ async fn an_iam_mount_is_let_in_by_a_fake_efs_that_requires_the_certificate() {
         }
     }
     assert_no_secret_logged(&root);
+}
+
+// --- crossaccount ------------------------------------------------------------------------
+
+#[test]
+fn crossaccount_without_an_az_id_from_instance_metadata_is_refused_as_the_incumbent_does() {
+    let imds = closed();
+    let root = iam_root(&imds, false, "");
+    let mp = root.mountpoint("cross");
+    let run = mount(&root, &["fs-12345678", &mp, "-o", "tls,crossaccount"], &[]);
+    assert_eq!(run.code(), Some(1), "{}", run.stderr());
+    assert_eq!(
+        run.stderr().trim(),
+        "Cannot retrieve AZ-ID from metadata service. This is required for the crossaccount mount option."
+    );
+    assert!(root.nfs_calls().is_empty());
+    root.assert_nothing_left();
+}
+
+#[test]
+fn crossaccount_asks_instance_metadata_for_the_az_id_only() {
+    // The name it builds (use1-az4.fs-12345678.efs.us-east-1.amazonaws.com) cannot be
+    // resolved here without a packet beyond loopback, so the mount is stopped right
+    // after the AZ ID by a CA file that does not exist; the name itself is unit-tested
+    // (target::cross_account_dns_name) and mounted in the e2e guest.
+    let aws = fake_aws(Mode::Serve);
+    let root = iam_root(&aws.base, false, "");
+    let mp = root.mountpoint("cross");
+    let run = mount(
+        &root,
+        &[
+            "fs-12345678",
+            &mp,
+            "-o",
+            "tls,crossaccount,cafile=/nonexistent/ca.pem",
+        ],
+        &[],
+    );
+    assert_ne!(run.code(), Some(0), "{}", run.stderr());
+    let seen = aws.seen.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .any(|r| r == "GET /latest/meta-data/placement/availability-zone-id"),
+        "{seen:?}"
+    );
+    assert!(root.nfs_calls().is_empty());
+    root.assert_nothing_left();
 }

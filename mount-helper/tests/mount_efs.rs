@@ -273,8 +273,8 @@ fn invalid_options_are_refused_with_the_incumbents_words() {
             "Unsupported mount options detected: \"capath\"",
         ),
         (
-            "tls,crossaccount",
-            "The \"crossaccount\" option is not supported yet",
+            "tls,ocsp",
+            "The \"ocsp\" option is not supported yet",
         ),
         (
             "region=Not_A_Region",

@@ -117,7 +117,8 @@ fn child_text<'a>(node: roxmltree::Node<'a, 'a>, name: &str) -> Option<&'a str> 
 /// STS's XML answer to `AssumeRoleWithWebIdentity` or `AssumeRole` (the `Credentials`
 /// element, wherever it is), or its `ErrorResponse`.
 pub fn parse_sts_answer(body: &str) -> Result<StsAnswer, ParseError> {
-    let doc = roxmltree::Document::parse(body).map_err(|e| ParseError::NotXml(one_line(e.to_string())))?;
+    let doc = roxmltree::Document::parse(body)
+        .map_err(|e| ParseError::NotXml(one_line(e.to_string())))?;
     let find = |name: &str| {
         doc.descendants()
             .find(|n| n.is_element() && n.tag_name().name() == name)
