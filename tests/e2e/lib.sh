@@ -122,6 +122,30 @@ EOT
     )
 }
 
+# A fake of the EC2 instance metadata service (IMDSv2) on 127.0.0.9:80, in perl (the
+# guest has no python): a session token, the identity document's region, the AZ ID.
+# start_fake_imds AZ_ID REGION; the config's instance_metadata_url must point at it.
+start_fake_imds() {
+    local azid=$1 region=$2
+    setsid perl -MIO::Socket::INET -e '
+        my ($azid, $region) = @ARGV;
+        my $s = IO::Socket::INET->new(LocalAddr => "127.0.0.9:80", Listen => 16, ReuseAddr => 1) or die "listen: $!";
+        $| = 1; print "listening\n";
+        while (my $c = $s->accept) {
+            my $req = <$c> // ""; my $line;
+            while (defined($line = <$c>) && $line ne "\r\n") {}
+            my ($m, $p) = split / /, $req;
+            my %a = ("PUT /latest/api/token" => "e2e-imds-token",
+                     "GET /latest/meta-data/placement/availability-zone-id" => $azid,
+                     "GET /latest/dynamic/instance-identity/document" => "{\"region\": \"$region\"}");
+            my $b = $a{"$m $p"};
+            print $c defined $b ? "HTTP/1.1 200 OK\r\nContent-Length: " . length($b) . "\r\nConnection: close\r\n\r\n$b"
+                                : "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+            print "$m $p\n"; close $c;
+        }' "$azid" "$region" >>/var/log/fake-imds.log 2>&1 </dev/null &
+    wait_for 10 grep -q listening /var/log/fake-imds.log
+}
+
 efs_side_up() {
     make_certs
     start_knfsd
