@@ -272,10 +272,7 @@ fn invalid_options_are_refused_with_the_incumbents_words() {
             "tls,capath=/etc/ssl",
             "Unsupported mount options detected: \"capath\"",
         ),
-        (
-            "tls,ocsp",
-            "The \"ocsp\" option is not supported yet",
-        ),
+        ("tls,ocsp", "The \"ocsp\" option is not supported yet"),
         (
             "region=Not_A_Region",
             "Invalid \"region\" mount option specified: 'Not_A_Region'",
