@@ -57,27 +57,10 @@ socket = r:TCP_NODELAY=1
 EOF
 
 # stunnel as amazon-efs-utils v3.2.0 writes its config (section 6.2 of the reference),
-# minus the client certificate, which our tunnel does not send yet either. Logs go to a
+# minus the client certificate (a plain TLS mount on both sides). Logs go to a
 # file: this machine has no /dev/log, and syslog would cost stunnel 5 ms a line.
-cat >"$work/client.conf" <<EOF
-foreground = yes
-pid =
-socket = l:SO_REUSEADDR=yes
-socket = a:SO_BINDTODEVICE=lo
-[efs]
-client = yes
-accept = 127.0.0.1:20050
-connect = 127.0.0.1:22049
-sslVersion = TLSv1.2
-renegotiation = no
-TIMEOUTbusy = 20
-TIMEOUTclose = 0
-TIMEOUTidle = 70
-delay = yes
-verify = 2
-CAfile = $work/ca.pem
-checkHost = $name
-EOF
+. tests/e2e/lib.sh # incumbent_stunnel_conf: the incumbent's config, in one place
+incumbent_stunnel_conf 127.0.0.1:20050 127.0.0.1:22049 "$work/ca.pem" "$name" >"$work/client.conf"
 
 target/release/efs-bench backend --listen 127.0.0.1:23049 &
 pids+=($!)

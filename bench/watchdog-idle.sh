@@ -91,6 +91,7 @@ echo "watchdog idle with $tunnels tunnels over ${secs} s: RSS $((rss / 1024)).$(
 # (as root: the tunnels' peer check admits root's sockets) and one per stunnel.
 # The incumbent's own watchdog (Python, about 20-30 MiB) is not run here: the comparison
 # leaves it out, in the incumbent's favour.
+. tests/e2e/lib.sh # incumbent_stunnel_conf: the incumbent's config, in one place
 ours_pids=($wd $(pgrep -f "$w/run/tunnel-" || true))
 theirs_pids=()
 for f in "$w"/run/fs-*; do
@@ -98,8 +99,8 @@ for f in "$w"/run/fs-*; do
     printf 'x' >&$fd # as for stunnel below: the connection carries a byte
 done
 for i in $(seq $n); do
-    printf 'foreground = yes\npid =\nsocket = l:SO_REUSEADDR=yes\n[efs]\nclient = yes\naccept = 127.0.0.1:%s\nconnect = 127.0.0.77:2049\nsslVersion = TLSv1.2\nrenegotiation = no\nTIMEOUTbusy = 20\nTIMEOUTclose = 0\nTIMEOUTidle = 70\ndelay = yes\nverify = 2\nCAfile = %s\ncheckHost = fs-12345678.efs.us-east-1.amazonaws.com\n' \
-        $((30049 + i)) "$w/ca.pem" >"$w/stunnel-$i.conf"
+    incumbent_stunnel_conf 127.0.0.1:$((30049 + i)) 127.0.0.77:2049 "$w/ca.pem" fs-12345678.efs.us-east-1.amazonaws.com \
+        >"$w/stunnel-$i.conf"
     stunnel4 "$w/stunnel-$i.conf" 2>"$w/stunnel-$i.log" &
     theirs_pids+=($!)
     pids+=($!)

@@ -27,27 +27,8 @@ hz=$(getconf CLK_TCK)
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 now_ns() { date +%s%N; }
 
-# stunnel as amazon-efs-utils v3.2.0 writes its config (the reference, section 6.2).
-cat >/etc/e2e-tls/stunnel-client.conf <<EOT
-foreground = yes
-pid =
-socket = l:SO_REUSEADDR=yes
-socket = a:SO_BINDTODEVICE=lo
-[efs]
-client = yes
-accept = 127.0.0.1:20999
-connect = $DNS:2049
-sslVersion = TLSv1.2
-renegotiation = no
-TIMEOUTbusy = 20
-TIMEOUTclose = 0
-TIMEOUTidle = 70
-delay = yes
-verify = 2
-CAfile = /etc/amazon/efs/e2e-ca.pem
-checkHost = $DNS
-libwrap = no
-EOT
+incumbent_stunnel_conf 127.0.0.1:20999 "$DNS:2049" /etc/amazon/efs/e2e-ca.pem "$DNS" \
+    >/etc/e2e-tls/stunnel-client.conf
 NFSOPTS=nfsvers=4.1,rsize=1048576,wsize=1048576,hard,timeo=600,retrans=2,noresvport
 
 no_nfs_client() { ! grep -q '^v4' /proc/fs/nfsfs/servers 2>/dev/null; }

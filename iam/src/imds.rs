@@ -12,7 +12,8 @@
 
 use std::time::Duration;
 
-use crate::credentials::http::{Answer, Client};
+pub use crate::credentials::http::Answer;
+use crate::credentials::http::Client;
 use crate::credentials::HttpProblem;
 
 /// Where the session token is asked for (PUT).

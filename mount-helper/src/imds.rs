@@ -21,6 +21,13 @@ const DOCUMENT_PATH: &str = "/latest/dynamic/instance-identity/document";
 
 /// The instance's region from its identity document.
 pub fn region(base_url: &str, use_token: bool) -> Result<String, String> {
+    let answer = get(base_url, use_token, DOCUMENT_PATH)?;
+    region_of_answer(answer.status, &answer.body)
+}
+
+/// One GET of instance metadata: IMDSv2 (a session token first, three tries), IMDSv1
+/// when no token can be had or `use_token` is off.
+fn get(base_url: &str, use_token: bool, path: &str) -> Result<efs_iam::imds::Answer, String> {
     if !base_url.starts_with("http://") {
         return Err(format!(
             "instance_metadata_url {base_url} must start with http://"
@@ -33,10 +40,9 @@ pub fn region(base_url: &str, use_token: bool) -> Result<String, String> {
     } else {
         None
     };
-    let answer = Imds::new(base_url, GET_TIMEOUT)?
-        .get(DOCUMENT_PATH, token.as_deref())
-        .map_err(|problem| format!("GET {DOCUMENT_PATH}: {problem}"))?;
-    region_of_answer(answer.status, &answer.body)
+    Imds::new(base_url, GET_TIMEOUT)?
+        .get(path, token.as_deref())
+        .map_err(|problem| format!("GET {path}: {problem}"))
 }
 
 const AZ_ID_PATH: &str = "/latest/meta-data/placement/availability-zone-id";
@@ -44,21 +50,7 @@ const AZ_ID_PATH: &str = "/latest/meta-data/placement/availability-zone-id";
 /// The instance's availability zone ID (`use1-az1`), for `crossaccount`: AZ names differ
 /// between accounts, AZ IDs do not.
 pub fn az_id(base_url: &str, use_token: bool) -> Result<String, String> {
-    if !base_url.starts_with("http://") {
-        return Err(format!(
-            "instance_metadata_url {base_url} must start with http://"
-        ));
-    }
-    let token = if use_token {
-        Imds::new(base_url, TOKEN_TIMEOUT)?
-            .token(TOKEN_TRIES, Retry::Always)
-            .ok()
-    } else {
-        None
-    };
-    let answer = Imds::new(base_url, GET_TIMEOUT)?
-        .get(AZ_ID_PATH, token.as_deref())
-        .map_err(|problem| format!("GET {AZ_ID_PATH}: {problem}"))?;
+    let answer = get(base_url, use_token, AZ_ID_PATH)?;
     az_id_of_answer(answer.status, &answer.body)
 }
 

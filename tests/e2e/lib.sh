@@ -26,6 +26,32 @@ finish() {
     [ "$FAILS" = 0 ]
 }
 
+# The stunnel client configuration amazon-efs-utils v3.2.0 writes (the reference, section
+# 6.2), minus the client certificate: the incumbent's tunnel wherever one is measured
+# against ours (bench/run.sh, bench/watchdog-idle.sh and bench/guest/kernel.sh; the host
+# scripts source this file for it). incumbent_stunnel_conf ACCEPT CONNECT CAFILE CHECK_HOST
+incumbent_stunnel_conf() {
+    cat <<EOT
+foreground = yes
+pid =
+socket = l:SO_REUSEADDR=yes
+socket = a:SO_BINDTODEVICE=lo
+[efs]
+client = yes
+accept = $1
+connect = $2
+sslVersion = TLSv1.2
+renegotiation = no
+TIMEOUTbusy = 20
+TIMEOUTclose = 0
+TIMEOUTidle = 70
+delay = yes
+verify = 2
+CAfile = $3
+checkHost = $4
+EOT
+}
+
 # Our side, installed where the package installs it.
 install_efs_utils() {
     # Merged /usr: /sbin and /lib are symlinks here; keep them while unpacking.
