@@ -36,7 +36,7 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
 use crate::notify;
 use crate::renew;
-use crate::tunnels::{Phase, Tunnel};
+use crate::tunnels::{Phase, Reload, Tunnel};
 
 /// A tunnel whose control socket did not answer: (state file, pid at the time).
 type HealthReport = (PathBuf, i32);
@@ -660,8 +660,30 @@ impl Daemon {
         }
     }
 
-    /// Commits the renewals that are done.
+    /// Commits the renewals that are done, and tells tunnels that were not answering
+    /// when their certificate was renewed.
     fn collect_renewals(&mut self) {
+        for t in self
+            .tunnels
+            .values_mut()
+            .filter(|t| t.renewal.reload_pending)
+        {
+            match t.reload_certificate() {
+                Reload::NotAnswering => {}
+                Reload::Told(pid) => {
+                    t.renewal.reload_pending = false;
+                    info!("told the tunnel of {} (pid {pid}) to present its renewed client certificate", t.name());
+                }
+                Reload::Failed(e) => {
+                    t.renewal.reload_pending = false;
+                    warn!(
+                        "cannot tell the tunnel of {} about its renewed client certificate: {e}",
+                        t.name()
+                    );
+                }
+                Reload::NoTunnel => t.renewal.reload_pending = false,
+            }
+        }
         let Some(workers) = self.renewals.as_mut() else {
             return;
         };
@@ -703,9 +725,13 @@ impl Daemon {
                 rec.renewed = Some(state::unix_time());
                 rec.renewal_error = None;
                 let told = match t.reload_certificate() {
-                    Ok(Some(pid)) => format!("; told its tunnel (pid {pid}) to present it"),
-                    Ok(None) => "; its tunnel starts with it".into(),
-                    Err(e) => format!("; but the tunnel was not told: {e}"),
+                    Reload::Told(pid) => format!("; told its tunnel (pid {pid}) to present it"),
+                    Reload::NotAnswering => {
+                        t.renewal.reload_pending = true;
+                        "; its tunnel does not answer yet and is told when it does".into()
+                    }
+                    Reload::NoTunnel => "; its tunnel starts with it".into(),
+                    Reload::Failed(e) => format!("; but the tunnel was not told: {e}"),
                 };
                 let after = match failures {
                     0 => String::new(),

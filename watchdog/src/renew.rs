@@ -124,6 +124,10 @@ pub struct Tracker {
     pub hold_since: Option<Instant>,
     /// Renew at once, whatever the backoff says (a restart waits for it).
     pub urgent: bool,
+    /// A renewed certificate the tunnel has not been told about yet: it did not answer
+    /// on its control socket, so it may still be starting, before its SIGHUP handler
+    /// exists (a SIGHUP would kill it). Told at the next look.
+    pub reload_pending: bool,
 }
 
 impl Tracker {

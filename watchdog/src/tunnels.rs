@@ -26,6 +26,21 @@ use crate::sys::Pidfd;
 
 /// How long a tunnel gets to exit after SIGTERM before SIGKILL (the tunnel contract's).
 pub use efs_tunnel_contract::TERM_GRACE;
+/// How long the main loop waits for a tunnel's answer before it tells it to reload.
+const RELOAD_ASK_TIME: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// What came of telling a tunnel about a renewed certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reload {
+    /// SIGHUP sent to this pid.
+    Told(i32),
+    /// It did not answer: it may be starting; ask again at the next look.
+    NotAnswering,
+    /// No tunnel runs; a restart reads the file.
+    NoTunnel,
+    Failed(String),
+}
+
 /// A tunnel that lived this long is healthy again: its next death restarts at once.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -366,16 +381,21 @@ impl Tunnel {
     }
 
     /// Tells the running tunnel to load its certificate again, for new connections. Only
-    /// through the pidfd of the process this watchdog adopted (after its pid-reuse check)
-    /// or started. The pid, or None if no tunnel runs (a restart will read the file).
-    pub fn reload_certificate(&self) -> Result<Option<i32>, String> {
-        match (&self.phase, &self.process) {
-            (Phase::Running, Some(p)) => p
-                .pidfd
-                .signal(Signal::SIGHUP)
-                .map(|()| Some(p.pidfd.pid))
-                .map_err(|e| format!("cannot signal pid {}: {e}", p.pidfd.pid)),
-            _ => Ok(None),
+    /// a tunnel that answers on its control socket is signalled: before it serves that
+    /// socket it may not have its SIGHUP handler yet, and the signal would kill it. (One
+    /// that started after the file was written loads it again: harmless.) Only through
+    /// the pidfd of the process this watchdog adopted (after its pid-reuse check) or
+    /// started.
+    pub fn reload_certificate(&self) -> Reload {
+        let (Phase::Running, Some(p)) = (&self.phase, &self.process) else {
+            return Reload::NoTunnel;
+        };
+        if efs_tunnel_contract::query_status(&self.state.control_socket, RELOAD_ASK_TIME).is_err() {
+            return Reload::NotAnswering;
+        }
+        match p.pidfd.signal(Signal::SIGHUP) {
+            Ok(()) => Reload::Told(p.pidfd.pid),
+            Err(e) => Reload::Failed(format!("cannot signal pid {}: {e}", p.pidfd.pid)),
         }
     }
 

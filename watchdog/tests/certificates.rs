@@ -521,12 +521,21 @@ async fn the_tunnel_presents_the_renewed_certificate_to_new_connections() {
     });
     assert!(
         reloaded,
-        "the tunnel did not reload the renewed certificate"
+        "the tunnel did not reload the renewed certificate: {:?}\n{}",
+        efs_tunnel_contract::query_status(&control, Duration::from_secs(1)).map(|s| s.client_cert),
+        watchdog_log(root)
     );
     let tunnel_pid = m.pid();
     assert_eq!(round_trip(m.port, b"through EFS").unwrap(), b"through EFS");
     match verifier.verdicts().last() {
-        Some(Verdict::Allowed(who)) => assert_eq!(who.access_key_id.as_deref(), Some(NEW.0)),
+        Some(Verdict::Allowed(who)) => assert_eq!(
+            who.access_key_id.as_deref(),
+            Some(NEW.0),
+            "{:?}\n{:?}\n{}",
+            verifier.verdicts(),
+            efs_tunnel_contract::query_status(&control, Duration::from_secs(1)),
+            watchdog_log(root)
+        ),
         other => panic!("{other:?}"),
     }
     assert_eq!(m.pid(), tunnel_pid, "reloaded, not restarted");
