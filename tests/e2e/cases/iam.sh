@@ -1,5 +1,5 @@
 # e2e-mode: fast
-# e2e-timeout: 360
+# e2e-timeout: 420
 # Issue #12 on the real kernel: EFS with a policy that requires IAM and an access point
 # (a fake of EFS's authorization in front of knfsd checks the client certificate's
 # extensions and recomputes its SigV4 signature). `-o tls,iam,accesspoint=` mounts and
@@ -73,7 +73,18 @@ check "the restarted tunnel was let in with the certificate" \
     test "$(grep -c "allowed AKID=$E2E_AKID ap=$AP" /var/log/fake-efs.log)" -ge 2
 
 [ "$FAILS" = 0 ] || sed 's/^/INFO fake EFS: /' /var/log/fake-efs.log
-check "umount" umount /mnt/iam
-check "after the grace period the certificate and its directory are gone" \
-    wait_for 30 sh -c "[ ! -e '$cert' ] && [ ! -e '$(dirname "$cert")' ] && [ -z \"\$(state_files)\" ]"
+# --- as an operator would, next: the same command twice, a second mount, unmounted in
+# the other order ---------------------------------------------------------------------
+out=$(mount -t efs -o tls,iam,accesspoint=$AP $FS:/ /mnt/iam 2>&1)
+check "the same mount command again exits 0 ($out)" test $? = 0
+check "and stacks no second mount" test "$(mountinfo_of /mnt/iam | wc -l)" = 1
+mkdir -p /mnt/iam2
+check "a second mount with the same access point" mount -t efs -o tls,iam,accesspoint=$AP $FS:/ /mnt/iam2
+check "umount the first mount first" umount /mnt/iam
+sleep 8 # past the 3 s grace period and a poll
+check "the second keeps working past the grace period" \
+    timeout 30 sh -c "echo second >/mnt/iam2/after-first && sync && grep -q second /srv/efs/after-first"
+check "umount the second" umount /mnt/iam2
+check "after the grace period every certificate and its directory are gone" \
+    wait_for 30 sh -c "[ ! -e '$cert' ] && [ ! -e '$(dirname "$cert")' ] && [ -z \"\$(state_files)\" ] && [ -z \"\$(ls /var/run/efs | grep '+\$')\" ]"
 finish
