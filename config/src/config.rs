@@ -96,6 +96,10 @@ pub struct MountConfig {
     pub ecs_credentials_url: String,
     /// STS endpoint; `None`: `https://sts.{region}.{dns_name_suffix}/`.
     pub sts_endpoint_url: Option<String>,
+    /// EFS API endpoint of the mount-target-IP fallback; `None`: the region's.
+    pub efs_endpoint_url: Option<String>,
+    /// EC2 API endpoint of that fallback (AZ name to AZ ID); `None`: the region's.
+    pub ec2_endpoint_url: Option<String>,
 }
 
 /// `[client-info]`: what the client certificate tells EFS about this client.
@@ -173,6 +177,8 @@ impl Config {
                 tunnel_dead_upstream_timeout_sec: 0,
                 ecs_credentials_url: String::new(),
                 sts_endpoint_url: None,
+                efs_endpoint_url: None,
+                ec2_endpoint_url: None,
             },
             regions: BTreeMap::new(),
             watchdog: WatchdogConfig {
@@ -812,10 +818,7 @@ mod tests {
             .collect();
         assert_eq!(
             no_effect,
-            [
-                "mount.fall_back_to_mount_target_ip_address_enabled efs-utils.toml",
-                "mount-watchdog.unmount_count_for_consistency efs-utils.toml",
-            ]
+            ["mount-watchdog.unmount_count_for_consistency efs-utils.toml"]
         );
     }
 

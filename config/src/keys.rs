@@ -694,8 +694,8 @@ pub static KEYS: &[Key] = &[
             get: |c| c.mount.fall_back_to_mount_target_ip_address_enabled,
             set: |c, v| c.mount.fall_back_to_mount_target_ip_address_enabled = v,
         }),
-        doc: "The incumbent's fallback to the mount target's IP address when the DNS name does not resolve.",
-        effect: Effect::NoneYet,
+        doc: "When the file system's DNS name does not resolve, ask the EFS API for the IP address of the mount target in this client's AZ (as amazon-efs-utils does); the certificate is still checked against the DNS name.",
+        effect: MOUNT,
         shipped: Shipped::CommentedDefault,
     },
     Key {
@@ -803,6 +803,28 @@ pub static KEYS: &[Key] = &[
         }),
         doc: "AWS STS endpoint for web identity and AssumeRole credentials (with iam).",
         effect: MOUNT_AND_WATCHDOG,
+        shipped: Shipped::CommentedDefault,
+    },
+    Key {
+        name: "efs_endpoint_url",
+        at: At::Mount(Kind::OptText {
+            unset: "https://elasticfilesystem[-fips].{region}.{dns_name_suffix}/",
+            get: |c| c.mount.efs_endpoint_url.as_deref(),
+            set: |c, v| c.mount.efs_endpoint_url = Some(v),
+        }),
+        doc: "EFS API endpoint for DescribeMountTargets, asked only when the DNS name does not resolve (fall_back_to_mount_target_ip_address_enabled).",
+        effect: MOUNT,
+        shipped: Shipped::CommentedDefault,
+    },
+    Key {
+        name: "ec2_endpoint_url",
+        at: At::Mount(Kind::OptText {
+            unset: "https://ec2[-fips].{region}.{dns_name_suffix}/",
+            get: |c| c.mount.ec2_endpoint_url.as_deref(),
+            set: |c, v| c.mount.ec2_endpoint_url = Some(v),
+        }),
+        doc: "EC2 API endpoint for DescribeAvailabilityZones, asked only by that fallback when the az option names the zone.",
+        effect: MOUNT,
         shipped: Shipped::CommentedDefault,
     },
     // [mount.<region>]
@@ -923,7 +945,7 @@ pub static KEYS: &[Key] = &[
             get: |c| c.watchdog.stunnel_health_check_command_timeout_sec as i64,
             set: |c, v| c.watchdog.stunnel_health_check_command_timeout_sec = v as u64,
         }),
-        doc: "Seconds a tunnel may take to answer a health check.",
+        doc: "Seconds a tunnel may take to answer a health check (at most 30 are waited: a tunnel that takes longer is not answering).",
         effect: WATCHDOG,
         shipped: Shipped::CommentedDefault,
     },
@@ -1003,7 +1025,7 @@ pub static KEYS: &[Key] = &[
             set: |c, v| c.paths.mountinfo = v,
         }),
         doc: "The mount table.",
-        effect: Effect::ReadBy(&[Watchdog, Status]),
+        effect: Effect::ReadBy(&[MountEfs, Watchdog, Status]),
         shipped: Shipped::SetToDefault,
     },
     Key {
@@ -1014,7 +1036,7 @@ pub static KEYS: &[Key] = &[
             set: |c, v| c.paths.nfsfs = v,
         }),
         doc: "The kernel NFS client's tables: which transport, and so which tunnel, each mount uses.",
-        effect: Effect::ReadBy(&[Status]),
+        effect: Effect::ReadBy(&[MountEfs, Watchdog, Status]),
         shipped: Shipped::SetToDefault,
     },
     Key {
@@ -1036,7 +1058,7 @@ pub static KEYS: &[Key] = &[
             set: |c, v| c.paths.tunnel = v,
         }),
         doc: "The TLS tunnel program.",
-        effect: MOUNT,
+        effect: MOUNT_AND_WATCHDOG,
         shipped: Shipped::SetToDefault,
     },
     Key {

@@ -3,7 +3,7 @@
 //! for the incumbent. POST with a form body, so nothing secret is in the URL.
 
 use super::{sts_client, sts_result, Context, Credentials, Error};
-use crate::sigv4::{hex, hmac_sha256, quote_plus, sha256_hex, signing_key, SigningTime, ALGORITHM};
+use crate::sigv4::{quote_plus, sign_http, HttpRequest, SigningTime};
 
 pub const CONTENT_TYPE: &str = "application/x-www-form-urlencoded; charset=utf-8";
 
@@ -23,37 +23,15 @@ pub fn sign_sts_post(
     time: SigningTime,
     body: &str,
 ) -> Vec<(&'static str, String)> {
-    let amz_date = time.amz_date();
-    let mut headers = vec![
-        ("content-type", CONTENT_TYPE.to_string()),
-        ("host", host.to_string()),
-        ("x-amz-date", amz_date.clone()),
-    ];
-    if let Some(t) = credentials.session_token() {
-        headers.push(("x-amz-security-token", t.expose().to_string()));
-    }
-    let canonical_headers: String = headers.iter().map(|(k, v)| format!("{k}:{v}\n")).collect();
-    let signed: Vec<&str> = headers.iter().map(|(k, _)| *k).collect();
-    let signed = signed.join(";");
-    let canonical = format!(
-        "POST\n/\n\n{canonical_headers}\n{signed}\n{}",
-        sha256_hex(body.as_bytes())
-    );
-    let scope = format!("{}/{region}/sts/aws4_request", time.date());
-    let to_sign = format!(
-        "{ALGORITHM}\n{amz_date}\n{scope}\n{}",
-        sha256_hex(canonical.as_bytes())
-    );
-    let key = signing_key(credentials, time, region, "sts");
-    let signature = hex(hmac_sha256(key.as_ref(), to_sign.as_bytes()).as_ref());
-    headers.push((
-        "authorization",
-        format!(
-            "{ALGORITHM} Credential={}/{scope}, SignedHeaders={signed}, Signature={signature}",
-            credentials.access_key_id
-        ),
-    ));
-    headers
+    let req = HttpRequest {
+        method: "POST",
+        host,
+        path: "/",
+        query: "",
+        content_type: Some(CONTENT_TYPE),
+        body,
+    };
+    sign_http(&req, credentials, region, "sts", time)
 }
 
 /// What the profile asks of `AssumeRole`.
