@@ -9,7 +9,9 @@
 //! * [`imds`]: the instance metadata service's IMDSv2 token and requests, for the
 //!   instance role here and for `mount.efs`'s region lookup;
 //! * [`sigv4`]: the SigV4 signature of EFS's `Connect` action, byte for byte as the
-//!   service recomputes it;
+//!   service recomputes it, and standard SigV4 for the AWS APIs called here;
+//! * [`mount_target`]: the mount-target-IP fallback (EFS `DescribeMountTargets`, EC2
+//!   `DescribeAvailabilityZones`) for a file system whose DNS name does not resolve;
 //! * [`cert`]: the host's RSA-3072 key and each mount's self-signed certificate with the
 //!   EFS extensions (access point, IAM signature, file system id, client info);
 //! * [`testing`] (feature `testing`): a fake EFS authorizer that checks a certificate as
@@ -69,6 +71,7 @@ pub mod cert;
 pub mod credentials;
 pub mod der;
 pub mod imds;
+pub mod mount_target;
 pub mod sigv4;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -78,3 +81,13 @@ pub use credentials::{
     obtain, renew, Credentials, Endpoints, Env, Error, Obtained, ProcessEnv, Request, Source,
 };
 pub use sigv4::{ConnectRequest, SigningTime, EFS_SERVICE};
+
+/// At most `max` characters of a text from outside (a server's error message, a
+/// parser's complaint that quotes it) as one line: control characters, line breaks
+/// among them, become spaces. Such text ends up in a mount's one-line error.
+pub fn one_line(s: &str, max: usize) -> String {
+    s.chars()
+        .take(max)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}

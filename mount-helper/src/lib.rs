@@ -6,6 +6,7 @@
 //! * [`options`]: every `-o` option, its validation and error text, and the options
 //!   `mount.nfs4` gets;
 //! * [`target`]: file system id, region, DNS name and certificate name;
+//! * [`fallback`]: the mount target's IP address when the DNS name does not resolve;
 //! * [`client_cert`]: the client certificate of an `iam` or `accesspoint` mount (host
 //!   key, AWS credentials, signing, where it is written);
 //! * [`launch`]: choosing the port and starting the tunnel;
@@ -23,6 +24,7 @@
 pub mod already;
 pub mod args;
 pub mod client_cert;
+pub mod fallback;
 pub mod imds;
 pub mod launch;
 pub mod namespace;
@@ -156,6 +158,19 @@ pub fn run(inv: &Invocation) -> Result<(), MountError> {
         target::dns_name(&cfg, &device.fs_id, &region, az.as_deref())
             .map_err(MountError::Invalid)?
     };
+    // Where to connect: mounttargetip, else the mount target's address from the EFS API
+    // when the name does not resolve, else the name itself.
+    let mount_target_ip = match &opts.mounttargetip {
+        Some(ip) => Some(ip.clone()),
+        None => fallback::mount_target_ip(
+            &cfg,
+            &opts,
+            &device.fs_id,
+            &region,
+            &dns_name,
+            az.as_deref(),
+        )?,
+    };
     // -N is a mount namespace (util-linux), netns= a network namespace (the incumbent's).
     let mount_ns = inv
         .namespace
@@ -168,6 +183,7 @@ pub fn run(inv: &Invocation) -> Result<(), MountError> {
         fs_id: &device.fs_id,
         path: &device.path,
         dns_name: &dns_name,
+        mount_target_ip: mount_target_ip.as_deref(),
         region: &region,
         opts: &opts,
         mount_ns: mount_ns.as_ref(),
@@ -204,6 +220,8 @@ struct Mount<'a> {
     fs_id: &'a str,
     path: &'a str,
     dns_name: &'a str,
+    /// The address to connect to instead of the name (`mounttargetip`, or the fallback's).
+    mount_target_ip: Option<&'a str>,
     region: &'a str,
     opts: &'a options::EfsOptions,
     /// `-N`: where the mount itself happens.
@@ -225,7 +243,7 @@ impl Mount<'_> {
 
     /// Straight to the mount target: no tunnel, no state, no watchdog.
     fn plain(&self) -> Result<(), MountError> {
-        let host = match self.opts.mounttargetip.as_deref() {
+        let host = match self.mount_target_ip {
             Some(ip) if ip.contains(':') => format!("[{ip}]"),
             Some(ip) => ip.to_string(),
             None => self.dns_name.to_string(),
@@ -311,7 +329,7 @@ impl Mount<'_> {
         .map_err(|e| MountError::Failed(e.to_string()))?;
         let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
         info!("binding {port}");
-        let connect_host = self.opts.mounttargetip.as_deref().unwrap_or(self.dns_name);
+        let connect_host = self.mount_target_ip.unwrap_or(self.dns_name);
         let connect = if connect_host.contains(':') {
             format!("[{connect_host}]:2049")
         } else {

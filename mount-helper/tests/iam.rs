@@ -948,3 +948,162 @@ fn crossaccount_asks_instance_metadata_for_the_az_id_only() {
     assert!(root.nfs_calls().is_empty());
     root.assert_nothing_left();
 }
+
+// --- the mount-target-IP fallback ------------------------------------------------------
+//
+// A file system whose DNS name does not resolve: the name has a first label of 64
+// octets, which glibc refuses to put in a query (EAI_NONAME, no packet sent; checked in
+// `fallback.rs`), and which the certificate name leaves out as it leaves out an AZ.
+// The EFS and EC2 APIs are a fake that verifies the SigV4 signature
+// (`efs_testkit::aws_api`); the credentials come from the fake instance metadata.
+
+use efs_testkit::aws_api::{ApiFixture, FakeAwsApi};
+
+fn unresolvable_format() -> String {
+    format!("{}.{{fs_id}}.efs.{{region}}.amazonaws.com", "a".repeat(64))
+}
+
+fn fixture(ip: &str, secret: &str) -> ApiFixture {
+    ApiFixture {
+        access_key_id: IMDS_AKID.into(),
+        secret: secret.into(),
+        session_token: Some(TOKEN.into()),
+        region: "us-east-1".into(),
+        fs_id: FS_ID.into(),
+        // use1-az4 is the fake instance metadata's AZ ID; the other target is elsewhere
+        mount_targets: format!(
+            r#"{{"MountTargets":[
+              {{"MountTargetId":"fsmt-1","LifeCycleState":"available","IpAddress":"192.0.2.9","AvailabilityZoneId":"use1-az1","AvailabilityZoneName":"us-east-1a"}},
+              {{"MountTargetId":"fsmt-2","LifeCycleState":"available","IpAddress":"{ip}","AvailabilityZoneId":"use1-az4","AvailabilityZoneName":"us-east-1b"}}]}}"#
+        ),
+        zones: vec![("us-east-1b".into(), "use1-az4".into())],
+    }
+}
+
+fn fallback_root(aws: &str, api: &FakeAwsApi) -> Root {
+    iam_root(
+        aws,
+        false,
+        &format!(
+            "fall_back_to_mount_target_ip_address_enabled = true\ndns_name_format = \"{}\"\nefs_endpoint_url = \"{}\"\nec2_endpoint_url = \"{}\"\n",
+            unresolvable_format(),
+            api.base,
+            api.base
+        ),
+    )
+}
+
+/// A fallback root, the fake APIs naming `target`'s address (with `secret` as the
+/// instance role's), and the mount target's TLS server there.
+async fn fallback_setup(aws: &FakeAws, secret: &str) -> (Root, FakeAwsApi, TlsServer, String) {
+    let addr = mount_target_addr();
+    let ip = addr.ip().to_string();
+    let api = FakeAwsApi::start(fixture(&ip, secret));
+    let root = fallback_root(&aws.base, &api);
+    let server = TlsServer::start_on(addr, &root.ca.issue(WILDCARD), Behaviour::Echo).await;
+    (root, api, server, ip)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_name_that_does_not_resolve_is_mounted_through_the_mount_target_in_this_az() {
+    let aws = fake_aws(Mode::Serve);
+    let (root, api, _server, ip) = fallback_setup(&aws, SECRET).await;
+    let mp = root.mountpoint("fallback");
+    let run = mount(&root, &["fs-12345678", &mp, "-o", "tls"], &[]);
+    run.assert_ok();
+    // the tunnel connects to the address the API named, and checks the DNS name
+    let (_, st) = state_of(&root, &mp);
+    let cmd = st.cmd.join(" ");
+    assert!(cmd.contains(&format!("{ip}:2049")), "{cmd}");
+    assert!(cmd.contains(CHECK_HOST), "{cmd}");
+    // one signed DescribeMountTargets; the AZ ID came from instance metadata, so no EC2
+    let calls = api.calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].operation, "DescribeMountTargets");
+    assert_eq!(calls[0].verdict, Ok(()));
+    assert!(aws
+        .seen
+        .lock()
+        .unwrap()
+        .contains(&"GET /latest/meta-data/placement/availability-zone-id".to_string()));
+    let log = root.log();
+    assert!(
+        log.contains(&format!(
+            "Found fall back mount target ip address {ip} for file system {FS_ID}"
+        )),
+        "{log}"
+    );
+    assert!(log.contains("Successfully mounted"), "{log}");
+    assert_no_secret_logged(&root);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_az_option_is_mapped_to_its_zone_id_through_ec2_and_a_mount_without_tls_uses_the_address(
+) {
+    let aws = fake_aws(Mode::Serve);
+    let (root, api, _server, ip) = fallback_setup(&aws, SECRET).await;
+    let mp = root.mountpoint("plain");
+    mount(
+        &root,
+        &["fs-12345678:/sub", &mp, "-o", "az=us-east-1b"],
+        &[],
+    )
+    .assert_ok();
+    let calls = root.nfs_calls();
+    assert_eq!(calls.last().unwrap()[0], format!("{ip}:/sub"), "{calls:?}");
+    let ops: Vec<(String, bool)> = api
+        .calls()
+        .into_iter()
+        .map(|c| (c.operation, c.verdict.is_ok()))
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            ("DescribeMountTargets".to_string(), true),
+            ("DescribeAvailabilityZones".to_string(), true)
+        ]
+    );
+}
+
+/// A fallback that finds nothing: the incumbent's "Failed to resolve" and why, one line,
+/// exit 1, nothing started.
+fn assert_not_resolved(root: &Root, opts: &str, why: &str) {
+    let mp = root.mountpoint("nothing");
+    let run = mount(root, &["fs-12345678", &mp, "-o", opts], &[]);
+    let err = run.stderr();
+    assert_eq!(run.code(), Some(1), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("Failed to resolve \"aaaa")
+            && err.contains("check that your file system ID is correct"),
+        "{err}"
+    );
+    assert!(
+        err.trim_end().ends_with(why),
+        "{why:?} not at the end of {err}"
+    );
+    assert!(root.nfs_calls().is_empty());
+    root.assert_nothing_left();
+    assert_no_secret_logged(root);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fallback_that_finds_no_mount_target_says_why_and_leaves_nothing() {
+    let aws = fake_aws(Mode::Serve);
+    // signed with a secret the fake does not know: refused by signature
+    let (root, api, _server, _) = fallback_setup(&aws, "anotherSecret/0123456789abcdefghij").await;
+    assert_not_resolved(
+        &root,
+        "tls",
+        "Unexpected error: HTTP 403 The request signature we calculated does not match the signature you provided.",
+    );
+    assert!(api.calls()[0].verdict.is_err());
+
+    // an AZ with no mount target, named by the option
+    let (root, _api, _server, _) = fallback_setup(&aws, SECRET).await;
+    assert_not_resolved(
+        &root,
+        "tls,az=us-east-1z",
+        "Invalid availability zone us-east-1z",
+    );
+}

@@ -44,11 +44,7 @@ impl From<InvalidCredential> for ParseError {
 /// error, and an XML parser's message may quote the answer, control characters and all:
 /// found by fuzzing, `regressions/aws_credentials/`).
 fn one_line(message: String) -> String {
-    message
-        .chars()
-        .take(200)
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
+    crate::one_line(&message, 200)
 }
 
 /// `2019-10-25T21:17:24Z` (RFC 3339, fractions allowed).
@@ -126,13 +122,7 @@ pub fn parse_sts_answer(body: &str) -> Result<StsAnswer, ParseError> {
     if let Some(error) = find("Error") {
         // Shown in the mount's one-line error: control characters (a newline in a
         // message) become spaces.
-        let clip = |s: Option<&str>| {
-            s.unwrap_or("")
-                .chars()
-                .take(200)
-                .map(|c| if c.is_control() { ' ' } else { c })
-                .collect::<String>()
-        };
+        let clip = |s: Option<&str>| crate::one_line(s.unwrap_or(""), 200);
         return Ok(StsAnswer::Refused {
             code: clip(child_text(error, "Code")),
             message: clip(child_text(error, "Message")),

@@ -3,6 +3,7 @@
 //! temporary directories, and child processes that cannot outlive a failed test.
 //! Dev-only: no product crate depends on it.
 
+pub mod aws_api;
 pub mod efs;
 pub mod root;
 
