@@ -6,6 +6,10 @@
 //! self-signature, the signature recomputed with the secret of a known access key), and
 //! forwards the plaintext to `--connect` (knfsd).
 //!
+//! With `--aws-api ADDR` it also fakes the EFS and EC2 APIs of the mount-target-IP
+//! fallback there, listing one mount target (`--mount-target-ip`), and answers only
+//! requests signed with the known key.
+//!
 //! Every verdict is one line on stdout (`allowed AKID=... ap=...` or `denied ...`), so a
 //! case can check who got in. Known keys come from a file of `AKID SECRET [TOKEN]` lines
 //! (root's, mode 0600, in the guest).
@@ -18,6 +22,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use efs_iam::testing::{KnownKey, Verdict};
+use efs_testkit::aws_api::{ApiFixture, FakeAwsApi};
 use efs_testkit::efs::{FakeEfsPolicy, FakeEfsVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -53,6 +58,17 @@ struct Args {
     /// Known access keys: lines `AKID SECRET [TOKEN]`.
     #[arg(long)]
     keys: Option<PathBuf>,
+    /// Also serve a fake of the EFS and EC2 APIs here (plain HTTP), for the
+    /// mount-target-IP fallback: every request's SigV4 signature is checked against the
+    /// first known key (`efs_testkit::aws_api`).
+    #[arg(long)]
+    aws_api: Option<SocketAddr>,
+    /// The one mount target the fake API lists (available).
+    #[arg(long, default_value = "127.0.0.2")]
+    mount_target_ip: String,
+    /// Its AZ ID (and `<region>a` its zone name).
+    #[arg(long, default_value = "use1-az4")]
+    mount_target_az_id: String,
 }
 
 fn main() {
@@ -97,12 +113,41 @@ fn load_keys(path: &Option<PathBuf>) -> Result<HashMap<String, KnownKey>, String
 }
 
 fn run(args: Args) -> Result<(), String> {
+    let keys = load_keys(&args.keys)?;
+    // serves for the life of the process
+    let mut _api = None;
+    if let Some(addr) = args.aws_api {
+        let (akid, known) = keys
+            .iter()
+            .min_by_key(|(id, _)| id.as_str())
+            .ok_or("--aws-api needs a known key (--keys)")?;
+        let listener = std::net::TcpListener::bind(addr).map_err(|e| format!("{addr}: {e}"))?;
+        let (ip, az_id, region) = (
+            &args.mount_target_ip,
+            &args.mount_target_az_id,
+            &args.region,
+        );
+        let fixture = ApiFixture {
+            access_key_id: akid.clone(),
+            secret: known.secret_access_key.clone(),
+            session_token: known.session_token.clone(),
+            region: region.clone(),
+            fs_id: args.fs_id.clone(),
+            mount_targets: format!(
+                r#"{{"MountTargets":[{{"MountTargetId":"fsmt-e2e","FileSystemId":"{}","LifeCycleState":"available","IpAddress":"{ip}","AvailabilityZoneId":"{az_id}","AvailabilityZoneName":"{region}a"}}]}}"#,
+                args.fs_id
+            ),
+            zones: vec![(format!("{region}a"), az_id.clone())],
+        };
+        _api = Some(FakeAwsApi::serve(listener, fixture, true));
+        println!("aws api on {addr}");
+    }
     let policy = FakeEfsPolicy {
         fs_id: args.fs_id.clone(),
         access_point: args.access_point.clone(),
         region: args.region.clone(),
         require_iam: args.require_iam,
-        keys: load_keys(&args.keys)?,
+        keys,
     };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&args.cert)
         .map_err(|e| format!("{}: {e}", args.cert.display()))?

@@ -44,8 +44,15 @@ pub struct FakeAwsApi {
 }
 
 impl FakeAwsApi {
+    /// On a free port of 127.0.0.1.
     pub fn start(fixture: ApiFixture) -> FakeAwsApi {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the fake AWS API");
+        FakeAwsApi::serve(listener, fixture, false)
+    }
+
+    /// On `listener`; with `print`, each call is also a line on stdout
+    /// (`api OPERATION ok` or `api OPERATION denied: WHY`), for the e2e guest's log.
+    pub fn serve(listener: TcpListener, fixture: ApiFixture, print: bool) -> FakeAwsApi {
         let base = format!("http://{}/", listener.local_addr().expect("its address"));
         let calls = Arc::new(Mutex::new(Vec::new()));
         let log = calls.clone();
@@ -71,6 +78,12 @@ impl FakeAwsApi {
                 let mut parts = first.split_whitespace();
                 let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
                 let (status, body, call) = answer(&fixture, method, target, &headers);
+                if print {
+                    match &call.verdict {
+                        Ok(()) => println!("api {} ok", call.operation),
+                        Err(why) => println!("api {} denied: {why}", call.operation),
+                    }
+                }
                 if let Ok(mut l) = log.lock() {
                     l.push(call);
                 }
