@@ -10,6 +10,7 @@
 //!
 //! Nothing here blocks: stopping is a phase with a deadline, driven by the main loop.
 
+use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 use efs_config::state::{self, MountState};
 use efs_tunnel_contract::{RunningArgs, PROCESS_NAME};
 use log::{info, warn};
+use nix::sched::{setns, CloneFlags};
 use nix::sys::signal::Signal;
 
 use crate::sys::Pidfd;
@@ -186,7 +188,7 @@ impl Tunnel {
     }
 
     /// Starts a tunnel on our copy of the listening socket (binding the port again only
-    /// if we have none) with the recorded command line.
+    /// if we have none, in the mount's network namespace) with the recorded command line.
     pub fn start(&mut self) -> Result<(), String> {
         match MountState::read(&self.state_path) {
             Err(_) if !self.state_path.exists() => {
@@ -206,9 +208,8 @@ impl Tunnel {
             _ => {}
         }
         if self.listener.is_none() {
-            let l = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, self.state.port))
-                .map_err(|e| format!("cannot bind 127.0.0.1:{}: {e}", self.state.port))?;
-            self.listener = Some(OwnedFd::from(l));
+            let netns = recorded_netns(&self.state.cmd);
+            self.listener = Some(bind_loopback(self.state.port, netns.as_deref())?);
         }
         let Some(listener) = self.listener.as_ref() else {
             return Err("no listening socket".into());
@@ -481,6 +482,51 @@ fn backoff(quick_deaths: u32) -> Duration {
     Duration::from_millis(ms).min(MAX_BACKOFF)
 }
 
+/// The network namespace a recorded command line names (`--netns PATH` or
+/// `--netns=PATH`): the mount's (`-o netns=`). The command is otherwise run as recorded,
+/// not parsed (`efs_tunnel_contract::command`).
+fn recorded_netns(cmd: &[String]) -> Option<PathBuf> {
+    use efs_tunnel_contract::command::flag;
+    let flag = flag::dashed(flag::NETNS);
+    let with_eq = format!("{flag}=");
+    cmd.iter().enumerate().skip(1).find_map(|(i, a)| {
+        if *a == flag {
+            cmd.get(i + 1).map(PathBuf::from)
+        } else {
+            a.strip_prefix(&with_eq).map(PathBuf::from)
+        }
+    })
+}
+
+/// Binds 127.0.0.1:`port` for a tunnel that has no socket the watchdog holds: in the
+/// network namespace `netns` if the mount was made in one, where its NFS client connects
+/// (a socket stays in the namespace it was made in; the tunnel's own `--netns` only
+/// moves the tunnel). Namespaces are per thread, so a short-lived thread enters it and
+/// binds; the watchdog's other threads stay where they are.
+fn bind_loopback(port: u16, netns: Option<&Path>) -> Result<OwnedFd, String> {
+    let bind = move || {
+        TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
+            .map(OwnedFd::from)
+            .map_err(|e| format!("cannot bind 127.0.0.1:{port}: {e}"))
+    };
+    let Some(ns) = netns else {
+        return bind();
+    };
+    let ns = ns.to_path_buf();
+    std::thread::Builder::new()
+        .name("netns-bind".into())
+        .spawn(move || {
+            let file = File::open(&ns)
+                .map_err(|e| format!("cannot open network namespace {}: {e}", ns.display()))?;
+            setns(file, CloneFlags::CLONE_NEWNET)
+                .map_err(|e| format!("cannot enter network namespace {}: {e}", ns.display()))?;
+            bind().map_err(|e| format!("{e} in network namespace {}", ns.display()))
+        })
+        .map_err(|e| format!("cannot start a thread to bind 127.0.0.1:{port}: {e}"))?
+        .join()
+        .unwrap_or_else(|_| Err(format!("the thread binding 127.0.0.1:{port} failed")))
+}
+
 /// The running tunnel a state file names, checked against pid reuse, and the number its
 /// listening socket has in it.
 fn running_tunnel(state: &MountState) -> Result<(Pidfd, i32), String> {
@@ -521,6 +567,33 @@ fn remove(p: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_recorded_network_namespace_is_found_in_either_form() {
+        let cmd = |args: &[&str]| -> Vec<String> { args.iter().map(|a| a.to_string()).collect() };
+        assert_eq!(
+            recorded_netns(&cmd(&[
+                "/usr/bin/efs-tunnel",
+                "--connect",
+                "x:2049",
+                "--netns",
+                "/run/netns/a"
+            ])),
+            Some(PathBuf::from("/run/netns/a"))
+        );
+        assert_eq!(
+            recorded_netns(&cmd(&["/usr/bin/efs-tunnel", "--netns=/run/netns/b"])),
+            Some(PathBuf::from("/run/netns/b"))
+        );
+        assert_eq!(
+            recorded_netns(&cmd(&["/usr/bin/efs-tunnel", "--netns"])),
+            None
+        );
+        assert_eq!(
+            recorded_netns(&cmd(&["/usr/bin/efs-tunnel", "--connect", "x:2049"])),
+            None
+        );
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

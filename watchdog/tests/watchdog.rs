@@ -684,3 +684,74 @@ async fn a_temporary_state_file_left_by_a_killed_mount_is_removed_and_nothing_el
     assert!(m.state_path.exists());
     assert!(alive(m.pid()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tunnel_of_a_netns_mount_is_restarted_in_that_network_namespace() {
+    let ns = match Netns::new() {
+        Ok(ns) => ns,
+        Err(why) => {
+            eprintln!("skipping: {why}");
+            return;
+        }
+    };
+    let root = Root::with_sections("", WATCHDOG_CONFIG);
+    // The mount target lives in the namespace, as a netns mount's does.
+    let addr = target_addr();
+    let _server = ns.serve_tls(addr, root.ca.issue(WILDCARD));
+    let m = mount_with(
+        &root,
+        "in-ns",
+        &addr.ip().to_string(),
+        &format!(",netns={}", ns.path()),
+    );
+    let cmd = m.state().cmd;
+    assert!(
+        cmd.windows(2)
+            .any(|w| w[0] == "--netns" && w[1] == ns.path()),
+        "{cmd:?}"
+    );
+    set_mounts(&root, &[(&m.mountpoint, m.port)]);
+    let mut wd = start_watchdog(&root);
+    let first = m.pid();
+    assert_eq!(netns_of(first), ns.id());
+    assert_ne!(netns_of(std::process::id() as i32), ns.id());
+    let port = m.port;
+    let through_the_tunnel =
+        |ns: &Netns, what: &'static [u8]| ns.run(move || round_trip(port, what).ok());
+
+    // Killed: restarted on the socket the watchdog holds, and in the namespace.
+    kill(Pid::from_raw(first), Signal::SIGKILL).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || m.pid() != first
+            && alive(m.pid())),
+        "{}",
+        watchdog_log(&root)
+    );
+    let second = m.pid();
+    assert_eq!(netns_of(second), ns.id(), "{}", watchdog_log(&root));
+    assert_eq!(
+        through_the_tunnel(&ns, b"restarted"),
+        Some(b"restarted".to_vec())
+    );
+
+    // Dead while no watchdog ran, so nobody holds its socket: the next watchdog binds
+    // the port again, in the namespace, where the mount's NFS client connects.
+    kill(Pid::from_raw(wd.id() as i32), Signal::SIGTERM).unwrap();
+    let _ = wd.wait();
+    kill(Pid::from_raw(second), Signal::SIGKILL).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || !alive(second)));
+    let _wd = start_watchdog(&root);
+    assert!(
+        wait_until(Duration::from_secs(5), || m.pid() != second
+            && alive(m.pid())),
+        "{}",
+        watchdog_log(&root)
+    );
+    assert_eq!(netns_of(m.pid()), ns.id(), "{}", watchdog_log(&root));
+    assert_eq!(
+        through_the_tunnel(&ns, b"bound again"),
+        Some(b"bound again".to_vec()),
+        "{}",
+        watchdog_log(&root)
+    );
+}
