@@ -551,16 +551,29 @@ impl Daemon {
         }
     }
 
+    /// SIGHUP: re-reads the configuration. What the main loop looks up each time applies
+    /// at once (the `[mount-watchdog]` timings and health check, certificate renewal
+    /// settings and endpoints, the log level); `[paths]` are kept as they were: the lock,
+    /// the inotify watch and the open mount table are on the old ones, and a new
+    /// `state_dir` would make the next rescan forget every tunnel.
     fn reload(&mut self) {
         match Config::load() {
-            Ok(cfg) => {
+            Ok(mut cfg) => {
                 for w in &cfg.warnings {
                     warn!("{w}");
                 }
+                let changed = changed_paths(&self.cfg, &cfg);
+                if !changed.is_empty() {
+                    warn!(
+                        "SIGHUP: {} changed; this watchdog keeps the paths it started with (takes effect at restart)",
+                        changed.join(", ")
+                    );
+                }
+                cfg.paths = self.cfg.paths.clone();
                 if let Ok(mut s) = self.health_settings.lock() {
                     *s = crate::health::Settings::from_config(&cfg);
                 }
-                info!("SIGHUP: configuration re-read; the unmount grace period, poll interval, health check settings, certificate renewal settings and log level apply now (a new state directory or mount table path needs a restart)");
+                info!("SIGHUP: configuration re-read; the unmount grace period, poll interval, health check settings, certificate renewal settings and log level apply now ([paths] take effect at restart)");
                 self.renewals_unavailable = false;
                 log::set_max_level(cfg.logging_level);
                 self.cfg = cfg;
@@ -764,6 +777,25 @@ impl Daemon {
     }
 }
 
+/// The `[paths]` keys that differ between two configurations, named as `efs-utils
+/// config check` names them (`paths.state_dir`), from the one key table.
+fn changed_paths(old: &Config, new: &Config) -> Vec<String> {
+    use efs_config::keys::{At, Kind, KEYS};
+    let mut changed: Vec<String> = KEYS
+        .iter()
+        .filter(|k| match k.at {
+            At::Paths(Kind::Path { get, .. }) => get(old) != get(new),
+            At::Paths(Kind::OptPath { get, .. }) => get(old) != get(new),
+            _ => false,
+        })
+        .map(|k| k.dotted())
+        .collect();
+    if changed.is_empty() && old.paths != new.paths {
+        changed.push("[paths]".into()); // a key of another kind; none today
+    }
+    changed
+}
+
 #[derive(Default)]
 struct Ready {
     term: bool,
@@ -781,4 +813,23 @@ fn borrow(p: &crate::sys::Pidfd) -> BorrowedFd<'_> {
 fn drain(s: &mut UnixStream) {
     let mut buf = [0u8; 64];
     while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changed_paths_are_named_as_config_check_names_them() {
+        let old = Config::default();
+        let mut new = old.clone();
+        assert!(changed_paths(&old, &new).is_empty());
+        new.paths.state_dir = "/run/other".into();
+        new.paths.mountinfo = "/tmp/mountinfo".into();
+        new.watchdog.unmount_grace_period_sec += 1; // not a path
+        assert_eq!(
+            changed_paths(&old, &new),
+            vec!["paths.state_dir".to_string(), "paths.mountinfo".to_string()]
+        );
+    }
 }

@@ -958,3 +958,62 @@ async fn state_files_with_numbers_they_cannot_mean_are_skipped_and_the_watchdog_
     assert_eq!(round_trip(m.port, b"ok").unwrap(), b"ok");
     assert!(matches!(wd.try_wait(), Ok(None)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sighup_keeps_the_paths_the_watchdog_started_with_and_says_which_changed() {
+    let scene = Scene::new().await;
+    let root = &scene.root;
+    let m = scene.mount("efs");
+    set_mounts(root, &[(&m.mountpoint, m.port)]);
+    let wd = start_watchdog(root);
+    let moved = root.dir.path("run2");
+    std::fs::create_dir_all(&moved).unwrap();
+    let text = std::fs::read_to_string(&root.config).unwrap();
+    let text = text
+        .replace(
+            &format!("state_dir = \"{}\"", root.state_dir().display()),
+            &format!("state_dir = \"{}\"", moved.display()),
+        )
+        .replace(
+            &format!("mountinfo = \"{}\"", root.dir.path("mountinfo").display()),
+            &format!("mountinfo = \"{}\"", root.dir.path("mountinfo2").display()),
+        );
+    assert!(
+        text.contains("run2") && text.contains("mountinfo2"),
+        "{text}"
+    );
+    std::fs::write(&root.config, text).unwrap();
+    kill(Pid::from_raw(wd.id() as i32), Signal::SIGHUP).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || watchdog_log(root)
+        .contains("SIGHUP: configuration re-read")));
+    let log = watchdog_log(root);
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("takes effect at restart"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{log}");
+    assert!(
+        warned[0].contains("paths.state_dir") && warned[0].contains("paths.mountinfo"),
+        "{log}"
+    );
+    assert!(!warned[0].contains("paths.log_dir"), "{log}");
+
+    // Still the old state directory: the tunnel is not forgotten, a kill restarts it.
+    std::thread::sleep(Duration::from_secs(2)); // sweeps of the (old) directory
+    let pid = m.pid();
+    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || m.pid() != pid && alive(m.pid())),
+        "{}",
+        watchdog_log(root)
+    );
+    // Still the old mount table: an unmount there tears the tunnel down.
+    let pid = m.pid();
+    set_mounts(root, &[]);
+    assert!(
+        wait_until(Duration::from_secs(10), || !alive(pid)
+            && !m.state_path.exists()),
+        "{}",
+        watchdog_log(root)
+    );
+}
