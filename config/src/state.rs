@@ -332,6 +332,13 @@ impl MountState {
 pub fn check_trusted(path: &Path, owner: u32) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
     let m = fs::symlink_metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if m.file_type().is_symlink() {
+        // Said as such: a link is never followed, whatever it points to.
+        return Err(format!(
+            "{} is a symbolic link, not a regular file",
+            path.display()
+        ));
+    }
     let kind_ok = m.file_type().is_file() || m.file_type().is_dir();
     if !kind_ok {
         return Err(format!(
@@ -547,15 +554,18 @@ mod tests {
             .contains("not by root"));
         fs::set_permissions(&p, fs::Permissions::from_mode(0o660)).unwrap();
         assert!(check_trusted(&p, me).unwrap_err().contains("mode 660"));
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o757)).unwrap();
+        // Group-writable only (0757 would be world-writable too).
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o770)).unwrap();
         assert!(check_trusted(&dir, me)
             .unwrap_err()
-            .contains("writable by group or others"));
+            .contains("writable by group or others (mode 770)"));
         let link = dir.join("fs-2.mnt.20050");
         std::os::unix::fs::symlink(&p, &link).unwrap();
-        assert!(check_trusted(&link, me)
-            .unwrap_err()
-            .contains("not a regular file"));
+        let why = check_trusted(&link, me).unwrap_err();
+        assert!(
+            why.contains("is a symbolic link, not a regular file"),
+            "{why}"
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 

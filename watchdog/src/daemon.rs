@@ -36,7 +36,7 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
 use crate::notify;
 use crate::renew;
-use crate::tunnels::{Phase, Reload, Tunnel};
+use crate::tunnels::{Phase, Reload, Skip, Trust, Tunnel};
 
 /// A tunnel whose control socket did not answer: (state file, pid at the time).
 type HealthReport = (PathBuf, i32);
@@ -44,8 +44,11 @@ type HealthTargets = crate::health::Targets;
 
 pub struct Daemon {
     cfg: Config,
+    /// What a state file must be for the watchdog to act on it (`Trust`).
+    trust: Trust,
     tunnels: BTreeMap<PathBuf, Tunnel>,
-    /// State files that could not be read, already logged.
+    /// State files that were skipped (`Skip`: unreadable, untrusted, corrupt), already
+    /// logged.
     skipped: BTreeSet<PathBuf>,
     /// Tunnels we started and let go of; reaped when they exit.
     released: Vec<std::process::Child>,
@@ -117,6 +120,7 @@ impl Daemon {
             health_wake_tx,
         );
         Ok(Daemon {
+            trust: Trust::new(&cfg),
             cfg,
             tunnels: BTreeMap::new(),
             skipped: BTreeSet::new(),
@@ -282,10 +286,12 @@ impl Daemon {
                 return;
             }
         };
+        // Whatever is not a directory: a symlink or a FIFO under a state file's name is
+        // logged and skipped by the trust check (never opened), not silently passed over.
         let present: BTreeMap<PathBuf, u64> = entries
             .iter()
             .filter(|e| state::is_state_file_name(&e.file_name().to_string_lossy()))
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .filter(|e| e.file_type().is_ok_and(|t| !t.is_dir()))
             .map(|e| (e.path(), std::os::unix::fs::DirEntryExt::ino(e)))
             .collect();
         self.skipped.retain(|p| present.contains_key(p));
@@ -324,11 +330,13 @@ impl Daemon {
         for (p, ino) in present {
             if let Some(t) = self.tunnels.get_mut(&p) {
                 // Rewritten by someone else: mount.efs does, once, when the mount turns
-                // out to ride on another mount's tunnel.
+                // out to ride on another mount's tunnel. Believed only if it passes the
+                // same check as a new state file: it names the files a teardown deletes.
                 if t.state.served_by.is_none() && t.saved_ino() != Some(ino) {
                     t.set_ino(ino);
-                    if let Ok(st) = MountState::read(&p) {
-                        self.released.extend(t.become_rider(st));
+                    match self.trust.read(&p) {
+                        Ok(st) => self.released.extend(t.become_rider(st)),
+                        Err(skip) => t.distrust(skip),
                     }
                 }
                 continue;
@@ -336,28 +344,14 @@ impl Daemon {
             if self.skipped.contains(&p) {
                 continue;
             }
-            match MountState::read(&p)
-                .map_err(|e| e.to_string())
-                .and_then(|st| {
-                    self.trusted(&p, &st).map(|()| st).map_err(|why| {
-                        format!(
-                            "skipping state file {}: {why}; nothing in it is run or removed",
-                            p.display()
-                        )
-                    })
-                }) {
+            match self.trust.read(&p) {
                 Ok(st) => {
                     let mut t = Tunnel::adopt(p.clone(), st);
                     t.set_ino(ino);
                     self.tunnels.insert(p, t);
                 }
-                Err(e) => {
-                    let e = if e.starts_with("skipping") {
-                        e
-                    } else {
-                        format!("skipping {e}")
-                    };
-                    warn!("{e}");
+                Err(skip) => {
+                    warn!("{skip}");
                     self.skipped.insert(p);
                 }
             }
@@ -366,22 +360,11 @@ impl Daemon {
         self.publish_health_targets();
     }
 
-    /// Whether this watchdog may act on a state file: run its `cmd` as root and delete
-    /// its `files`. Only what root wrote counts (file and directory owned by root, not
-    /// group- or world-writable: `state::check_trusted`), and the command must be the
-    /// configured tunnel binary, whatever a file says.
-    fn trusted(&self, path: &std::path::Path, st: &MountState) -> Result<(), String> {
-        let root = nix::unistd::geteuid().as_raw();
-        state::check_trusted(&self.cfg.paths.state_dir, root)?;
-        state::check_trusted(path, root)?;
-        match st.cmd.first() {
-            Some(program) if std::path::Path::new(program) == self.cfg.paths.tunnel => Ok(()),
-            Some(program) => Err(format!(
-                "its command {program:?} is not the tunnel binary {}",
-                self.cfg.paths.tunnel.display()
-            )),
-            None => Err("it names no command".into()),
-        }
+    /// Whether this watchdog may act on a state it holds: run its `cmd` as root and
+    /// delete its `files` (`Trust::check`: root's file in root's directory, the
+    /// configured tunnel binary).
+    fn trusted(&self, path: &std::path::Path, st: &MountState) -> Result<(), Skip> {
+        self.trust.check(path, st)
     }
 
     /// The state files whose mounts the kernel still uses, from one read of its tables:
@@ -517,7 +500,7 @@ impl Daemon {
                     if can_renew && t.renewal.holds_restart(stale, now) {
                         continue;
                     }
-                    if let Err(e) = t.start() {
+                    if let Err(e) = t.start(&self.trust) {
                         warn!(
                             "cannot restart the tunnel of {}: {e}; trying again",
                             t.name()
@@ -568,16 +551,29 @@ impl Daemon {
         }
     }
 
+    /// SIGHUP: re-reads the configuration. What the main loop looks up each time applies
+    /// at once (the `[mount-watchdog]` timings and health check, certificate renewal
+    /// settings and endpoints, the log level); `[paths]` are kept as they were: the lock,
+    /// the inotify watch and the open mount table are on the old ones, and a new
+    /// `state_dir` would make the next rescan forget every tunnel.
     fn reload(&mut self) {
         match Config::load() {
-            Ok(cfg) => {
+            Ok(mut cfg) => {
                 for w in &cfg.warnings {
                     warn!("{w}");
                 }
+                let changed = changed_paths(&self.cfg, &cfg);
+                if !changed.is_empty() {
+                    warn!(
+                        "SIGHUP: {} changed; this watchdog keeps the paths it started with (takes effect at restart)",
+                        changed.join(", ")
+                    );
+                }
+                cfg.paths = self.cfg.paths.clone();
                 if let Ok(mut s) = self.health_settings.lock() {
                     *s = crate::health::Settings::from_config(&cfg);
                 }
-                info!("SIGHUP: configuration re-read; the unmount grace period, poll interval, health check settings, certificate renewal settings and log level apply now (a new state directory or mount table path needs a restart)");
+                info!("SIGHUP: configuration re-read; the unmount grace period, poll interval, health check settings, certificate renewal settings and log level apply now ([paths] take effect at restart)");
                 self.renewals_unavailable = false;
                 log::set_max_level(cfg.logging_level);
                 self.cfg = cfg;
@@ -713,7 +709,7 @@ impl Daemon {
             return; // it became a rider, or is being torn down
         };
         let written = outcome.result.and_then(|r| {
-            trusted.map_err(|why| format!("not renewing: {why}"))?;
+            trusted.map_err(|skip| format!("not renewing: {}", skip.reason()))?;
             renew::write_certificate(&state_dir, &rec.certificate, &r.pem).map(|()| r)
         });
         match written {
@@ -781,6 +777,25 @@ impl Daemon {
     }
 }
 
+/// The `[paths]` keys that differ between two configurations, named as `efs-utils
+/// config check` names them (`paths.state_dir`), from the one key table.
+fn changed_paths(old: &Config, new: &Config) -> Vec<String> {
+    use efs_config::keys::{At, Kind, KEYS};
+    let mut changed: Vec<String> = KEYS
+        .iter()
+        .filter(|k| match k.at {
+            At::Paths(Kind::Path { get, .. }) => get(old) != get(new),
+            At::Paths(Kind::OptPath { get, .. }) => get(old) != get(new),
+            _ => false,
+        })
+        .map(|k| k.dotted())
+        .collect();
+    if changed.is_empty() && old.paths != new.paths {
+        changed.push("[paths]".into()); // a key of another kind; none today
+    }
+    changed
+}
+
 #[derive(Default)]
 struct Ready {
     term: bool,
@@ -798,4 +813,23 @@ fn borrow(p: &crate::sys::Pidfd) -> BorrowedFd<'_> {
 fn drain(s: &mut UnixStream) {
     let mut buf = [0u8; 64];
     while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changed_paths_are_named_as_config_check_names_them() {
+        let old = Config::default();
+        let mut new = old.clone();
+        assert!(changed_paths(&old, &new).is_empty());
+        new.paths.state_dir = "/run/other".into();
+        new.paths.mountinfo = "/tmp/mountinfo".into();
+        new.watchdog.unmount_grace_period_sec += 1; // not a path
+        assert_eq!(
+            changed_paths(&old, &new),
+            vec!["paths.state_dir".to_string(), "paths.mountinfo".to_string()]
+        );
+    }
 }

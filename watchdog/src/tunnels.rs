@@ -9,7 +9,13 @@
 //! control socket), and its socket is copied out of it with `pidfd_getfd`.
 //!
 //! Nothing here blocks: stopping is a phase with a deadline, driven by the main loop.
+//!
+//! A state file names a command the watchdog runs as root and files it deletes, so every
+//! state it acts on, first read or re-read, passes one check ([`Trust`]): the file and
+//! the state directory are root's alone and the command is the configured tunnel binary.
+//! What fails is a [`Skip`], logged once and never acted on.
 
+use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
@@ -17,9 +23,11 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use efs_config::state::{self, MountState};
+use efs_config::state::{self, MountState, StateError};
+use efs_config::Config;
 use efs_tunnel_contract::{RunningArgs, PROCESS_NAME};
 use log::{info, warn};
+use nix::sched::{setns, CloneFlags};
 use nix::sys::signal::Signal;
 
 use crate::sys::Pidfd;
@@ -39,6 +47,133 @@ pub enum Reload {
     /// No tunnel runs; a restart reads the file.
     NoTunnel,
     Failed(String),
+}
+
+/// Why a state file is not acted on: nothing it names is run or removed. Its text is
+/// the log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Skip {
+    /// It cannot be read (or stat'ed).
+    Unreadable { path: PathBuf, error: String },
+    /// Root did not write it alone (owner, mode, a symlink: the file or the state
+    /// directory), or its command is not the tunnel binary.
+    Untrusted { path: PathBuf, why: String },
+    /// It is not a mount state: not JSON of the schema, or numbers it cannot mean (a
+    /// `mount_time` of -1e20).
+    Corrupt { path: PathBuf, error: String },
+}
+
+impl Skip {
+    /// What is wrong, without the state file's name or the consequence.
+    pub fn reason(&self) -> String {
+        match self {
+            Skip::Unreadable { path, error } => {
+                format!("cannot read state file {}: {error}", path.display())
+            }
+            Skip::Untrusted { why, .. } => why.clone(),
+            Skip::Corrupt { error, .. } => format!("not a valid mount state: {error}"),
+        }
+    }
+}
+
+impl std::fmt::Display for Skip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Skip::Unreadable { path, error } => {
+                write!(
+                    f,
+                    "skipping cannot read state file {}: {error}",
+                    path.display()
+                )
+            }
+            Skip::Untrusted { path, why } => write!(
+                f,
+                "skipping state file {}: {why}; nothing in it is run or removed",
+                path.display()
+            ),
+            Skip::Corrupt { path, error } => write!(
+                f,
+                "skipping state file {} is not a valid mount state: {error}",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl From<StateError> for Skip {
+    fn from(e: StateError) -> Skip {
+        match e {
+            StateError::Unreadable(path, error) => Skip::Unreadable { path, error },
+            StateError::Corrupt(path, error) => Skip::Corrupt { path, error },
+        }
+    }
+}
+
+/// Whether this watchdog may act on a state file: run its `cmd` as root and delete its
+/// `files`. Only what root wrote counts (file and directory owned by root, not group- or
+/// world-writable, no symlink: `state::check_trusted`), and the command must be the
+/// configured tunnel binary, whatever a file says. Paths are the ones the watchdog
+/// started with (a SIGHUP does not change them).
+#[derive(Debug, Clone)]
+pub struct Trust {
+    state_dir: PathBuf,
+    tunnel: PathBuf,
+    owner: u32,
+}
+
+impl Trust {
+    pub fn new(cfg: &Config) -> Trust {
+        Trust {
+            state_dir: cfg.paths.state_dir.clone(),
+            tunnel: cfg.paths.tunnel.clone(),
+            owner: nix::unistd::geteuid().as_raw(),
+        }
+    }
+
+    /// The checks on a state as the watchdog holds it (already read).
+    pub fn check(&self, path: &Path, st: &MountState) -> Result<(), Skip> {
+        self.check_file(path)?;
+        self.check_command(path, st)
+    }
+
+    /// Reads a state file, only once the file and its directory are trusted: a symlink
+    /// or a FIFO in their place is never opened.
+    pub fn read(&self, path: &Path) -> Result<MountState, Skip> {
+        self.check_file(path)?;
+        let st = MountState::read(path)?;
+        self.check_command(path, &st)?;
+        Ok(st)
+    }
+
+    fn check_file(&self, path: &Path) -> Result<(), Skip> {
+        if let Err(e) = std::fs::symlink_metadata(path) {
+            return Err(Skip::Unreadable {
+                path: path.to_path_buf(),
+                error: e.to_string(),
+            });
+        }
+        let untrusted = |why| Skip::Untrusted {
+            path: path.to_path_buf(),
+            why,
+        };
+        state::check_trusted(&self.state_dir, self.owner).map_err(untrusted)?;
+        state::check_trusted(path, self.owner).map_err(untrusted)
+    }
+
+    fn check_command(&self, path: &Path, st: &MountState) -> Result<(), Skip> {
+        let why = match st.cmd.first() {
+            Some(program) if Path::new(program) == self.tunnel => return Ok(()),
+            Some(program) => format!(
+                "its command {program:?} is not the tunnel binary {}",
+                self.tunnel.display()
+            ),
+            None => "it names no command".into(),
+        };
+        Err(Skip::Untrusted {
+            path: path.to_path_buf(),
+            why,
+        })
+    }
 }
 
 /// A tunnel that lived this long is healthy again: its next death restarts at once.
@@ -87,6 +222,8 @@ pub struct Tunnel {
     ino: Option<u64>,
     /// Renewal of the client certificate, if the mount has one (`crate::renew`).
     pub renewal: crate::renew::Tracker,
+    /// The last re-read of the state file that was not believed, as logged (once).
+    distrusted: Option<Skip>,
 }
 
 impl Tunnel {
@@ -104,6 +241,7 @@ impl Tunnel {
             unmounted_since: None,
             ino: None,
             renewal: Default::default(),
+            distrusted: None,
         };
         if let Some(port) = t.state.served_by {
             info!(
@@ -185,11 +323,24 @@ impl Tunnel {
         p.child
     }
 
+    /// The state file was rewritten (or re-read before a restart) and what it says now
+    /// fails `trust`: keep the state as it was when it was trusted, and say so once.
+    pub fn distrust(&mut self, skip: Skip) {
+        if self.distrusted.as_ref() != Some(&skip) {
+            warn!(
+                "{skip}; the tunnel of {} is kept as its state was when last trusted",
+                self.name()
+            );
+            self.distrusted = Some(skip);
+        }
+    }
+
     /// Starts a tunnel on our copy of the listening socket (binding the port again only
-    /// if we have none) with the recorded command line.
-    pub fn start(&mut self) -> Result<(), String> {
-        match MountState::read(&self.state_path) {
-            Err(_) if !self.state_path.exists() => {
+    /// if we have none, in the mount's network namespace) with the recorded command line.
+    /// The state file is read again first, and believed only if it passes `trust`.
+    pub fn start(&mut self, trust: &Trust) -> Result<(), String> {
+        match trust.read(&self.state_path) {
+            Err(_) if std::fs::symlink_metadata(&self.state_path).is_err() => {
                 // mount.efs removed it (a failed mount): nothing to restart.
                 info!(
                     "{} is gone; not restarting the tunnel of {}",
@@ -203,12 +354,12 @@ impl Tunnel {
                 self.become_rider(st);
                 return Ok(());
             }
-            _ => {}
+            Ok(_) => self.distrusted = None,
+            Err(skip) => self.distrust(skip),
         }
         if self.listener.is_none() {
-            let l = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, self.state.port))
-                .map_err(|e| format!("cannot bind 127.0.0.1:{}: {e}", self.state.port))?;
-            self.listener = Some(OwnedFd::from(l));
+            let netns = recorded_netns(&self.state.cmd);
+            self.listener = Some(bind_loopback(self.state.port, netns.as_deref())?);
         }
         let Some(listener) = self.listener.as_ref() else {
             return Err("no listening socket".into());
@@ -481,6 +632,51 @@ fn backoff(quick_deaths: u32) -> Duration {
     Duration::from_millis(ms).min(MAX_BACKOFF)
 }
 
+/// The network namespace a recorded command line names (`--netns PATH` or
+/// `--netns=PATH`): the mount's (`-o netns=`). The command is otherwise run as recorded,
+/// not parsed (`efs_tunnel_contract::command`).
+fn recorded_netns(cmd: &[String]) -> Option<PathBuf> {
+    use efs_tunnel_contract::command::flag;
+    let flag = flag::dashed(flag::NETNS);
+    let with_eq = format!("{flag}=");
+    cmd.iter().enumerate().skip(1).find_map(|(i, a)| {
+        if *a == flag {
+            cmd.get(i + 1).map(PathBuf::from)
+        } else {
+            a.strip_prefix(&with_eq).map(PathBuf::from)
+        }
+    })
+}
+
+/// Binds 127.0.0.1:`port` for a tunnel that has no socket the watchdog holds: in the
+/// network namespace `netns` if the mount was made in one, where its NFS client connects
+/// (a socket stays in the namespace it was made in; the tunnel's own `--netns` only
+/// moves the tunnel). Namespaces are per thread, so a short-lived thread enters it and
+/// binds; the watchdog's other threads stay where they are.
+fn bind_loopback(port: u16, netns: Option<&Path>) -> Result<OwnedFd, String> {
+    let bind = move || {
+        TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
+            .map(OwnedFd::from)
+            .map_err(|e| format!("cannot bind 127.0.0.1:{port}: {e}"))
+    };
+    let Some(ns) = netns else {
+        return bind();
+    };
+    let ns = ns.to_path_buf();
+    std::thread::Builder::new()
+        .name("netns-bind".into())
+        .spawn(move || {
+            let file = File::open(&ns)
+                .map_err(|e| format!("cannot open network namespace {}: {e}", ns.display()))?;
+            setns(file, CloneFlags::CLONE_NEWNET)
+                .map_err(|e| format!("cannot enter network namespace {}: {e}", ns.display()))?;
+            bind().map_err(|e| format!("{e} in network namespace {}", ns.display()))
+        })
+        .map_err(|e| format!("cannot start a thread to bind 127.0.0.1:{port}: {e}"))?
+        .join()
+        .unwrap_or_else(|_| Err(format!("the thread binding 127.0.0.1:{port} failed")))
+}
+
 /// The running tunnel a state file names, checked against pid reuse, and the number its
 /// listening socket has in it.
 fn running_tunnel(state: &MountState) -> Result<(Pidfd, i32), String> {
@@ -521,6 +717,59 @@ fn remove(p: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_recorded_network_namespace_is_found_in_either_form() {
+        let cmd = |args: &[&str]| -> Vec<String> { args.iter().map(|a| a.to_string()).collect() };
+        assert_eq!(
+            recorded_netns(&cmd(&[
+                "/usr/bin/efs-tunnel",
+                "--connect",
+                "x:2049",
+                "--netns",
+                "/run/netns/a"
+            ])),
+            Some(PathBuf::from("/run/netns/a"))
+        );
+        assert_eq!(
+            recorded_netns(&cmd(&["/usr/bin/efs-tunnel", "--netns=/run/netns/b"])),
+            Some(PathBuf::from("/run/netns/b"))
+        );
+        assert_eq!(
+            recorded_netns(&cmd(&["/usr/bin/efs-tunnel", "--netns"])),
+            None
+        );
+        assert_eq!(
+            recorded_netns(&cmd(&["/usr/bin/efs-tunnel", "--connect", "x:2049"])),
+            None
+        );
+    }
+
+    #[test]
+    fn a_skip_says_what_is_wrong_and_what_is_not_done() {
+        let p = PathBuf::from("/run/efs/fs-1.mnt.20049");
+        let untrusted = Skip::Untrusted {
+            path: p.clone(),
+            why: "/run/efs is writable by group or others (mode 770)".into(),
+        };
+        assert_eq!(
+            untrusted.to_string(),
+            "skipping state file /run/efs/fs-1.mnt.20049: /run/efs is writable by group or others (mode 770); nothing in it is run or removed"
+        );
+        let corrupt = Skip::from(StateError::Corrupt(
+            p.clone(),
+            "mount_time -100000000000000000000 is not a time in seconds since 1970".into(),
+        ));
+        assert!(matches!(corrupt, Skip::Corrupt { .. }));
+        assert!(corrupt.to_string().starts_with(
+            "skipping state file /run/efs/fs-1.mnt.20049 is not a valid mount state: mount_time"
+        ));
+        let unreadable = Skip::from(StateError::Unreadable(p, "Permission denied".into()));
+        assert_eq!(
+            unreadable.to_string(),
+            "skipping cannot read state file /run/efs/fs-1.mnt.20049: Permission denied"
+        );
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

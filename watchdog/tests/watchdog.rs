@@ -684,3 +684,336 @@ async fn a_temporary_state_file_left_by_a_killed_mount_is_removed_and_nothing_el
     assert!(m.state_path.exists());
     assert!(alive(m.pid()));
 }
+
+/// Puts a state file into the state directory whole (written beside it, renamed in: the
+/// watchdog never sees it half-written): `template` (a state file's text) as `edit`
+/// changes it.
+fn plant(
+    root: &Root,
+    name: &str,
+    template: &str,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> std::path::PathBuf {
+    let mut st: serde_json::Value = serde_json::from_str(template).unwrap();
+    edit(&mut st);
+    let tmp = root.dir.path("planted.tmp");
+    std::fs::write(&tmp, st.to_string()).unwrap();
+    let p = root.state_dir().join(name);
+    std::fs::rename(&tmp, &p).unwrap();
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tunnel_of_a_netns_mount_is_restarted_in_that_network_namespace() {
+    let ns = match Netns::new() {
+        Ok(ns) => ns,
+        Err(why) => {
+            eprintln!("skipping: {why}");
+            return;
+        }
+    };
+    let root = Root::with_sections("", WATCHDOG_CONFIG);
+    // The mount target lives in the namespace, as a netns mount's does.
+    let addr = target_addr();
+    let _server = ns.serve_tls(addr, root.ca.issue(WILDCARD));
+    let m = mount_with(
+        &root,
+        "in-ns",
+        &addr.ip().to_string(),
+        &format!(",netns={}", ns.path()),
+    );
+    let cmd = m.state().cmd;
+    assert!(
+        cmd.windows(2)
+            .any(|w| w[0] == "--netns" && w[1] == ns.path()),
+        "{cmd:?}"
+    );
+    set_mounts(&root, &[(&m.mountpoint, m.port)]);
+    let mut wd = start_watchdog(&root);
+    let first = m.pid();
+    assert_eq!(netns_of(first), ns.id());
+    assert_ne!(netns_of(std::process::id() as i32), ns.id());
+    let port = m.port;
+    let through_the_tunnel =
+        |ns: &Netns, what: &'static [u8]| ns.run(move || round_trip(port, what).ok());
+
+    // Killed: restarted on the socket the watchdog holds, and in the namespace.
+    kill(Pid::from_raw(first), Signal::SIGKILL).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || m.pid() != first
+            && alive(m.pid())),
+        "{}",
+        watchdog_log(&root)
+    );
+    let second = m.pid();
+    assert_eq!(netns_of(second), ns.id(), "{}", watchdog_log(&root));
+    assert_eq!(
+        through_the_tunnel(&ns, b"restarted"),
+        Some(b"restarted".to_vec())
+    );
+
+    // Dead while no watchdog ran, so nobody holds its socket: the next watchdog binds
+    // the port again, in the namespace, where the mount's NFS client connects.
+    kill(Pid::from_raw(wd.id() as i32), Signal::SIGTERM).unwrap();
+    let _ = wd.wait();
+    kill(Pid::from_raw(second), Signal::SIGKILL).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || !alive(second)));
+    let _wd = start_watchdog(&root);
+    assert!(
+        wait_until(Duration::from_secs(5), || m.pid() != second
+            && alive(m.pid())),
+        "{}",
+        watchdog_log(&root)
+    );
+    assert_eq!(netns_of(m.pid()), ns.id(), "{}", watchdog_log(&root));
+    assert_eq!(
+        through_the_tunnel(&ns, b"bound again"),
+        Some(b"bound again".to_vec()),
+        "{}",
+        watchdog_log(&root)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_state_directory_its_group_may_write_is_not_believed() {
+    use std::os::unix::fs::PermissionsExt;
+    let scene = Scene::new().await;
+    let root = &scene.root;
+    let m = scene.mount("good");
+    set_mounts(root, &[(&m.mountpoint, m.port)]);
+    let template = std::fs::read_to_string(&m.state_path).unwrap();
+    let _wd = start_watchdog(root);
+    // The watchdog makes the directory's mode what the configuration says when it starts
+    // (0750), so the change comes after.
+    assert_eq!(file_mode(&root.state_dir()), 0o750);
+    std::fs::set_permissions(root.state_dir(), std::fs::Permissions::from_mode(0o770)).unwrap();
+
+    let marker = root.dir.path("ran");
+    let victim = root.dir.path("victim");
+    std::fs::write(&victim, "keep me").unwrap();
+    // Root's own files, as root writes them: only the directory is wrong. One would run
+    // a command; the other names the tunnel binary, no running tunnel and an old mount
+    // no table shows, so a teardown (deleting its `files`) would follow the grace period.
+    let runs = plant(root, "fs-12345678.mnt.runs.20001", &template, |st| {
+        st["pid"] = 0.into();
+        st["cmd"] = serde_json::json!(["/bin/sh", "-c", format!("touch {}", marker.display())]);
+    });
+    let deletes = plant(root, "fs-12345678.mnt.deletes.20002", &template, |st| {
+        st["pid"] = 0.into();
+        st["port"] = 20002.into();
+        st["mount_time"] = 1_600_000_000.0.into();
+        st["files"] = serde_json::json!([victim]);
+    });
+    std::thread::sleep(Duration::from_secs(3)); // sweeps, and past the 1 s grace
+    assert!(!marker.exists(), "a state file's command was run");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
+    let log = watchdog_log(root);
+    let why = format!(
+        "{} is writable by group or others (mode 770)",
+        root.state_dir().display()
+    );
+    for p in [&runs, &deletes] {
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(&format!("skipping state file {}", p.display())))
+            .collect();
+        assert_eq!(lines.len(), 1, "one line for {}:\n{log}", p.display());
+        assert!(lines[0].contains(&why), "{why}:\n{log}");
+    }
+
+    // The mount the watchdog already trusted is still looked after: restarted with the
+    // command it read when the directory was root's alone, and said once.
+    let pid = m.pid();
+    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || m.pid() != pid && alive(m.pid())));
+    assert_eq!(round_trip(m.port, b"still").unwrap(), b"still");
+    let log = watchdog_log(root);
+    assert_eq!(
+        count_lines(&log, "is kept as its state was when last trusted"),
+        1,
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rewritten_or_symlinked_state_file_must_pass_the_same_trust_check() {
+    use std::os::unix::fs::PermissionsExt;
+    let scene = Scene::new().await;
+    let root = &scene.root;
+    let m = scene.mount("good");
+    set_mounts(root, &[(&m.mountpoint, m.port)]);
+    let template = std::fs::read_to_string(&m.state_path).unwrap();
+    let _wd = start_watchdog(root);
+    let pid = m.pid();
+    let victim = root.dir.path("victim");
+    std::fs::write(&victim, "keep me").unwrap();
+
+    // The state file is replaced (a new inode, as a rewrite is) by one anyone may write,
+    // saying the mount now rides on another tunnel and naming the victim: believed, its
+    // tunnel would stop and the teardown delete the victim.
+    let mut st: serde_json::Value = serde_json::from_str(&template).unwrap();
+    st["served_by"] = 20999.into();
+    st["pid"] = 0.into();
+    st["files"] = serde_json::json!([victim]);
+    let tmp = root.dir.path("rewrite.tmp");
+    std::fs::write(&tmp, st.to_string()).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o666)).unwrap();
+    std::fs::rename(&tmp, &m.state_path).unwrap();
+
+    // A symlink under a state file's name, to a file that would pass every check: the
+    // tunnel binary, no running tunnel, an old mount no table shows.
+    let target = root.dir.path("elsewhere");
+    let mut other: serde_json::Value = serde_json::from_str(&template).unwrap();
+    other["pid"] = 0.into();
+    other["port"] = 20003.into();
+    other["mount_time"] = 1_600_000_000.0.into();
+    other["files"] = serde_json::json!([victim]);
+    std::fs::write(&target, other.to_string()).unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let link = root.state_dir().join("fs-12345678.mnt.link.20003");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+
+    std::thread::sleep(Duration::from_secs(3)); // sweeps, and past the 1 s grace
+    let log = watchdog_log(root);
+    assert_eq!(m.pid(), 0, "the rewrite is on disk");
+    assert!(
+        alive(pid),
+        "the tunnel was stopped on an untrusted rewrite:\n{log}"
+    );
+    assert_eq!(round_trip(m.port, b"carried").unwrap(), b"carried");
+    assert_eq!(
+        count_lines(
+            &log,
+            &format!("skipping state file {}", m.state_path.display())
+        ),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("(mode 666)"), "{log}");
+    assert_eq!(
+        count_lines(
+            &log,
+            &format!(
+                "skipping state file {}: {} is a symbolic link, not a regular file; nothing in it is run or removed",
+                link.display(),
+                link.display()
+            )
+        ),
+        1,
+        "{log}"
+    );
+    assert_eq!(root.tunnel_pids(), vec![pid], "{log}");
+
+    // Unmounted: the teardown deletes what the trusted state named, not the victim.
+    set_mounts(root, &[]);
+    assert!(
+        wait_until(Duration::from_secs(10), || !alive(pid)
+            && !m.state_path.exists()),
+        "{}",
+        watchdog_log(root)
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
+    assert!(link.exists(), "the symlink is left alone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn state_files_with_numbers_they_cannot_mean_are_skipped_and_the_watchdog_carries_on() {
+    let scene = Scene::new().await;
+    let root = &scene.root;
+    let m = scene.mount("good");
+    set_mounts(root, &[(&m.mountpoint, m.port)]);
+    let template = std::fs::read_to_string(&m.state_path).unwrap();
+    // One there when the watchdog starts (a time of -1e20 s once made it panic), one
+    // that appears while it runs.
+    let early = plant(root, "fs-12345678.mnt.early.20001", &template, |st| {
+        st["pid"] = 0.into();
+        st["port"] = 20001.into();
+        st["mount_time"] = serde_json::json!(-1e20);
+    });
+    let mut wd = start_watchdog(root);
+    let late = plant(root, "fs-12345678.mnt.late.20002", &template, |st| {
+        st["pid"] = 0.into();
+        st["port"] = 20002.into();
+        st["unmount_time"] = serde_json::json!(1e300);
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        matches!(wd.try_wait(), Ok(None)),
+        "the watchdog exited:\n{}",
+        watchdog_log(root)
+    );
+    let log = watchdog_log(root);
+    for (p, field) in [(&early, "mount_time"), (&late, "unmount_time")] {
+        let line = format!(
+            "skipping state file {} is not a valid mount state: {field} ",
+            p.display()
+        );
+        assert_eq!(count_lines(&log, &line), 1, "{line}:\n{log}");
+    }
+    assert!(!log.contains("panicked"), "{log}");
+    // The healthy mount is still looked after.
+    let pid = m.pid();
+    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || m.pid() != pid && alive(m.pid())));
+    assert_eq!(round_trip(m.port, b"ok").unwrap(), b"ok");
+    assert!(matches!(wd.try_wait(), Ok(None)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sighup_keeps_the_paths_the_watchdog_started_with_and_says_which_changed() {
+    let scene = Scene::new().await;
+    let root = &scene.root;
+    let m = scene.mount("efs");
+    set_mounts(root, &[(&m.mountpoint, m.port)]);
+    let wd = start_watchdog(root);
+    let moved = root.dir.path("run2");
+    std::fs::create_dir_all(&moved).unwrap();
+    let text = std::fs::read_to_string(&root.config).unwrap();
+    let text = text
+        .replace(
+            &format!("state_dir = \"{}\"", root.state_dir().display()),
+            &format!("state_dir = \"{}\"", moved.display()),
+        )
+        .replace(
+            &format!("mountinfo = \"{}\"", root.dir.path("mountinfo").display()),
+            &format!("mountinfo = \"{}\"", root.dir.path("mountinfo2").display()),
+        );
+    assert!(
+        text.contains("run2") && text.contains("mountinfo2"),
+        "{text}"
+    );
+    std::fs::write(&root.config, text).unwrap();
+    kill(Pid::from_raw(wd.id() as i32), Signal::SIGHUP).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || watchdog_log(root)
+        .contains("SIGHUP: configuration re-read")));
+    let log = watchdog_log(root);
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("takes effect at restart"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{log}");
+    assert!(
+        warned[0].contains("paths.state_dir") && warned[0].contains("paths.mountinfo"),
+        "{log}"
+    );
+    assert!(!warned[0].contains("paths.log_dir"), "{log}");
+
+    // Still the old state directory: the tunnel is not forgotten, a kill restarts it.
+    std::thread::sleep(Duration::from_secs(2)); // sweeps of the (old) directory
+    let pid = m.pid();
+    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || m.pid() != pid && alive(m.pid())),
+        "{}",
+        watchdog_log(root)
+    );
+    // Still the old mount table: an unmount there tears the tunnel down.
+    let pid = m.pid();
+    set_mounts(root, &[]);
+    assert!(
+        wait_until(Duration::from_secs(10), || !alive(pid)
+            && !m.state_path.exists()),
+        "{}",
+        watchdog_log(root)
+    );
+}
