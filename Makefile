@@ -1,5 +1,5 @@
 # Build and install efs-utils. `make install` puts files where the Debian package will:
-#   /sbin/mount.efs, $(PREFIX)/bin/{efs-tunnel,amazon-efs-mount-watchdog,efs-utils},
+#   /sbin/mount.efs, $(PREFIX)/bin/{efs-tunnel,efs-renew-cert,amazon-efs-mount-watchdog,efs-utils},
 #   the systemd unit, /etc/amazon/efs/efs-utils.toml (kept if it exists),
 #   /etc/amazon/efs/efs-utils.crt (Amazon Root CA 1-4, replaced on every install, as the
 #   incumbent's is), the man pages, /var/log/amazon/efs.
@@ -12,7 +12,7 @@ SYSCONFDIR ?= /etc
 MANDIR ?= $(PREFIX)/share/man
 DESTDIR ?=
 CARGO ?= cargo
-BINS := efs-tunnel amazon-efs-mount-watchdog efs-utils
+BINS := efs-tunnel efs-renew-cert amazon-efs-mount-watchdog efs-utils
 # GLIBC=2.17: binaries that run on glibc 2.17 and later (Amazon Linux 2, RHEL 8, Ubuntu
 # 22.04, ...), linked by cargo-zigbuild (packaging/zig-toolchain.sh installs it); the
 # packages are built so. Unset: for this machine's glibc (plain cargo).
@@ -28,10 +28,10 @@ endif
 
 build:
 ifeq ($(GLIBC),)
-	$(CARGO) build --release --locked -p efs-tunnel -p efs-mount-helper -p efs-watchdog -p efs-utils
+	$(CARGO) build --release --locked -p efs-tunnel -p efs-client-cert -p efs-mount-helper -p efs-watchdog -p efs-utils
 else
 	packaging/zig-toolchain.sh
-	$(CARGO) zigbuild --release --locked --target $(TRIPLE).$(GLIBC) -p efs-tunnel -p efs-mount-helper -p efs-watchdog -p efs-utils
+	$(CARGO) zigbuild --release --locked --target $(TRIPLE).$(GLIBC) -p efs-tunnel -p efs-client-cert -p efs-mount-helper -p efs-watchdog -p efs-utils
 endif
 
 install: build
@@ -43,7 +43,8 @@ install: build
 	chmod 0644 $(DESTDIR)$(UNITDIR)/amazon-efs-mount-watchdog.service
 	install -d -m 0755 $(DESTDIR)$(SYSCONFDIR)/amazon/efs
 	test -e $(DESTDIR)$(SYSCONFDIR)/amazon/efs/efs-utils.toml || \
-		sed 's|"/usr/bin/efs-tunnel"|"$(PREFIX)/bin/efs-tunnel"|' config/efs-utils.toml \
+		sed -e 's|"/usr/bin/efs-tunnel"|"$(PREFIX)/bin/efs-tunnel"|' \
+			-e 's|"/usr/bin/efs-renew-cert"|"$(PREFIX)/bin/efs-renew-cert"|' config/efs-utils.toml \
 		>$(DESTDIR)$(SYSCONFDIR)/amazon/efs/efs-utils.toml
 	install -m 0444 config/efs-utils.crt $(DESTDIR)$(SYSCONFDIR)/amazon/efs/efs-utils.crt
 	install -d -m 0750 $(DESTDIR)/var/log/amazon/efs

@@ -10,7 +10,7 @@ command -v readelf >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=no
 make --no-print-directory build GLIBC=$want >&2 || { echo "FAIL glibc: the glibc $want build failed"; exit 1; }
 out=target/$(rustc -vV | sed -n 's/^host: //p')/release
 FAILS=0
-for b in mount-efs efs-tunnel amazon-efs-mount-watchdog efs-utils; do
+for b in mount-efs efs-tunnel efs-renew-cert amazon-efs-mount-watchdog efs-utils; do
     highest=$(readelf --dyn-syms --wide "$out/$b" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -1)
     if [ -n "$highest" ] && [ "$(printf '%s\n%s\n' "$highest" "$want" | sort -V | tail -1)" = "$want" ]; then
         echo "PASS glibc: $b needs at most GLIBC_$highest (<= $want)"

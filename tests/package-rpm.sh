@@ -41,6 +41,7 @@ cat >"$work/want" <<'EOT'
 /etc/amazon/efs/efs-utils.crt
 /etc/amazon/efs/efs-utils.toml
 /usr/bin/amazon-efs-mount-watchdog
+/usr/bin/efs-renew-cert
 /usr/bin/efs-tunnel
 /usr/bin/efs-utils
 /usr/lib/systemd/system/amazon-efs-mount-watchdog.service
@@ -85,6 +86,8 @@ rpm2archive - <"$rpm" | tar -xzf - -C "$work/x"
 check "the packaged mount.efs runs" sh -c "'$work/x/usr/sbin/mount.efs' --version | grep -q '^mount.efs Version: '"
 check "the packaged watchdog runs" "$work/x/usr/bin/amazon-efs-mount-watchdog" --version
 check "the packaged config points at the packaged tunnel" grep -q '"/usr/bin/efs-tunnel"' "$work/x/etc/amazon/efs/efs-utils.toml"
+check "the packaged config points at the packaged renewer" grep -q '^renew_cert = "/usr/bin/efs-renew-cert"' "$work/x/etc/amazon/efs/efs-utils.toml"
+check "the packaged renewer runs" "$work/x/usr/bin/efs-renew-cert" --version
 check "the packaged CA bundle is the source tree's" cmp "$work/x/etc/amazon/efs/efs-utils.crt" config/efs-utils.crt
 
 echo "package-rpm: $FAILS failed"

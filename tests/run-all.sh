@@ -24,6 +24,19 @@ cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --all-targets --locked
 
+# The supervisor and the operator command link no async runtime and no TLS (#11): the
+# watchdog has efs-renew-cert renew certificates, efs-utils talks to tunnels over plain
+# sockets. `-e normal`: what ships, not what their tests use.
+for pkg in efs-watchdog efs-utils; do
+    deps=$(cargo tree -p "$pkg" -e normal --locked --prefix none --format '{p}')
+    for crate in tokio rustls; do
+        if grep -Eq "^$crate(-[a-z-]+)? v" <<<"$deps"; then
+            echo "tests/run-all.sh: $pkg links $crate ($(grep -E "^$crate(-[a-z-]+)? v" <<<"$deps" | head -1)); it must not (#11)" >&2
+            exit 1
+        fi
+    done
+done
+
 # The RPM: built from `make install GLIBC=2.17` (the release build the e2e step reuses) with
 # Debian's rpm, then its file list, dependencies and scriptlets checked.
 tests/package-rpm.sh

@@ -67,7 +67,9 @@ pub struct Config {
     pub origins: BTreeMap<String, Origin>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// `[mount]`. Its `Default` is the empty shape (zeros, empty strings); the built-in
+/// defaults are `Config::default().mount`.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct MountConfig {
     pub dns_name_format: String,
     pub dns_name_suffix: String,
@@ -115,7 +117,9 @@ pub struct RegionConfig {
     pub stunnel_cafile: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// `[mount-watchdog]`. Its `Default` is the empty shape; the built-in defaults are
+/// `Config::default().watchdog`.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct WatchdogConfig {
     pub enabled: bool,
     pub poll_interval_sec: u64,
@@ -127,8 +131,9 @@ pub struct WatchdogConfig {
     pub stunnel_health_check_command_timeout_sec: u64,
 }
 
-/// Every path and program the product touches.
-#[derive(Debug, Clone, PartialEq)]
+/// Every path and program the product touches. Its `Default` is the empty shape; the
+/// built-in defaults are `Config::default().paths`.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Paths {
     pub state_dir: PathBuf,
     pub log_dir: PathBuf,
@@ -141,6 +146,8 @@ pub struct Paths {
     /// which tunnel, each mount really uses.
     pub nfsfs: PathBuf,
     pub tunnel: PathBuf,
+    /// `efs-renew-cert`, which the watchdog runs to renew a client certificate.
+    pub renew_cert: PathBuf,
     /// The host's RSA key for client certificates.
     pub private_key: PathBuf,
     /// Backing-device settings (`read_ahead_kb`) of mounts.
@@ -148,7 +155,9 @@ pub struct Paths {
 }
 
 impl Config {
-    /// The shape with every field empty; [`Default`] fills it from the key table.
+    /// The shape with every field empty; [`Default`] fills it from the key table. The
+    /// sections' own `Default` is this empty shape too, so that a new key is a field and
+    /// an entry in [`keys::KEYS`], nothing here.
     fn blank() -> Config {
         Config {
             source: None,
@@ -157,53 +166,11 @@ impl Config {
             logging_max_bytes: 0,
             logging_file_count: 0,
             state_file_dir_mode: 0,
-            mount: MountConfig {
-                dns_name_format: String::new(),
-                dns_name_suffix: String::new(),
-                region: None,
-                stunnel_cafile: None,
-                stunnel_check_cert_hostname: false,
-                stunnel_check_cert_validity: false,
-                fips_mode_enabled: false,
-                port_range: 0..0,
-                optimize_readahead: false,
-                fall_back_to_mount_target_ip_address_enabled: false,
-                disable_fetch_ec2_metadata_token: false,
-                retry_nfs_mount_command: false,
-                retry_nfs_mount_command_count: 0,
-                retry_nfs_mount_command_timeout_sec: 0,
-                instance_metadata_url: String::new(),
-                tunnel_peer_check_enabled: false,
-                tunnel_dead_upstream_timeout_sec: 0,
-                ecs_credentials_url: String::new(),
-                sts_endpoint_url: None,
-                efs_endpoint_url: None,
-                ec2_endpoint_url: None,
-            },
+            mount: MountConfig::default(),
             regions: BTreeMap::new(),
-            watchdog: WatchdogConfig {
-                enabled: false,
-                poll_interval_sec: 0,
-                unmount_count_for_consistency: 0,
-                unmount_grace_period_sec: 0,
-                tls_cert_renewal_interval_min: 0,
-                stunnel_health_check_enabled: false,
-                stunnel_health_check_interval_min: 0,
-                stunnel_health_check_command_timeout_sec: 0,
-            },
+            watchdog: WatchdogConfig::default(),
             client_info: ClientInfo::default(),
-            paths: Paths {
-                state_dir: PathBuf::new(),
-                log_dir: PathBuf::new(),
-                mount_nfs: PathBuf::new(),
-                systemctl: PathBuf::new(),
-                systemd_run_dir: PathBuf::new(),
-                mountinfo: PathBuf::new(),
-                nfsfs: PathBuf::new(),
-                tunnel: PathBuf::new(),
-                private_key: PathBuf::new(),
-                sysfs_bdi: PathBuf::new(),
-            },
+            paths: Paths::default(),
             warnings: Vec::new(),
             origins: BTreeMap::new(),
         }
@@ -859,7 +826,7 @@ mod tests {
         let cfg = parse(
             "[paths]\nstate_dir = \"/t/run\"\nlog_dir = \"/t/log\"\nmount_nfs = \"/t/mount.nfs4\"\n\
              systemctl = \"/t/systemctl\"\nsystemd_run_dir = \"/t/systemd\"\nmountinfo = \"/t/mountinfo\"\ntunnel = \"/t/efs-tunnel\"\n\
-             sysfs_bdi = \"/t/bdi\"\n",
+             renew_cert = \"/t/efs-renew-cert\"\nsysfs_bdi = \"/t/bdi\"\n",
         )
         .unwrap();
         assert!(cfg.warnings.is_empty());
@@ -871,6 +838,7 @@ mod tests {
             &cfg.paths.systemd_run_dir,
             &cfg.paths.mountinfo,
             &cfg.paths.tunnel,
+            &cfg.paths.renew_cert,
             &cfg.paths.sysfs_bdi,
         ] {
             assert!(p.starts_with("/t"), "{p:?}");

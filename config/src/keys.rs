@@ -1062,6 +1062,17 @@ pub static KEYS: &[Key] = &[
         shipped: Shipped::SetToDefault,
     },
     Key {
+        name: "renew_cert",
+        at: At::Paths(Kind::Path {
+            default: "/usr/bin/efs-renew-cert",
+            get: |c| &c.paths.renew_cert,
+            set: |c, v| c.paths.renew_cert = v,
+        }),
+        doc: "The program the watchdog runs to renew a client certificate (iam, accesspoint), one process per renewal.",
+        effect: WATCHDOG,
+        shipped: Shipped::SetToDefault,
+    },
+    Key {
         name: "sysfs_bdi",
         at: At::Paths(Kind::Path {
             default: "/sys/class/bdi",
@@ -1195,8 +1206,8 @@ const SHIPPED_HEADER: &str = "\
 # Every key is here with its built-in default, commented out (`#key = value`), so that
 # this file sets nothing over efs-utils.conf that the admin did not set, `config check`
 # says \"default\" for it, and a better built-in default reaches this machine on upgrade.
-# Only [paths] is set: the install layout (`make install PREFIX=` rewrites paths.tunnel),
-# which efs-utils.conf does not have.
+# Only [paths] is set: the install layout (`make install PREFIX=` rewrites paths.tunnel
+# and paths.renew_cert), which efs-utils.conf does not have.
 #
 # (In the source tree this file is generated from config/src/keys.rs: edit that table.)
 ";

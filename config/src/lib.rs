@@ -10,6 +10,8 @@
 //! * [`import`]: amazon-efs-utils' INI configuration converted to ours;
 //! * [`mounts`]: the mount table, and which tunnel ports it references;
 //! * [`logging`]: the log line format and size-rotated log files;
+//! * [`renewal`]: the job the watchdog gives `efs-renew-cert` and the answer it reads
+//!   back, and where a client certificate may be written;
 //! * [`watchdog_lock`]: the one-watchdog lock on the state directory, taken by the
 //!   watchdog and probed by `mount.efs`.
 
@@ -18,6 +20,7 @@ pub mod import;
 pub mod keys;
 pub mod logging;
 pub mod mounts;
+pub mod renewal;
 pub mod state;
 pub mod watchdog_lock;
 

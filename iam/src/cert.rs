@@ -17,6 +17,8 @@
 //! key file is written to a temporary name and hard-linked into place, so two mounts
 //! racing to create it end up sharing the first one's key (the incumbent needs a lock
 //! file for this). A zero-byte key file (an interrupted `openssl genpkey`) is replaced.
+//! `mount.efs` loads or creates the key ([`HostKey::load_or_create`]); a renewal only
+//! loads it ([`HostKey::load`]): both read it the one way (`read_key_bytes`).
 
 use crate::credentials::Credentials;
 use crate::der;
@@ -43,6 +45,8 @@ pub const NOT_AFTER: time::Duration = time::Duration::hours(3);
 pub const MAX_COMMON_NAME: usize = 64;
 /// Longest `[client-info] source`; longer or empty becomes `unknown`.
 pub const MAX_SOURCE: usize = 100;
+/// The largest key file read (an RSA-3072 PEM is about 2.5 KiB).
+pub const MAX_KEY_FILE: u64 = 64 * 1024;
 /// The `efs_utils_version` of extension 7.4: the amazon-efs-utils release whose client
 /// certificate (and behaviour) this crate reproduces, so EFS sees what it knows.
 pub const EFS_UTILS_VERSION: &str = "3.2.0";
@@ -52,6 +56,12 @@ pub const EFS_UTILS_VERSION: &str = "3.2.0";
 pub enum CertError {
     /// The key file is there but cannot be read or used.
     KeyFile {
+        path: PathBuf,
+        reason: String,
+    },
+    /// The key file that must be there (a renewal's: [`HostKey::load`]) cannot be
+    /// read or used.
+    KeyUnreadable {
         path: PathBuf,
         reason: String,
     },
@@ -78,6 +88,9 @@ impl std::fmt::Display for CertError {
                 "client key {}: {reason}: remove it to have a new one made",
                 path.display()
             ),
+            CertError::KeyUnreadable { path, reason } => {
+                write!(f, "cannot read the client key {}: {reason}", path.display())
+            }
             CertError::KeyNotWritable { path, reason } => write!(
                 f,
                 "cannot create the client key {}: {reason}: check [paths] private_key, and that its directory exists and root can write there",
@@ -167,6 +180,21 @@ impl HostKey {
         digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, self.public_key())
     }
 
+    /// The key at `path`, which must be there (a renewal's: `mount.efs` made it). Read
+    /// as [`HostKey::load_or_create`] reads it: a regular file (never a FIFO a read would
+    /// block on, opened `O_NONBLOCK`), at most [`MAX_KEY_FILE`] bytes.
+    pub fn load(path: &Path) -> Result<HostKey, CertError> {
+        let unreadable = |reason: String| CertError::KeyUnreadable {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let pem = read_key_bytes(path).map_err(|e| unreadable(e.to_string()))?;
+        if pem.is_empty() {
+            return Err(unreadable("the file is empty".into()));
+        }
+        Self::from_pem(&pem).map_err(|e| unreadable(e.to_string()))
+    }
+
     /// The key at `path`; made (mode 0400) if there is none, or only an empty file.
     pub fn load_or_create(path: &Path) -> Result<HostKey, CertError> {
         let file_err = |reason: String| CertError::KeyFile {
@@ -221,9 +249,32 @@ impl HostKey {
     }
 }
 
+/// A key file's bytes: a regular file (opened `O_NONBLOCK`, so a FIFO put there cannot
+/// block the reader; then refused), at most [`MAX_KEY_FILE`] bytes. The one way the
+/// host key is read.
+fn read_key_bytes(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut buf = Vec::new();
+    f.take(MAX_KEY_FILE + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > MAX_KEY_FILE {
+        return Err(std::io::Error::other(format!(
+            "larger than {} KiB",
+            MAX_KEY_FILE / 1024
+        )));
+    }
+    Ok(buf)
+}
+
 /// The key file's bytes; `None` if missing or empty (an empty one is removed).
 fn read_key_file(path: &Path) -> Result<Option<Vec<u8>>, String> {
-    match std::fs::read(path) {
+    match read_key_bytes(path) {
         Ok(b) if b.is_empty() => {
             std::fs::remove_file(path).map_err(|e| format!("empty, and not removable: {e}"))?;
             Ok(None)
@@ -415,5 +466,46 @@ mod tests {
         assert_eq!(client_source(Some("")), "unknown");
         assert_eq!(client_source(Some(&"x".repeat(101))), "unknown");
         assert_eq!(client_source(None), "unknown");
+    }
+
+    #[test]
+    fn load_reads_only_a_bounded_regular_key_file_and_never_makes_one() {
+        let dir = std::env::temp_dir().join(format!("efs-iam-load-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("privateKey.pem");
+        let pem = include_bytes!("../tests/data/host-key.pem");
+        std::fs::write(&key, pem).unwrap();
+        let loaded = HostKey::load(&key).unwrap();
+        assert_eq!(
+            loaded.public_key_hash(),
+            HostKey::from_pem(pem).unwrap().public_key_hash()
+        );
+        let said = |p: &Path| HostKey::load(p).unwrap_err().to_string();
+        // Missing: an error, and nothing is made.
+        let missing = dir.join("missing.pem");
+        assert!(said(&missing).starts_with("cannot read the client key"));
+        assert!(!missing.exists());
+        // Empty: an error, and the file stays (only mount.efs replaces it).
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        assert!(said(&empty).contains("empty"));
+        assert!(empty.exists());
+        // A FIFO does not block the reader; a directory and a huge file are refused.
+        let fifo = dir.join("fifo.pem");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(
+            said(&fifo).contains("not a regular file"),
+            "{}",
+            said(&fifo)
+        );
+        assert!(said(&dir).contains("not a regular file"));
+        let huge = dir.join("huge.pem");
+        std::fs::write(&huge, vec![b'A'; MAX_KEY_FILE as usize + 1]).unwrap();
+        assert!(said(&huge).contains("larger than 64 KiB"));
+        let garbage = dir.join("garbage.pem");
+        std::fs::write(&garbage, "garbage").unwrap();
+        assert!(said(&garbage).contains("garbage.pem"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

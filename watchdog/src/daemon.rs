@@ -622,7 +622,15 @@ impl Daemon {
             };
             if let Some(why) = why {
                 debug!("renewing the client certificate of {}: {why}", t.name());
-                jobs.push(renew::Job::new(k.clone(), &t.state.fs_id, rec, &self.cfg));
+                // The same checks as before a restart, before the renewer writes anything.
+                let trusted = self.trusted(&t.state_path, &t.state);
+                jobs.push(renew::Job::new(
+                    k.clone(),
+                    &t.state.fs_id,
+                    rec,
+                    &self.cfg,
+                    trusted,
+                ));
             }
         }
         if jobs.is_empty() {
@@ -695,24 +703,15 @@ impl Daemon {
     fn commit_renewal(&mut self, outcome: renew::Outcome) {
         let now = Instant::now();
         let interval = renew::interval(&self.cfg);
-        // The same checks as before a restart: root's state file, the tunnel binary.
-        let trusted = match self.tunnels.get(&outcome.key) {
-            Some(t) => self.trusted(&t.state_path, &t.state),
-            None => return, // torn down meanwhile: nothing was written
-        };
-        let state_dir = self.cfg.paths.state_dir.clone();
         let Some(t) = self.tunnels.get_mut(&outcome.key) else {
-            return;
+            return; // torn down meanwhile, with the certificate's directory
         };
         t.renewal.in_flight = false;
         let Some(mut rec) = t.state.client_cert.clone().filter(|_| t.renews()) else {
             return; // it became a rider, or is being torn down
         };
-        let written = outcome.result.and_then(|r| {
-            trusted.map_err(|skip| format!("not renewing: {}", skip.reason()))?;
-            renew::write_certificate(&state_dir, &rec.certificate, &r.pem).map(|()| r)
-        });
-        match written {
+        // efs-renew-cert wrote the file, after the checks made when the job was handed out.
+        match outcome.result {
             Ok(r) => {
                 let failures = t.renewal.succeeded();
                 rec.issued = r.issued;

@@ -1,34 +1,40 @@
 //! Renewal of the client certificates tunnels present to EFS (`iam`, `accesspoint`; issue
 //! #12). A certificate is valid for 3 hours and, with `iam`, carries credentials that
-//! may expire sooner; the watchdog issues a new one before either runs out, writes it
-//! over the old file and tells the tunnel (SIGHUP) to present it to new connections.
+//! may expire sooner; the watchdog has a new one issued before either runs out, written
+//! over the old file, and tells the tunnel (SIGHUP) to present it to new connections.
 //!
-//! Split in two because getting credentials blocks for seconds (IMDS, ECS, STS,
-//! `credential_process`): the blocking part ([`issue`]: read the host key, fetch
-//! credentials from the mount's recorded source, sign) runs on a small pool of worker
-//! threads ([`Workers`]); the main loop decides when a certificate is due ([`due`]),
-//! hands out one job per mount at a time, and commits each result itself: it writes the
-//! file ([`write_certificate`], a few local syscalls), signals the tunnel it supervises
-//! and rewrites the state. So a certificate is never written for a mount that was torn
-//! down meanwhile, and nothing a worker does can stall restarts or teardowns.
+//! The main loop decides when a certificate is due ([`due`]), checks the state file (the
+//! same checks as before a restart) and hands out one [`Job`] per mount at a time. A
+//! small pool of worker threads ([`Workers`]) runs each job as a process of its own,
+//! `efs-renew-cert` (`[paths] renew_cert`, crate `efs-client-cert`): no shell, no
+//! arguments, the job as JSON on stdin, one JSON answer on stdout
+//! (`efs_config::renewal`). That program reads the host key, fetches credentials again
+//! from the mount's recorded source, signs, and writes the certificate file itself; this
+//! crate links no TLS, HTTP or crypto (issue #11), the PEM never passes through it, and a
+//! renewal that hangs is killed after [`RENEWER_DEADLINE`] and counts as failed. The
+//! main loop then signals the tunnel it supervises and rewrites the state.
 //!
 //! Failures keep the old certificate and the tunnel as they are, are recorded in the
 //! state (`renewal_error`, for `efs-utils status`), logged once per distinct error, and
 //! retried after 1 minute, doubling up to the renewal interval ([`Tracker`]).
 
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::path::{Component, Path, PathBuf};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use efs_config::renewal::{self, Answer, MAX_ANSWER};
 use efs_config::state::ClientCertRecord;
 use efs_config::Config;
-use efs_iam::{
-    cert, credentials, CertificateRequest, Endpoints, Env, HostKey, Iam, ProcessEnv, SigningTime,
-};
+use log::warn;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+pub use efs_config::renewal::{inside_state_dir, one_line, Renewed, TEMP_NAME};
 
 /// Renew when the certificate has less than this left. A certificate lives 3 h: with
 /// the default interval (60 min) this never decides, but with an interval of 150 min
@@ -51,11 +57,14 @@ pub const FIRST_RETRY: Duration = Duration::from_secs(60);
 /// Worker threads: renewals mostly wait on the network, and one slow source must not
 /// hold up every other mount's.
 pub const WORKERS: usize = 2;
-/// The largest host key file read.
-const MAX_KEY_FILE: u64 = 64 * 1024;
-/// The temporary name a new certificate is written under, in its own directory. Fixed:
-/// one watchdog runs per state directory (the lock), and a leftover is replaced.
-pub const TEMP_NAME: &str = ".certificate.pem.new";
+/// How long a renewal may take, start to end: `efs-renew-cert` is killed (with what it
+/// started) after this, and the renewal counts as failed. Its own requests have
+/// deadlines of a few seconds each (1 s per link-local request, 5 s per STS call or
+/// `credential_process`), so only a renewer that hangs ever reaches it.
+pub const RENEWER_DEADLINE: Duration = Duration::from_secs(60);
+/// The most of a renewer's stderr kept (it writes nothing there unless something is
+/// wrong); the rest is read and dropped.
+const MAX_STDERR: usize = 4 * 1024;
 
 /// `tls_cert_renewal_interval_min`, as a duration (at least a minute).
 pub fn interval(cfg: &Config) -> Duration {
@@ -185,45 +194,46 @@ pub fn retry_delay(failures: u32, interval: Duration) -> Duration {
     doubled.min(interval.max(FIRST_RETRY))
 }
 
-/// Everything a worker needs to issue one mount's new certificate.
+/// One renewal, as a worker runs it.
 #[derive(Debug, Clone)]
 pub struct Job {
     /// The mount's state file: which tunnel the result is for.
     pub key: PathBuf,
-    pub fs_id: String,
-    pub record: ClientCertRecord,
-    /// `[client-info] source`.
-    pub client_source: Option<String>,
-    pub endpoints: Endpoints,
+    /// What `efs-renew-cert` is asked.
+    pub job: renewal::Job,
+    /// `[paths] renew_cert`.
+    pub program: PathBuf,
+    /// Why the state file may not have its certificate renewed, if so: the job then
+    /// fails without running anything.
+    pub refused: Option<String>,
 }
 
 impl Job {
-    pub fn new(key: PathBuf, fs_id: &str, record: &ClientCertRecord, cfg: &Config) -> Job {
-        let m = &cfg.mount;
+    /// The job for the mount of `fs_id` whose state file is `key`; `trusted` is the main
+    /// loop's verdict on that state file (`Daemon::trusted`).
+    pub fn new(
+        key: PathBuf,
+        fs_id: &str,
+        record: &ClientCertRecord,
+        cfg: &Config,
+        trusted: Result<(), String>,
+    ) -> Job {
         Job {
             key,
-            fs_id: fs_id.to_string(),
-            record: record.clone(),
-            client_source: cfg.client_info.source.clone(),
-            endpoints: Endpoints {
-                ecs: m.ecs_credentials_url.clone(),
-                imds: m.instance_metadata_url.clone(),
-                imds_token: !m.disable_fetch_ec2_metadata_token,
-                sts: m.sts_endpoint_url.clone(),
-                dns_name_suffix: cfg.dns_name_suffix(&record.region).to_string(),
-                ..Endpoints::default()
-            },
+            job: renewal::Job::new(fs_id, record, cfg),
+            program: cfg.paths.renew_cert.clone(),
+            refused: trusted.err(),
         }
     }
-}
 
-/// A new certificate, not yet written.
-#[derive(Debug, Clone)]
-pub struct Renewed {
-    pub pem: String,
-    pub issued: f64,
-    pub not_after: f64,
-    pub credentials_expire: Option<f64>,
+    /// Runs the renewal (blocks: at most [`RENEWER_DEADLINE`]). The error is one line,
+    /// never a secret.
+    pub fn run(&self) -> Result<Renewed, String> {
+        if let Some(why) = &self.refused {
+            return Err(format!("not renewing: {why}"));
+        }
+        run_renewer(&self.program, &self.job.to_json(), RENEWER_DEADLINE).map_err(|e| one_line(&e))
+    }
 }
 
 /// A worker's answer.
@@ -233,130 +243,207 @@ pub struct Outcome {
     pub result: Result<Renewed, String>,
 }
 
-/// Issues the new certificate of `job` (blocks: credentials come over the network).
-/// The error is one line, never a secret (`efs_iam`'s errors never contain one).
-pub fn issue(job: &Job, env: &dyn Env) -> Result<Renewed, String> {
-    let rec = &job.record;
-    let pem = read_key(&rec.private_key)
-        .map_err(|e| format!("cannot read the key {}: {e}", rec.private_key.display()))?;
-    let key = HostKey::from_pem(&pem).map_err(|e| e.to_string())?;
-    let creds = match &rec.iam_source {
-        None => None,
-        Some(method) => {
-            let source = credentials::Source::from_method(method)
-                .ok_or_else(|| credentials::Error::UnknownMethod(method.clone()).to_string())?;
-            Some(
-                credentials::renew(&source, &rec.region, env, &job.endpoints)
-                    .map_err(|e| e.to_string())?,
-            )
+/// Runs `program` with `input` on its stdin and reads its answer, all within `deadline`:
+/// past it, the program and whatever it started (its own process group) are killed.
+/// Its stderr is kept up to `MAX_STDERR` and logged.
+pub fn run_renewer(program: &Path, input: &[u8], deadline: Duration) -> Result<Renewed, String> {
+    let name = program.display();
+    let started = Instant::now();
+    let mut child = Command::new(program)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own group: a kill at the deadline reaches what it started too.
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot run {name}: {e}"))?;
+    let talked = talk(&mut child, input, started + deadline);
+    let (out, err, status) = match talked {
+        Ok(done) => done,
+        Err(why) => {
+            kill_group(&mut child);
+            return Err(match why {
+                Talk::Late => format!(
+                    "{name} did not finish within {} s; killed it",
+                    deadline.as_secs()
+                ),
+                Talk::TooLong => format!(
+                    "{name} wrote more than {} KiB; killed it",
+                    MAX_ANSWER / 1024
+                ),
+                Talk::Io(e) => format!("cannot talk to {name}: {e}"),
+            });
         }
     };
-    let now = SigningTime::now().ok_or("the clock is outside 2000-2049")?;
-    let issued = cert::issue(
-        &key,
-        &CertificateRequest {
-            common_name: &rec.common_name,
-            fs_id: &job.fs_id,
-            access_point: rec.access_point.as_deref(),
-            iam: creds.as_ref().map(|c| Iam {
-                credentials: c,
-                region: &rec.region,
-                service: efs_iam::EFS_SERVICE,
-            }),
-            client_source: job.client_source.as_deref(),
-            efs_utils_version: efs_iam::cert::EFS_UTILS_VERSION,
-            now,
-        },
-    )
-    .map_err(|e| e.to_string())?;
-    Ok(Renewed {
-        pem: issued.pem,
-        issued: now.datetime().unix_timestamp() as f64,
-        not_after: issued.not_after.unix_timestamp() as f64,
-        credentials_expire: creds
-            .and_then(|c| c.expiration)
-            .map(|t| t.unix_timestamp() as f64),
-    })
-}
-
-/// The key file's bytes: a regular file (never a FIFO a read would block on), bounded.
-fn read_key(path: &Path) -> io::Result<Vec<u8>> {
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NONBLOCK)
-        .open(path)?;
-    if !f.metadata()?.is_file() {
-        return Err(io::Error::other("not a regular file"));
+    let err = one_line(&String::from_utf8_lossy(&err));
+    let answered = !out.iter().all(u8::is_ascii_whitespace);
+    if !err.is_empty() && answered {
+        warn!("{name} said on stderr: {err}");
     }
-    let mut buf = Vec::new();
-    f.take(MAX_KEY_FILE).read_to_end(&mut buf)?;
-    Ok(buf)
-}
-
-/// One line of text from an error, whatever it contained.
-pub fn one_line(s: &str) -> String {
-    s.split(['\n', '\r'])
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// Whether a state file may make the watchdog write or remove `certificate`: only a
-/// file in a `NAME+` directory directly in the state directory, named without `.` or
-/// `..` (a state file is not trusted to name arbitrary files).
-pub fn inside_state_dir(state_dir: &Path, certificate: &Path) -> bool {
-    let plain = certificate
-        .components()
-        .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
-    let Some(dir) = certificate.parent() else {
-        return false;
-    };
-    plain
-        && certificate.file_name().is_some()
-        && dir
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().ends_with('+'))
-        && dir.parent() == Some(state_dir)
-}
-
-/// Writes `pem` over `certificate` atomically: a temporary in the same directory (0600,
-/// `O_EXCL|O_NOFOLLOW`), fsync, rename, fsync of the directory. The directory must be
-/// in the state directory and root's alone (`state::check_trusted`: no symlink, not
-/// group- or world-writable); it is never created here.
-pub fn write_certificate(state_dir: &Path, certificate: &Path, pem: &str) -> Result<(), String> {
-    if !inside_state_dir(state_dir, certificate) {
-        return Err(format!(
-            "{} is not a certificate in the state directory {}; not writing it",
-            certificate.display(),
-            state_dir.display()
-        ));
+    if !answered {
+        let said = if err.is_empty() {
+            String::new()
+        } else {
+            format!(": {err}")
+        };
+        return Err(format!("{name} ended ({status}) without an answer{said}"));
     }
-    let Some(dir) = certificate.parent() else {
-        return Err("no directory".into());
-    };
-    let root = nix::unistd::geteuid().as_raw();
-    efs_config::state::check_trusted(dir, root)?;
-    let tmp = dir.join(TEMP_NAME);
-    let written = (|| {
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(&tmp)?;
-        // The umask cannot widen 0600, but a narrower one is fine; be explicit anyway.
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        f.write_all(pem.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, certificate)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    match Answer::parse(&out) {
+        Ok(r) if status.success() => Ok(r),
+        Ok(_) => Err(format!("{name} answered, but ended with {status}")),
+        Err(e) => Err(e),
     }
-    written.map_err(|e| format!("cannot write {}: {e}", certificate.display()))
+}
+
+/// Why talking to a renewer stopped before it ended.
+enum Talk {
+    Late,
+    TooLong,
+    Io(io::Error),
+}
+
+/// Writes `input` to the child's stdin, reads its stdout and stderr, and waits for it to
+/// end, until `until`; one `poll` at a time, so no pipe can block this thread. Returns
+/// stdout, the start of stderr and how it ended.
+fn talk(
+    child: &mut Child,
+    input: &[u8],
+    until: Instant,
+) -> Result<(Vec<u8>, Vec<u8>, ExitStatus), Talk> {
+    let mut stdin = child.stdin.take();
+    let mut stdout = child.stdout.take();
+    let mut stderr = child.stderr.take();
+    if let Some(s) = &stdin {
+        use nix::fcntl::{fcntl, FcntlArg, OFlag};
+        let flags = fcntl(s, FcntlArg::F_GETFL).map_err(|e| Talk::Io(e.into()))?;
+        fcntl(
+            s,
+            FcntlArg::F_SETFL(OFlag::from_bits_retain(flags) | OFlag::O_NONBLOCK),
+        )
+        .map_err(|e| Talk::Io(e.into()))?;
+    }
+    let (mut out, mut err, mut written) = (Vec::new(), Vec::new(), 0);
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Talk::Late);
+        }
+        // The answer is in once stdout is closed; then only the exit is awaited (a
+        // process it started might hold stderr open).
+        if stdout.is_none() {
+            if let Some(status) = child.try_wait().map_err(Talk::Io)? {
+                drain(&mut stderr, &mut err);
+                return Ok((out, err, status));
+            }
+        }
+        let wait = match stdout {
+            Some(_) => left,
+            None => left.min(Duration::from_millis(10)),
+        };
+        let ms = wait.as_millis().clamp(1, 60_000) as u16;
+        let (w, r, e) = {
+            let mut fds = Vec::with_capacity(3);
+            let mut slots = [None; 3];
+            if let Some(s) = &stdin {
+                slots[0] = Some(fds.len());
+                fds.push(PollFd::new(s.as_fd(), PollFlags::POLLOUT));
+            }
+            if let Some(s) = &stdout {
+                slots[1] = Some(fds.len());
+                fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
+            }
+            if let Some(s) = &stderr {
+                slots[2] = Some(fds.len());
+                fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
+            }
+            if fds.is_empty() {
+                std::thread::sleep(wait);
+                continue;
+            }
+            match poll(&mut fds, PollTimeout::from(ms)) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(Talk::Io(e.into())),
+            }
+            let fired = |slot: Option<usize>| {
+                slot.and_then(|i| fds[i].revents())
+                    .is_some_and(|r| !r.is_empty())
+            };
+            (fired(slots[0]), fired(slots[1]), fired(slots[2]))
+        };
+        if w {
+            if let Some(s) = stdin.as_mut() {
+                match s.write(&input[written..]) {
+                    Ok(n) => written += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    // It does not read (it ended, or refused): its answer says why.
+                    Err(_) => written = input.len(),
+                }
+            }
+            if written >= input.len() {
+                stdin = None; // closed: the end of the job
+            }
+        }
+        if r {
+            if let Some(s) = stdout.as_mut() {
+                match s.read(&mut buf) {
+                    Ok(0) => stdout = None,
+                    Ok(n) => {
+                        out.extend_from_slice(&buf[..n]);
+                        if out.len() > MAX_ANSWER {
+                            return Err(Talk::TooLong);
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(Talk::Io(e)),
+                }
+            }
+        }
+        if e {
+            if let Some(s) = stderr.as_mut() {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => stderr = None,
+                    Ok(n) => keep(&mut err, &buf[..n]),
+                }
+            }
+        }
+    }
+}
+
+/// Reads what `stderr` holds now, without waiting for more.
+fn drain(stderr: &mut Option<std::process::ChildStderr>, err: &mut Vec<u8>) {
+    let Some(s) = stderr.as_mut() else { return };
+    let mut buf = [0u8; 4096];
+    loop {
+        let mut fds = [PollFd::new(s.as_fd(), PollFlags::POLLIN)];
+        let ready = matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0);
+        if !ready {
+            return;
+        }
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => keep(err, &buf[..n]),
+        }
+    }
+}
+
+/// Appends `bytes` to `err`, up to [`MAX_STDERR`] in all.
+fn keep(err: &mut Vec<u8>, bytes: &[u8]) {
+    let room = MAX_STDERR.saturating_sub(err.len());
+    err.extend_from_slice(&bytes[..bytes.len().min(room)]);
+}
+
+/// SIGKILL to the renewer's process group (its pid: not reaped yet, so still its), and
+/// reaps it.
+fn kill_group(child: &mut Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// The pool of renewal threads, started on the first job: a host without client
@@ -389,7 +476,7 @@ impl Workers {
                         Err(_) => return,
                     };
                     let Ok(job) = next else { return };
-                    let result = issue(&job, &ProcessEnv).map_err(|e| one_line(&e));
+                    let result = job.run();
                     if done_tx
                         .send(Outcome {
                             key: job.key,
@@ -542,53 +629,175 @@ mod tests {
         assert!(!t.urgent);
     }
 
-    #[test]
-    fn only_certificates_in_the_state_directory_are_written_or_removed() {
-        let dir = Path::new("/run/efs");
-        assert!(inside_state_dir(
-            dir,
-            Path::new("/run/efs/fs-1.mnt.20049+/certificate.pem")
-        ));
-        for bad in [
-            "/etc/shadow",
-            "/run/efs/certificate.pem",
-            "/run/efs/fs-1.mnt.20049/certificate.pem",
-            "/run/efs/fs-1+/../../etc/passwd",
-            "fs-1+/certificate.pem",
-            "/run/efs/fs-1+/",
-        ] {
-            assert!(!inside_state_dir(dir, Path::new(bad)), "{bad}");
+    /// A stand-in renewer: a shell script in a directory of its own.
+    struct Script {
+        dir: PathBuf,
+        path: PathBuf,
+    }
+
+    impl Script {
+        fn new(name: &str, body: &str) -> Script {
+            use std::os::unix::fs::PermissionsExt;
+            let dir =
+                std::env::temp_dir().join(format!("efs-renewer-{}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("renewer");
+            std::fs::write(&path, format!("#!/bin/sh\ncd {}\n{body}\n", dir.display())).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            Script { dir, path }
+        }
+
+        fn run(&self, input: &[u8], deadline: Duration) -> Result<Renewed, String> {
+            run_renewer(&self.path, input, deadline)
+        }
+
+        fn pid(&self, name: &str) -> i32 {
+            std::fs::read_to_string(self.dir.join(name))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
         }
     }
 
+    impl Drop for Script {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// Running: there, and not a zombie waiting for whoever inherited it.
+    fn alive(pid: i32) -> bool {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap_or_default()
+                .rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+    }
+
+    const OK: &str = r#"{"ok":{"issued":1800000000.0,"not_after":1800010800.0}}"#;
+
     #[test]
-    fn a_certificate_is_replaced_whole_and_private() {
-        let base = std::env::temp_dir().join(format!("efs-renew-write-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base);
-        let cert_dir = base.join("fs-1.mnt.20049+");
-        std::fs::create_dir_all(&cert_dir).unwrap();
-        std::fs::set_permissions(&cert_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o750)).unwrap();
-        let cert = cert_dir.join("certificate.pem");
-        std::fs::write(&cert, "old").unwrap();
-        std::fs::write(cert_dir.join(TEMP_NAME), "a leftover").unwrap();
-        write_certificate(&base, &cert, "new").unwrap();
-        assert_eq!(std::fs::read_to_string(&cert).unwrap(), "new");
-        use std::os::unix::fs::MetadataExt;
-        assert_eq!(std::fs::metadata(&cert).unwrap().mode() & 0o777, 0o600);
-        let names: Vec<_> = std::fs::read_dir(&cert_dir).unwrap().flatten().collect();
-        assert_eq!(names.len(), 1, "only the certificate is left");
-        // A directory others may write to is refused, and nothing is written.
-        std::fs::set_permissions(&cert_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let e = write_certificate(&base, &cert, "newer").unwrap_err();
-        assert!(e.contains("writable by group or others"), "{e}");
-        assert_eq!(std::fs::read_to_string(&cert).unwrap(), "new");
-        assert!(write_certificate(&base, Path::new("/tmp/x+/c.pem"), "x").is_err());
-        std::fs::remove_dir_all(&base).unwrap();
+    fn the_renewer_gets_the_job_on_stdin_and_its_answer_is_read() {
+        let s = Script::new("ok", &format!("cat > job\necho '{OK}'"));
+        let r = s
+            .run(b"{\"the\":\"job\"}", Duration::from_secs(10))
+            .unwrap();
+        assert_eq!((r.issued, r.not_after), (1_800_000_000.0, 1_800_010_800.0));
+        assert_eq!(
+            std::fs::read(s.dir.join("job")).unwrap(),
+            b"{\"the\":\"job\"}"
+        );
+        // Its error answer is the renewal's error.
+        let s = Script::new(
+            "error",
+            "cat >/dev/null\necho '{\"error\":\"AWS profile [x] not found\"}'\nexit 1",
+        );
+        assert_eq!(
+            s.run(b"{}", Duration::from_secs(10)).unwrap_err(),
+            "AWS profile [x] not found"
+        );
     }
 
     #[test]
-    fn errors_become_one_line() {
-        assert_eq!(one_line("a\nb\r\n  c "), "a b c");
+    fn a_renewer_that_hangs_is_killed_at_the_deadline_with_what_it_started() {
+        let s = Script::new(
+            "hang",
+            "sleep 600 &\necho $! > child.pid\necho $$ > self.pid\nwait",
+        );
+        let t0 = Instant::now();
+        let e = s.run(b"{}", Duration::from_secs(1)).unwrap_err();
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        assert!(e.contains("did not finish within 1 s; killed it"), "{e}");
+        let (me, child) = (s.pid("self.pid"), s.pid("child.pid"));
+        assert!(!alive(me), "the renewer is reaped");
+        let gone = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            !alive(child)
+        });
+        assert!(gone, "what it started is killed too");
+    }
+
+    #[test]
+    fn a_renewer_that_reads_nothing_cannot_block_the_worker() {
+        // A job larger than any pipe buffer, to a renewer that never reads it.
+        let s = Script::new("deaf", "sleep 600");
+        let e = s
+            .run(&vec![b' '; 1 << 20], Duration::from_secs(1))
+            .unwrap_err();
+        assert!(e.contains("did not finish within 1 s"), "{e}");
+        // One that exits at once without reading answers nothing; its stderr says why.
+        let s = Script::new("refuses", "echo 'no such option' >&2\nexit 3");
+        let e = s
+            .run(&vec![b' '; 1 << 20], Duration::from_secs(10))
+            .unwrap_err();
+        assert!(
+            e.contains("ended (exit status: 3) without an answer: no such option"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_malformed_or_inconsistent_answer_is_a_failed_renewal_not_a_panic() {
+        for (name, body, says) in [
+            ("garbage", "echo 'certainly'", "not valid"),
+            ("half", "printf '{\"ok\":{\"issued\":'", "not valid"),
+            ("nothing", "exit 0", "without an answer"),
+            (
+                "exit1",
+                &format!("echo '{OK}'\nexit 1"),
+                "answered, but ended with exit status: 1",
+            ),
+            ("killed", "kill -9 $$", "signal: 9"),
+            (
+                "huge",
+                "yes '{}' | head -c 100000",
+                "wrote more than 16 KiB; killed it",
+            ),
+            (
+                "times",
+                r#"echo '{"ok":{"issued":5.0,"not_after":1.0}}'"#,
+                "times that are not valid",
+            ),
+        ] {
+            let s = Script::new(name, body);
+            let e = s.run(b"{}", Duration::from_secs(10)).unwrap_err();
+            assert!(e.contains(says), "{name}: {e}");
+        }
+        let e = run_renewer(
+            Path::new("/nonexistent/efs-renew-cert"),
+            b"{}",
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("cannot run /nonexistent/efs-renew-cert: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_refused_job_runs_nothing() {
+        let s = Script::new("refused", "touch ran");
+        let cfg = Config::default();
+        let mut job = Job::new(
+            "/run/efs/fs-1.mnt.20049".into(),
+            "fs-1",
+            &record(NOW, NOW, None),
+            &cfg,
+            Err("/run/efs/fs-1.mnt.20049 is owned by uid 1000, not by root".into()),
+        );
+        job.program = s.path.clone();
+        assert_eq!(
+            job.run().unwrap_err(),
+            "not renewing: /run/efs/fs-1.mnt.20049 is owned by uid 1000, not by root"
+        );
+        assert!(!s.dir.join("ran").exists());
+        assert_eq!(job.program, s.path);
+        assert_eq!(
+            Job::new("k".into(), "fs-1", &record(NOW, NOW, None), &cfg, Ok(())).program,
+            Path::new("/usr/bin/efs-renew-cert")
+        );
     }
 }

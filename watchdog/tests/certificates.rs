@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use efs_config::state::{self, ClientCertRecord, MountState};
 use efs_iam::testing::{authorize, Expect, KnownKey, Verdict};
@@ -38,8 +38,10 @@ const NEW: (&str, &str) = (
 const NOWHERE: &str = "http://127.0.0.1:9";
 const HOUR: f64 = 3600.0;
 
-/// The test config, with every credential endpoint on an unused loopback port.
+/// The test config, with every credential endpoint on an unused loopback port; the
+/// watchdog renews with the built `efs-renew-cert`.
 fn root() -> Root {
+    assert!(renew_cert_bin().exists());
     Root::with_sections(
         &format!(
             "instance_metadata_url = \"{NOWHERE}\"\necs_credentials_url = \"{NOWHERE}\"\nsts_endpoint_url = \"{NOWHERE}/\""
@@ -541,4 +543,96 @@ async fn the_tunnel_presents_the_renewed_certificate_to_new_connections() {
     assert_eq!(m.pid(), tunnel_pid, "reloaded, not restarted");
     let status = efs_tunnel_contract::query_status(&control, Duration::from_secs(1)).unwrap();
     assert_eq!(status.client_cert.and_then(|c| c.reload_error), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_renewer_that_hangs_is_killed_at_the_deadline_and_the_watchdog_carries_on() {
+    use std::os::unix::fs::PermissionsExt;
+    let scene = Scene::on(root()).await;
+    let root = &scene.root;
+    // A renewer that never answers, and starts a process that would outlive it.
+    let d = root.dir.0.display();
+    let hang = root.dir.path("bin").join("renewer-that-hangs");
+    std::fs::write(
+        &hang,
+        format!("#!/bin/sh\nsleep 600 &\necho $! > {d}/renewer-child.pid\necho $$ > {d}/renewer.pid\nwait\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hang, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let text = std::fs::read_to_string(&root.config).unwrap();
+    let real = format!("renew_cert = \"{}\"", renew_cert_bin().display());
+    assert!(text.contains(&real), "{text}");
+    let text = text.replace(&real, &format!("renew_cert = \"{}\"", hang.display()));
+    std::fs::write(&root.config, text).unwrap();
+    let m = scene.mount("hang");
+    set_mounts(root, &[(&m.mountpoint, m.port)]);
+    let old = give_certificate(root, &m, None, 2.0 * HOUR, HOUR);
+    let old_pem = std::fs::read(&old.certificate).unwrap();
+    let pid = m.pid();
+    let wd = start(root, &[]);
+
+    let pid_file = |name: &str| -> Option<i32> {
+        std::fs::read_to_string(root.dir.path(name))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || pid_file("renewer.pid")
+            .is_some()),
+        "{}",
+        watchdog_log(root)
+    );
+    let started = Instant::now();
+    let (renewer, child) = (
+        pid_file("renewer.pid").unwrap(),
+        pid_file("renewer-child.pid").unwrap(),
+    );
+    // While the renewal hangs, the watchdog supervises as ever: a dead tunnel is back
+    // at once, and answers.
+    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || m.pid() != pid && alive(m.pid())),
+        "{}",
+        watchdog_log(root)
+    );
+    assert_eq!(round_trip(m.port, b"meanwhile").unwrap(), b"meanwhile");
+    assert!(alive(renewer), "still hanging");
+
+    // At the deadline the renewer, and what it started, are killed: a failed renewal.
+    assert!(
+        wait_until(Duration::from_secs(80), || record(&m)
+            .renewal_error
+            .is_some()),
+        "{}",
+        watchdog_log(root)
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(55),
+        "{:?}",
+        started.elapsed()
+    );
+    let error = record(&m).renewal_error.unwrap();
+    assert!(
+        error.contains("did not finish within 60 s; killed it"),
+        "{error}"
+    );
+    assert!(!alive(renewer));
+    assert!(wait_until(Duration::from_secs(5), || !alive(child)));
+    assert_eq!(record(&m).renewed, None);
+    assert_eq!(std::fs::read(&old.certificate).unwrap(), old_pem);
+    let log = watchdog_log(root);
+    assert_eq!(
+        count_lines(&log, "cannot renew the client certificate of"),
+        1,
+        "{log}"
+    );
+    // And the watchdog is still there: it re-reads its config, and the tunnel serves.
+    kill(Pid::from_raw(wd.id() as i32), Signal::SIGHUP).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || watchdog_log(root)
+            .contains("SIGHUP: configuration re-read")),
+        "{}",
+        watchdog_log(root)
+    );
+    assert_eq!(round_trip(m.port, b"after").unwrap(), b"after");
 }

@@ -17,15 +17,19 @@ use crate::{TempDir, TestCa};
 /// The file system's DNS name in region us-east-1 (also the tunnel's check-host name).
 pub const DNS_NAME: &str = crate::CHECK_HOST;
 
-/// A binary of the workspace, from the target directory the running test lives in
-/// (`target/<profile>/deps/<test>` -> `target/<profile>/<name>`).
-pub fn workspace_bin(name: &str) -> PathBuf {
+/// Where a binary of the workspace is, in the target directory the running test lives
+/// in (`target/<profile>/deps/<test>` -> `target/<profile>/<name>`), built or not.
+pub fn target_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let p = exe
-        .parent()
+    exe.parent()
         .and_then(Path::parent)
         .map(|d| d.join(name))
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// A binary of the workspace ([`target_bin`]), which must be built.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let p = target_bin(name);
     assert!(
         p.exists(),
         "{} is missing: run the tests from the workspace (tests/run-all.sh)",
@@ -44,6 +48,11 @@ pub fn tunnel_bin() -> PathBuf {
 
 pub fn watchdog_bin() -> PathBuf {
     workspace_bin("amazon-efs-mount-watchdog")
+}
+
+/// `efs-renew-cert`, which the watchdog runs to renew a client certificate.
+pub fn renew_cert_bin() -> PathBuf {
+    workspace_bin("efs-renew-cert")
 }
 
 /// A loopback address of its own for each test's "mount target" on port 2049.
@@ -112,7 +121,7 @@ impl Root {
                 "logging_level = \"debug\"\n[mount]\nstunnel_cafile = \"{ca}\"\nretry_nfs_mount_command_timeout_sec = 5\n{fallback}{extra_mount}\n\
                  [paths]\nstate_dir = \"{d}/run\"\nlog_dir = \"{d}/log\"\nmount_nfs = \"{mn}\"\nsystemctl = \"{sc}\"\n\
                  systemd_run_dir = \"{d}/systemd\"\nmountinfo = \"{d}/mountinfo\"\nnfsfs = \"{d}/nfsfs\"\ntunnel = \"{t}\"\n\
-                 sysfs_bdi = \"{d}/bdi\"\n{extra_sections}\n",
+                 renew_cert = \"{rc}\"\nsysfs_bdi = \"{d}/bdi\"\n{extra_sections}\n",
                 ca = dir.path("ca.pem").display(),
                 // The mount-target-IP fallback resolves the file system's DNS name, a
                 // query a test must not send; the tests of the fallback turn it on with
@@ -125,6 +134,8 @@ impl Root {
                 mn = mount_nfs.display(),
                 sc = systemctl.display(),
                 t = tunnel_bin().display(),
+                // Not required to be built: only tests that renew run it.
+                rc = target_bin("efs-renew-cert").display(),
             ),
         )
         .unwrap();

@@ -1,0 +1,259 @@
+//! The one writer of a client certificate file, for `mount.efs` ([`write_new`], which
+//! first makes the mount's directory) and every renewal ([`write_certificate`]).
+//!
+//! The file is `<state dir>/<state name>+/certificate.pem` (`state::client_cert_path`,
+//! the incumbent's layout), and it is always replaced whole: a temporary
+//! ([`efs_config::renewal::TEMP_NAME`], 0600, `O_EXCL|O_NOFOLLOW`: never through a
+//! symlink) in the same directory, fsync, rename over the certificate, fsync of the
+//! directory. A tunnel reading it on SIGHUP sees the old certificate or the new one,
+//! never half of one. A state file is not trusted to name arbitrary files: only a
+//! certificate in a `NAME+` directory directly in the state directory is written
+//! ([`efs_config::renewal::inside_state_dir`]), and only if that directory is this
+//! user's alone (`state::check_trusted`: no symlink, not group- or world-writable).
+
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use efs_config::renewal::{inside_state_dir, TEMP_NAME};
+use efs_config::state;
+
+/// Why a certificate was not written. Nothing was replaced.
+#[derive(Debug)]
+pub enum WriteError {
+    /// Not a certificate in a `NAME+` directory of the state directory.
+    OutsideStateDir {
+        certificate: PathBuf,
+        state_dir: PathBuf,
+    },
+    /// Something other than a directory is where the certificate's directory must be.
+    NotADirectory(PathBuf),
+    /// The directory is not this user's alone (`state::check_trusted`'s reason).
+    Untrusted(String),
+    Io {
+        path: PathBuf,
+        error: io::Error,
+    },
+}
+
+impl std::fmt::Display for WriteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WriteError::OutsideStateDir {
+                certificate,
+                state_dir,
+            } => write!(
+                f,
+                "{} is not a certificate in the state directory {}; not writing it",
+                certificate.display(),
+                state_dir.display()
+            ),
+            WriteError::NotADirectory(dir) => {
+                write!(f, "{} exists and is not a directory", dir.display())
+            }
+            WriteError::Untrusted(why) => write!(f, "{why}"),
+            WriteError::Io { path, error } => write!(f, "cannot write {}: {error}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for WriteError {}
+
+/// The directory `certificate` would be written in, if it may be: in the state
+/// directory, and this user's alone. It is never created here.
+pub fn check_target<'a>(state_dir: &Path, certificate: &'a Path) -> Result<&'a Path, WriteError> {
+    let outside = || WriteError::OutsideStateDir {
+        certificate: certificate.to_path_buf(),
+        state_dir: state_dir.to_path_buf(),
+    };
+    if !inside_state_dir(state_dir, certificate) {
+        return Err(outside());
+    }
+    let dir = certificate.parent().ok_or_else(outside)?;
+    state::check_trusted(dir, nix::unistd::geteuid().as_raw()).map_err(WriteError::Untrusted)?;
+    Ok(dir)
+}
+
+/// Writes `pem` over `certificate` atomically (see the module doc). Its directory must
+/// exist, in the state directory, and be this user's alone.
+pub fn write_certificate(
+    state_dir: &Path,
+    certificate: &Path,
+    pem: &str,
+) -> Result<(), WriteError> {
+    let dir = check_target(state_dir, certificate)?;
+    let tmp = dir.join(TEMP_NAME);
+    let written = (|| {
+        match std::fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&tmp)?;
+        // The umask cannot widen 0600, but a narrower one is fine; be explicit anyway.
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        f.write_all(pem.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, certificate)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(|error| WriteError::Io {
+        path: certificate.to_path_buf(),
+        error,
+    })
+}
+
+/// `mount.efs`: makes the certificate's directory (0700; a leftover real directory of a
+/// mount that was never torn down is reused, its stale certificate replaced; anything
+/// else there fails), then writes as [`write_certificate`]. On failure, a directory made
+/// here is removed again.
+pub fn write_new(state_dir: &Path, certificate: &Path, pem: &str) -> Result<(), WriteError> {
+    if !inside_state_dir(state_dir, certificate) {
+        return Err(WriteError::OutsideStateDir {
+            certificate: certificate.to_path_buf(),
+            state_dir: state_dir.to_path_buf(),
+        });
+    }
+    let Some(dir) = certificate.parent() else {
+        return Err(WriteError::NotADirectory(certificate.to_path_buf()));
+    };
+    let io_err = |error| WriteError::Io {
+        path: dir.to_path_buf(),
+        error,
+    };
+    let made_dir = match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => true,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let meta = std::fs::symlink_metadata(dir).map_err(io_err)?;
+            if !meta.file_type().is_dir() {
+                return Err(WriteError::NotADirectory(dir.to_path_buf()));
+            }
+            false
+        }
+        Err(e) => return Err(io_err(e)),
+    };
+    let written = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(io_err)
+        .and_then(|()| write_certificate(state_dir, certificate, pem));
+    if written.is_err() && made_dir {
+        let _ = std::fs::remove_dir(dir);
+    }
+    written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("efs-client-cert-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o750)).unwrap();
+        d
+    }
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p).unwrap().mode() & 0o777
+    }
+
+    #[test]
+    fn a_mount_makes_its_private_directory_and_replaces_only_its_own_leftover() {
+        let d = scratch("write");
+        let path = d.join("fs-1.mnt.20049+").join("certificate.pem");
+        write_new(&d, &path, "PEM 1").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "PEM 1");
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+        // a leftover of a mount never torn down is replaced
+        write_new(&d, &path, "PEM 2").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "PEM 2");
+        efs_config::state::remove_client_cert(&path).unwrap();
+        assert!(!path.parent().unwrap().exists());
+        // outside the state directory: nothing is made
+        let outside = d.join("elsewhere").join("x+").join("certificate.pem");
+        assert!(matches!(
+            write_new(&d, &outside, "PEM"),
+            Err(WriteError::OutsideStateDir { .. })
+        ));
+        assert!(!d.join("elsewhere").exists());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn never_through_a_symlink() {
+        let d = scratch("symlink");
+        let elsewhere = d.join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        // the directory is a symlink
+        let linked_dir = d.join("a+");
+        std::os::unix::fs::symlink(&elsewhere, &linked_dir).unwrap();
+        let e = write_new(&d, &linked_dir.join("certificate.pem"), "PEM").unwrap_err();
+        assert!(e.to_string().contains("is not a directory"), "{e}");
+        assert!(write_certificate(&d, &linked_dir.join("certificate.pem"), "PEM").is_err());
+        assert!(!elsewhere.join("certificate.pem").exists());
+        // the file is a symlink (a real leftover directory holding one): it is replaced,
+        // not followed
+        let dir = d.join("b+");
+        std::fs::create_dir(&dir).unwrap();
+        let target = d.join("target");
+        std::fs::write(&target, "keep").unwrap();
+        std::os::unix::fs::symlink(&target, dir.join("certificate.pem")).unwrap();
+        write_new(&d, &dir.join("certificate.pem"), "PEM").unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+        assert!(!std::fs::symlink_metadata(dir.join("certificate.pem"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        // a symlink where the temporary goes is not followed either
+        std::os::unix::fs::symlink(&target, dir.join(TEMP_NAME)).unwrap();
+        write_certificate(&d, &dir.join("certificate.pem"), "PEM 2").unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("certificate.pem")).unwrap(),
+            "PEM 2"
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_renewal_replaces_the_certificate_whole_and_private() {
+        let base = scratch("renew");
+        let cert_dir = base.join("fs-1.mnt.20049+");
+        std::fs::create_dir_all(&cert_dir).unwrap();
+        std::fs::set_permissions(&cert_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let cert = cert_dir.join("certificate.pem");
+        std::fs::write(&cert, "old").unwrap();
+        std::fs::write(cert_dir.join(TEMP_NAME), "a leftover").unwrap();
+        write_certificate(&base, &cert, "new").unwrap();
+        assert_eq!(std::fs::read_to_string(&cert).unwrap(), "new");
+        assert_eq!(mode(&cert), 0o600);
+        let names: Vec<_> = std::fs::read_dir(&cert_dir).unwrap().flatten().collect();
+        assert_eq!(names.len(), 1, "only the certificate is left");
+        // A directory others may write to is refused, and nothing is written.
+        std::fs::set_permissions(&cert_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = write_certificate(&base, &cert, "newer").unwrap_err();
+        assert!(e.to_string().contains("writable by group or others"), "{e}");
+        assert_eq!(std::fs::read_to_string(&cert).unwrap(), "new");
+        let e = write_certificate(&base, Path::new("/tmp/x+/c.pem"), "x").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("is not a certificate in the state directory"),
+            "{e}"
+        );
+        // A renewal never makes the directory: gone (torn down), nothing is written.
+        std::fs::remove_dir_all(&cert_dir).unwrap();
+        assert!(write_certificate(&base, &cert, "late").is_err());
+        assert!(!cert_dir.exists());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+}
