@@ -321,3 +321,175 @@ fn shows_client_certificates_and_warns_when_the_tunnel_presents_another() {
     assert_eq!(s["warnings"].as_array().unwrap().len(), 2, "{s}");
     assert!(s["access_point"].is_null());
 }
+
+/// A mountinfo line of a mount through a local tunnel, as Linux 6.1 writes it (the e2e
+/// guest's, `config/src/mounts.rs` tests): superblock `0:minor`, the `port=` it asked for.
+fn mountinfo_line(id: u32, minor: u32, mountpoint: &str, export: &str, port: u16) -> String {
+    format!(
+        "{id} 16 0:{minor} / {mountpoint} rw,relatime - nfs4 127.0.0.1:{export} rw,vers=4.1,\
+         rsize=1048576,wsize=1048576,namlen=255,hard,noresvport,proto=tcp,port={port},timeo=600,\
+         retrans=2,sec=sys,clientaddr=127.0.0.1,local_lock=none,addr=127.0.0.1\n"
+    )
+}
+
+/// Writes the NFS client's tables byte for byte as the kernel prints them
+/// (fs/nfs/client.c): `servers`, one NFS client (one connection) on `client_port` used
+/// by every superblock; `volumes`, those superblocks, each sent over that client.
+fn write_nfsfs(root: &Root, client_port: u16, minors: &[u32]) {
+    let dir = root.dir.path("nfsfs");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("servers"),
+        format!(
+            "NV SERVER   PORT USE HOSTNAME\nv4 7f000001 {client_port:4x} {:3} 127.0.0.1\n",
+            minors.len()
+        ),
+    )
+    .unwrap();
+    let mut volumes =
+        "NV SERVER   PORT DEV          FSID                              FSC\n".to_string();
+    for minor in minors {
+        volumes.push_str(&format!(
+            "v4 7f000001 {client_port:4x} {:<12} {:<33} no \n",
+            format!("0:{minor}"),
+            "0:0"
+        ));
+    }
+    std::fs::write(dir.join("volumes"), volumes).unwrap();
+}
+
+fn state_path(root: &Root, mountpoint: &str, port: u16) -> std::path::PathBuf {
+    root.state_dir().join(efs_config::state::state_file_name(
+        FS_ID,
+        std::path::Path::new(mountpoint),
+        port,
+    ))
+}
+
+/// The lines of `text` from `on MOUNTPOINT:` to the next mount's.
+fn section_of(text: &str, mountpoint: &str) -> String {
+    let start = text
+        .find(&format!("on {mountpoint}:"))
+        .unwrap_or_else(|| panic!("no {mountpoint} in\n{text}"));
+    let rest = &text[start..];
+    rest[..rest[1..].find("\nfs-").map_or(rest.len(), |i| i + 1)].to_string()
+}
+
+/// Issue #10: two mounts of one file system, each mounted with a tunnel of its own. The
+/// kernel (NFSv4.1 trunking) sends the second over the first one's connection, which
+/// only its tables say: the second's state does not know (no `served_by`: mounted by a
+/// mount.efs from before riding, or one that could not read the tables) and its
+/// mountinfo line names its own port. Status must show the tunnel the traffic really
+/// goes through, found by the superblock's device number in `volumes`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mount_the_kernel_sends_over_another_tunnel_is_shown_with_that_tunnel() {
+    let root = Root::new("");
+    let addr = target_addr();
+    let _server = TlsServer::start_on(addr, &root.ca.issue(WILDCARD), Behaviour::Echo).await;
+    let ip = addr.ip().to_string();
+    let (first, p1) = mount(&root, "first", &ip);
+    let (second, p2) = mount(&root, "second", &ip);
+    assert_ne!(p1, p2);
+    let first_pid = efs_config::state::MountState::read(&state_path(&root, &first, p1))
+        .unwrap()
+        .pid;
+    let second_state =
+        efs_config::state::MountState::read(&state_path(&root, &second, p2)).unwrap();
+    assert_eq!(
+        second_state.served_by, None,
+        "the join must come from the kernel's tables"
+    );
+    std::fs::write(
+        root.dir.path("mountinfo"),
+        mountinfo_line(29, 25, &first, "/", p1) + &mountinfo_line(30, 26, &second, "/b", p2),
+    )
+    .unwrap();
+    write_nfsfs(&root, p1, &[25, 26]);
+
+    let text = status(&root, false);
+    let s = section_of(&text, &second);
+    assert!(s.contains(": healthy\n"), "{s}");
+    assert!(
+        s.contains(&format!(
+            "  tunnel      127.0.0.1:{p1}, pid {first_pid}, restarted 0 time(s)\n"
+        )),
+        "{s}"
+    );
+    assert!(
+        s.contains(&format!(
+            "  shared      the kernel sends this mount over the connection of the tunnel on port {p1}, not through its own port {p2}\n"
+        )),
+        "{s}"
+    );
+    let f = section_of(&text, &first);
+    assert!(
+        f.contains(&format!("  tunnel      127.0.0.1:{p1}, pid {first_pid},")),
+        "{f}"
+    );
+    assert!(!f.contains("shared"), "{f}");
+
+    let json: serde_json::Value = serde_json::from_str(&status(&root, true)).unwrap();
+    let row = json["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountpoint"] == second.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(row["port"], p2, "{row}");
+    assert_eq!(row["kernel_port"], p1, "{row}");
+    assert_eq!(row["pid"], first_pid, "{row}");
+    assert_eq!(row["state"], "healthy", "{row}");
+    assert!(row["served_by"].is_null(), "{row}");
+}
+
+/// Issue #10's failure as an operator would meet it: the first mount's tunnel was torn
+/// down (killed, its state removed) while the kernel still sends the second mount over
+/// its connection. The second's own tunnel runs and answers, but carries nothing: the
+/// mount is broken, and status must say so, not "healthy".
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mount_whose_kernel_transport_no_tunnel_serves_is_broken() {
+    let root = Root::new("");
+    let addr = target_addr();
+    let _server = TlsServer::start_on(addr, &root.ca.issue(WILDCARD), Behaviour::Echo).await;
+    let ip = addr.ip().to_string();
+    let (first, p1) = mount(&root, "first", &ip);
+    let (second, p2) = mount(&root, "second", &ip);
+    let first_state = state_path(&root, &first, p1);
+    let st = efs_config::state::MountState::read(&first_state).unwrap();
+    let pid = nix::unistd::Pid::from_raw(st.pid);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    std::fs::remove_file(&first_state).unwrap();
+    let _ = std::fs::remove_file(&st.control_socket);
+    // The first mount is gone from the mount table; its superblock's client stays while
+    // the second uses it.
+    std::fs::write(
+        root.dir.path("mountinfo"),
+        mountinfo_line(30, 26, &second, "/b", p2),
+    )
+    .unwrap();
+    write_nfsfs(&root, p1, &[26]);
+
+    let text = status(&root, false);
+    let s = section_of(&text, &second);
+    assert!(
+        s.contains(": BROKEN: no tunnel serves the port the kernel sends it to\n"),
+        "{s}"
+    );
+    assert!(!s.contains("healthy"), "{s}");
+    assert!(
+        s.contains(&format!("  tunnel      127.0.0.1:{p1}, none running\n")),
+        "{s}"
+    );
+    assert!(
+        s.contains(&format!("on port {p1}, not through its own port {p2}\n")),
+        "{s}"
+    );
+
+    let json: serde_json::Value = serde_json::from_str(&status(&root, true)).unwrap();
+    let mounts = json["mounts"].as_array().unwrap();
+    assert_eq!(mounts.len(), 1, "{json}");
+    assert_eq!(mounts[0]["state"], "broken");
+    assert_eq!(mounts[0]["kernel_port"], p1);
+    assert!(mounts[0]["pid"].is_null());
+}

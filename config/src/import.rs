@@ -24,8 +24,9 @@ pub struct Imported {
     pub toml: String,
     /// One line per key or section left behind, with the reason.
     pub not_carried: Vec<String>,
-    /// Keys carried over that are accepted but change nothing yet (`[mount-watchdog]
-    /// tls_cert_renewal_interval_min`).
+    /// Keys carried over that are accepted but change nothing yet: those the keys table
+    /// marks [`Effect::NoneYet`], today only `[mount-watchdog]
+    /// unmount_count_for_consistency` (`unmount_grace_period_sec` decides here).
     pub no_effect: Vec<String>,
 }
 

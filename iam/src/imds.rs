@@ -114,6 +114,54 @@ pub fn token_of_body(body: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{BufRead, BufReader, Write};
+    use std::time::Instant;
+
+    /// An IMDS on 127.0.0.1 that reads the request, then answers one byte every
+    /// `pause`: a whole answer would take `answer.len() * pause`.
+    fn trickling_imds(answer: &'static [u8], pause: Duration) -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(&stream);
+                    let mut line = String::new();
+                    while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                        line.clear();
+                    }
+                    for b in answer {
+                        std::thread::sleep(pause);
+                        if (&stream).write_all(&[*b]).is_err() {
+                            return; // the client gave up
+                        }
+                    }
+                });
+            }
+        });
+        base
+    }
+
+    #[test]
+    fn a_trickling_answer_fails_at_the_total_deadline_not_one_per_read() {
+        let answer: &[u8] =
+            b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\nuse1-az4";
+        let pause = Duration::from_millis(200);
+        let base = trickling_imds(answer, pause);
+        let deadline = Duration::from_secs(1);
+        let imds = Imds::new(&base, deadline).unwrap();
+        let t0 = Instant::now();
+        let got = imds.get("/latest/meta-data/placement/availability-zone-id", None);
+        let took = t0.elapsed();
+        // The 66 bytes take 13 s, each well within the deadline: a deadline per read
+        // would wait for all of them and return the answer.
+        assert_eq!(got.map(|a| a.status), Err(HttpProblem::TimedOut(deadline)));
+        assert!(
+            took >= deadline - Duration::from_millis(50)
+                && took < deadline + Duration::from_millis(500),
+            "the error came after {took:?}, the deadline is {deadline:?}"
+        );
+    }
 
     #[test]
     fn token_bodies() {

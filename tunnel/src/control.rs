@@ -8,7 +8,10 @@
 //! the names a [`TlsSession`] gives TLS versions and cipher suites
 //! ([`tls_version_name`], [`cipher_suite_name`]): efs-utils' own stable strings, mapped
 //! from rustls' values in this one table, never rustls' `Debug` text (which may change
-//! with any rustls release). The names are the ones the status output has always shown.
+//! with any rustls release). They are the names OpenSSL and the IANA registry use
+//! (`TLSv1.3`, `TLS_AES_256_GCM_SHA384`), which operators know from `openssl s_client`;
+//! before this table, status showed rustls' `Debug` text (`TLSv1_3`,
+//! `TLS13_AES_256_GCM_SHA384`): docs/tunnel.md.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -30,9 +30,19 @@ use crate::upstream::{self, Target, UpstreamError};
 use crate::{copy, fds};
 use efs_tunnel_contract::Readiness;
 
-/// How long connections get to close cleanly after SIGTERM.
-const DRAIN_DEADLINE: Duration = Duration::from_secs(3);
+/// How long connections get to close cleanly after SIGTERM: whoever stops a tunnel
+/// (`mount.efs`, the watchdog) sends SIGKILL [`efs_tunnel_contract::TERM_GRACE`] after
+/// SIGTERM, so the drain ends [`EXIT_MARGIN`] before that, and the tunnel logs what it
+/// could not close and exits by itself instead of dying mid-drain. One number to change:
+/// a longer grace gives a longer drain.
+const DRAIN_DEADLINE: Duration = efs_tunnel_contract::TERM_GRACE.saturating_sub(EXIT_MARGIN);
+/// What the tunnel needs between the end of the drain and its exit (the last log lines,
+/// dropping the runtime), with room for a loaded host.
+const EXIT_MARGIN: Duration = Duration::from_millis(500);
 const CLOSE_NOTIFY_DEADLINE: Duration = Duration::from_secs(1);
+// A connection told to stop sends close_notify for up to CLOSE_NOTIFY_DEADLINE: the
+// drain must leave it that long.
+const _: () = assert!(DRAIN_DEADLINE.as_millis() > CLOSE_NOTIFY_DEADLINE.as_millis());
 
 /// Everything a tunnel needs to know, built by the `efs-tunnel` command line.
 #[derive(Debug)]

@@ -15,7 +15,7 @@ use log::{info, warn};
 
 use crate::certinfo;
 use crate::control::{LastError, Status, TlsSession};
-use crate::upstream::UpstreamError;
+use crate::upstream::{TimedStep, UpstreamError};
 
 #[derive(Debug)]
 pub struct Stats {
@@ -78,11 +78,11 @@ impl FailedStep {
         match e {
             UpstreamError::Handshake(_)
             | UpstreamError::RefusedAfterHandshake(_)
-            | UpstreamError::Timeout("TLS handshake") => FailedStep::Handshake,
+            | UpstreamError::Timeout(TimedStep::Handshake) => FailedStep::Handshake,
             UpstreamError::Resolve(_)
             | UpstreamError::NoAddress
             | UpstreamError::Connect(..)
-            | UpstreamError::Timeout(_) => FailedStep::Connect,
+            | UpstreamError::Timeout(TimedStep::Resolve) => FailedStep::Connect,
         }
     }
 }
@@ -241,8 +241,8 @@ mod tests {
             UpstreamError::Resolve(io::Error::other("no such host")),
             UpstreamError::NoAddress,
             UpstreamError::Connect(addr, refused()),
-            UpstreamError::Timeout("DNS lookup"),
-            UpstreamError::Timeout("TLS handshake"),
+            UpstreamError::Timeout(TimedStep::Resolve),
+            UpstreamError::Timeout(TimedStep::Handshake),
             UpstreamError::Handshake(io::Error::other(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::UnknownIssuer,
             ))),

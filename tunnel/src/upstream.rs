@@ -55,13 +55,34 @@ impl fmt::Display for Target {
     }
 }
 
+/// A step of reaching the mount target that has a deadline of its own (a TCP connect
+/// that times out is a [`UpstreamError::Connect`] to that address, with the next address
+/// still to try).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimedStep {
+    /// Resolving the mount target's name (`RESOLVE_TIMEOUT`).
+    Resolve,
+    /// The TLS handshake (`HANDSHAKE_TIMEOUT`).
+    Handshake,
+}
+
+impl fmt::Display for TimedStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TimedStep::Resolve => "DNS lookup",
+            TimedStep::Handshake => "TLS handshake",
+        })
+    }
+}
+
 /// Which step of reaching the mount target failed.
 #[derive(Debug)]
 pub enum UpstreamError {
     Resolve(io::Error),
     NoAddress,
     Connect(SocketAddr, io::Error),
-    Timeout(&'static str),
+    /// A step did not finish within its deadline.
+    Timeout(TimedStep),
     /// The TLS handshake failed: a bad certificate, a wrong name, no common protocol
     /// version or cipher suite, or an alert from the server.
     Handshake(io::Error),
@@ -169,7 +190,7 @@ pub async fn connect(
     let handshake = connector.connect(target.check_host.clone(), ReadAhead::new(tcp));
     let mut tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
         .await
-        .map_err(|_| UpstreamError::Timeout("TLS handshake"))?
+        .map_err(|_| UpstreamError::Timeout(TimedStep::Handshake))?
         .map_err(UpstreamError::Handshake)?;
     // rustls holds at most 64 KiB of outgoing records by default, which would cap each
     // `writev` to the mount target at four records; let a whole copy buffer through.
@@ -184,7 +205,7 @@ async fn connect_tcp(
     let lookup = tokio::net::lookup_host((target.host.as_str(), target.port));
     let mut addrs: Vec<SocketAddr> = tokio::time::timeout(RESOLVE_TIMEOUT, lookup)
         .await
-        .map_err(|_| UpstreamError::Timeout("DNS lookup"))?
+        .map_err(|_| UpstreamError::Timeout(TimedStep::Resolve))?
         .map_err(UpstreamError::Resolve)?
         .collect();
     // IPv4 first: on dual-stack hosts whose mount targets are IPv4-only, trying IPv6 first
@@ -388,6 +409,18 @@ mod tests {
             io::ErrorKind::BrokenPipe
         ))
         .is_none());
+    }
+
+    #[test]
+    fn a_timeout_says_which_step_and_counts_where_it_happened() {
+        use crate::stats::FailedStep;
+        let dns = UpstreamError::Timeout(TimedStep::Resolve);
+        let tls = UpstreamError::Timeout(TimedStep::Handshake);
+        assert_eq!(dns.to_string(), "DNS lookup timed out");
+        assert_eq!(tls.to_string(), "TLS handshake timed out");
+        assert!(dns.is_transient() && tls.is_transient());
+        assert_eq!(FailedStep::of(&dns), FailedStep::Connect);
+        assert_eq!(FailedStep::of(&tls), FailedStep::Handshake);
     }
 
     #[tokio::test]

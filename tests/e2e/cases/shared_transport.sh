@@ -19,10 +19,28 @@ kernel_port_of() {
     dev=$(mountinfo_of "$1" | awk '{print $3}')
     awk -v d="$dev" '$4 == d {print $3}' /proc/fs/nfsfs/volumes | head -1 | xargs -I{} printf '%d' 0x{}
 }
-# Writes through a mount and checks the bytes arrive in the export.
+# Writes through a mount and checks the bytes arrive in the export. The write and its
+# fsync get 30 s (then SIGTERM, and SIGKILL 5 s later: a hard mount's waits are
+# killable), so a hung mount is a FAIL line, not the case's 600 s timeout. `sync FILE`
+# flushes only this file: a plain `sync` would wait on every mount.
 works() {
     local mp=$1 sub=$2 word="still here $RANDOM"
-    echo "$word" >"$mp/probe" && sync && grep -qx "$word" "/srv/efs/$sub/probe"
+    timeout -k 5 30 sh -c 'echo "$1" >"$2/probe" && sync "$2/probe"' sh "$word" "$mp" &&
+        grep -qx "$word" "/srv/efs/$sub/probe"
+}
+# The mountpoints a state file's also_serves lists, one a line (the file is pretty JSON).
+also_serves_of() {
+    tr -d ' \n' <"$1" | grep -o '"also_serves":\[[^]]*\]' | grep -o '"/[^"]*"' | tr -d '"'
+}
+# lists_riders STATE MOUNTPOINT...: the state's also_serves is exactly those, in any order.
+lists_riders() {
+    local state=$1
+    shift
+    [ "$(also_serves_of "$state" | sort | tr '\n' ' ')" = "$(printf '%s\n' "$@" | sort | tr '\n' ' ')" ]
+}
+# The lines `efs-utils status` prints for a mountpoint.
+status_of() {
+    efs-utils status | awk -v mp="$1" '$0 ~ " on " mp ":" {on = 1} on && /^$/ {exit} on'
 }
 mount_three() {
     mount -t efs -o tls $FS:/ /mnt/root &&
@@ -41,6 +59,11 @@ for order in "root a b" "a root b" "b a root"; do
         test "$(pgrep -x efs-tunnel | wc -l)" = 1 -a -n "$(tunnel_pid "$used")"
     check "[$order] the riders' state names the tunnel that serves them" \
         sh -c "grep -l '\"served_by\": $used' /var/run/efs/fs-* | wc -l | grep -qx 2"
+    # mount_three mounts /mnt/root first: its tunnel serves the two riders.
+    first=/var/run/efs/$FS.mnt.root.$used
+    check "[$order] the first mount's state lists the riders in also_serves while they are mounted" \
+        wait_for 10 lists_riders "$first" /mnt/a /mnt/b
+    info "[$order] also_serves of $first: $(also_serves_of "$first" | tr '\n' ' ')"
     if [ "$order" = "root a b" ]; then
         check "status names the port the kernel uses for /mnt/b" \
             sh -c "efs-utils status | sed -n '/on \/mnt\/b:/,/^\$/p' | grep -q 'healthy' && efs-utils status | sed -n '/on \/mnt\/b:/,/^\$/p' | grep -q '127.0.0.1:$used, pid'"
@@ -65,6 +88,19 @@ for order in "root a b" "a root b" "b a root"; do
         for left in "$@"; do
             check "[$order] after umount /mnt/$gone and the grace period, /mnt/$left works" works /mnt/$left "$(sub_of $left)"
         done
+        if [ "$order" = "root a b" ] && [ "$gone" = a ]; then
+            # /mnt/b is the last mount; its traffic still goes through the tunnel the
+            # first mount (/mnt/root, long gone) was given, restarted above.
+            b=$(status_of /mnt/b)
+            info "status of /mnt/b: $(echo "$b" | head -4 | tr '\n' '|')"
+            check "after umount /mnt/root and /mnt/a, status shows /mnt/b healthy" \
+                sh -c 'echo "$1" | head -1 | grep -q "on /mnt/b: healthy$"' sh "$b"
+            check "through the port the kernel uses (127.0.0.1:$used), with the tunnel's pid" \
+                sh -c 'echo "$1" | grep -q "^  tunnel      127.0.0.1:$2, pid [0-9]"' sh "$b" "$used"
+            check "and says it is shared, not through its own port $(port_of /mnt/b)" \
+                sh -c 'echo "$1" | grep -qx "  shared      the kernel sends this mount over the connection of the tunnel on port $2, not through its own port $3"' \
+                sh "$b" "$used" "$(port_of /mnt/b)"
+        fi
         if [ "$order" = "root a b" ] && [ "$gone" = root ]; then
             old=$(tunnel_pid "$used")
             info "$(date +%T) killing tunnel $old (port $used) during a 64 MiB write to /mnt/a"
