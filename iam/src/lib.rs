@@ -44,7 +44,7 @@
 //!   aws-lc-rs stays out of the default build); ring signs, through rcgen.
 //!
 //! A mount with `-o tls,iam,accesspoint=...`, as `mount.efs` does it
-//! (`mount-helper/src/client_cert.rs`, with the endpoints from the config):
+//! (`client-cert/src/mount.rs`, with the endpoints from the config):
 //!
 //! ```no_run
 //! use efs_iam::{cert, credentials, CertificateRequest, HostKey, Iam, ProcessEnv, SigningTime};

@@ -623,7 +623,9 @@ impl Daemon {
             if let Some(why) = why {
                 debug!("renewing the client certificate of {}: {why}", t.name());
                 // The same checks as before a restart, before the renewer writes anything.
-                let trusted = self.trusted(&t.state_path, &t.state);
+                let trusted = self
+                    .trusted(&t.state_path, &t.state)
+                    .map_err(|skip| skip.reason());
                 jobs.push(renew::Job::new(
                     k.clone(),
                     &t.state.fs_id,

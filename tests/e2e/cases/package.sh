@@ -9,7 +9,7 @@ start_tls_terminator
 
 check "dpkg -i installs the package" dpkg -i /opt/efs/efs-utils.deb
 configure_for_tests
-for f in /sbin/mount.efs /usr/bin/efs-tunnel /usr/bin/amazon-efs-mount-watchdog /usr/bin/efs-utils \
+for f in /sbin/mount.efs /usr/bin/efs-tunnel /usr/bin/efs-renew-cert /usr/bin/amazon-efs-mount-watchdog /usr/bin/efs-utils \
     /lib/systemd/system/amazon-efs-mount-watchdog.service /etc/amazon/efs/efs-utils.toml; do
     check "installed: $f" test -e $f
 done
@@ -22,7 +22,7 @@ check "the watchdog unit runs" wait_for 15 systemctl is-active --quiet amazon-ef
 check "efs-utils status says healthy" sh -c "efs-utils status | grep -q 'on /mnt/efs: healthy'"
 
 check "dpkg -r removes the package" dpkg -r efs-utils
-for f in /sbin/mount.efs /usr/bin/efs-tunnel /usr/bin/amazon-efs-mount-watchdog /usr/bin/efs-utils \
+for f in /sbin/mount.efs /usr/bin/efs-tunnel /usr/bin/efs-renew-cert /usr/bin/amazon-efs-mount-watchdog /usr/bin/efs-utils \
     /lib/systemd/system/amazon-efs-mount-watchdog.service; do
     check "removed: $f" test ! -e $f
 done
