@@ -979,75 +979,37 @@ async fn dash_n_is_a_mount_namespace_where_only_the_mount_itself_happens() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_netns_mount_runs_its_tunnel_there_and_records_the_namespace_for_restarts() {
-    use std::process::{Command, Stdio};
-    let probe = Command::new("unshare")
-        .args(["--net", "true"])
-        .output()
-        .expect("unshare (util-linux) runs");
-    if !probe.status.success() {
-        eprintln!(
-            "skipping: the kernel refuses a network namespace: {}",
-            String::from_utf8_lossy(&probe.stderr).trim()
-        );
-        return;
-    }
-    // A network namespace of the test's own, loopback only, held by a sleeping process.
-    let holder = KillOnDrop(
-        Command::new("unshare")
-            .args(["--net", "sh", "-c", "ip link set lo up && exec sleep 60"])
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let holder_pid = holder.id();
-    assert!(wait_until(Duration::from_secs(5), || {
-        std::fs::read_to_string(format!("/proc/{holder_pid}/comm"))
-            .is_ok_and(|c| c.trim() == "sleep")
-    }));
-    let ns = format!("/proc/{holder_pid}/ns/net");
+    let ns = match efs_testkit::netns::Netns::new() {
+        Ok(ns) => ns,
+        Err(why) => {
+            eprintln!("skipping: {why}");
+            return;
+        }
+    };
     let netns_of = |p: &str| std::fs::read_link(p).unwrap();
-
     // The mount target lives in the namespace: a thread there serves it.
     let root = Root::new("");
     let addr = target_addr();
-    let cert = root.ca.issue(WILDCARD);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (up_tx, up) = std::sync::mpsc::channel();
-    let ns_file = ns.clone();
-    let server = std::thread::spawn(move || {
-        let f = std::fs::File::open(&ns_file).unwrap();
-        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let _server = TlsServer::start_on(addr, &cert, Behaviour::Echo).await;
-            let _ = up_tx.send(());
-            let _ = stopped.await;
-        });
-    });
-    up.recv_timeout(Duration::from_secs(10)).unwrap();
+    let _server = ns.serve_tls(addr, root.ca.issue(WILDCARD));
+    let path = ns.path();
 
     let (_, port, st) = tls_mount(
         &root,
         "in-ns",
         &addr.ip().to_string(),
-        &format!(",netns={ns}"),
+        &format!(",netns={path}"),
     );
     // The recorded command line enters the namespace, so a restart from it runs there.
     assert!(
-        st.cmd.windows(2).any(|w| w[0] == "--netns" && w[1] == ns),
+        st.cmd.windows(2).any(|w| w[0] == "--netns" && w[1] == path),
         "{:?}",
         st.cmd
     );
     assert_eq!(
         netns_of(&format!("/proc/{}/ns/net", st.pid)),
-        netns_of(&ns),
+        netns_of(&path),
         "the tunnel's network namespace"
     );
-    assert_ne!(netns_of(&ns), netns_of("/proc/self/ns/net"));
+    assert_ne!(netns_of(&path), netns_of("/proc/self/ns/net"));
     assert!(port > 0);
-    let _ = stop.send(());
-    let _ = server.join();
 }

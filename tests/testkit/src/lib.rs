@@ -5,6 +5,7 @@
 
 pub mod aws_api;
 pub mod efs;
+pub mod netns;
 pub mod root;
 
 use std::io::{BufRead, BufReader, Read};
