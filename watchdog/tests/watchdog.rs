@@ -13,6 +13,7 @@ use nix::unistd::Pid;
 
 mod common;
 use common::*;
+use efs_testkit::netns::{netns_of, Netns};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_tunnel_is_restarted_on_the_same_socket_and_the_client_carries_on() {

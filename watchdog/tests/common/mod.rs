@@ -10,7 +10,6 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use efs_config::state::MountState;
-pub use efs_testkit::netns::{netns_of, Netns};
 use efs_testkit::root::*;
 use efs_testkit::*;
 use nix::sys::signal::kill;
