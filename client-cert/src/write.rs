@@ -3,7 +3,7 @@
 //!
 //! The file is `<state dir>/<state name>+/certificate.pem` (`state::client_cert_path`,
 //! the incumbent's layout), and it is always replaced whole: a temporary
-//! ([`efs_config::renewal::TEMP_NAME`], 0600, `O_EXCL|O_NOFOLLOW`: never through a
+//! ([`efs_config::renewal::TEMP_NAME`] and the pid, 0600, `O_EXCL|O_NOFOLLOW`: never through a
 //! symlink) in the same directory, fsync, rename over the certificate, fsync of the
 //! directory. A tunnel reading it on SIGHUP sees the old certificate or the new one,
 //! never half of one. A state file is not trusted to name arbitrary files: only a
@@ -16,6 +16,11 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use efs_config::renewal::{inside_state_dir, TEMP_NAME};
+
+/// This process's temporary name in a certificate's directory.
+fn temp_name() -> String {
+    format!("{TEMP_NAME}.{}", std::process::id())
+}
 use efs_config::state;
 
 /// Why a certificate was not written. Nothing was replaced.
@@ -82,7 +87,9 @@ pub fn write_certificate(
     pem: &str,
 ) -> Result<(), WriteError> {
     let dir = check_target(state_dir, certificate)?;
-    let tmp = dir.join(TEMP_NAME);
+    // One temporary per writer (a renewer left running by a restarted watchdog may
+    // write at the same time as the next one's): `TEMP_NAME.<pid>`.
+    let tmp = dir.join(temp_name());
     let written = (|| {
         match std::fs::remove_file(&tmp) {
             Ok(()) => {}
@@ -215,7 +222,7 @@ mod tests {
             .file_type()
             .is_symlink());
         // a symlink where the temporary goes is not followed either
-        std::os::unix::fs::symlink(&target, dir.join(TEMP_NAME)).unwrap();
+        std::os::unix::fs::symlink(&target, dir.join(temp_name())).unwrap();
         write_certificate(&d, &dir.join("certificate.pem"), "PEM 2").unwrap();
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
         assert_eq!(
@@ -233,7 +240,7 @@ mod tests {
         std::fs::set_permissions(&cert_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
         let cert = cert_dir.join("certificate.pem");
         std::fs::write(&cert, "old").unwrap();
-        std::fs::write(cert_dir.join(TEMP_NAME), "a leftover").unwrap();
+        std::fs::write(cert_dir.join(temp_name()), "a leftover").unwrap();
         write_certificate(&base, &cert, "new").unwrap();
         assert_eq!(std::fs::read_to_string(&cert).unwrap(), "new");
         assert_eq!(mode(&cert), 0o600);

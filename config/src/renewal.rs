@@ -30,9 +30,9 @@ use serde::{Deserialize, Serialize};
 use crate::state::ClientCertRecord;
 use crate::Config;
 
-/// The temporary name a new certificate is written under, in its own directory. Fixed:
-/// one writer at a time per directory (mount.efs before the watchdog knows the mount,
-/// then one renewal at a time), and a leftover is replaced.
+/// The start of the temporary name a new certificate is written under, in its own
+/// directory: each writer adds `.<pid>`, since a renewer a restarted watchdog left running
+/// may write while the next watchdog's does; a teardown removes every such file.
 pub const TEMP_NAME: &str = ".certificate.pem.new";
 /// The largest job a renewer reads from stdin.
 pub const MAX_JOB: usize = 64 * 1024;
@@ -195,6 +195,10 @@ pub fn one_line(s: &str) -> String {
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
         .join(" ")
+        // other control characters (an ESC of a renewer's stderr) never reach a log
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 /// [`one_line`], at most [`MAX_ERROR_CHARS`] characters.

@@ -30,6 +30,7 @@ use efs_iam::mount_target::{self, Api, ClientAz};
 use log::{info, warn};
 
 use crate::options::EfsOptions;
+use crate::target::Device;
 use crate::{client_cert, imds, MountError};
 
 /// Deadline of each EFS or EC2 API request.
@@ -81,7 +82,7 @@ pub fn resolve(name: &str) -> Resolution {
 pub fn mount_target_ip(
     cfg: &Config,
     opts: &EfsOptions,
-    fs_id: &str,
+    device: &Device,
     region: &str,
     dns_name: &str,
     az: Option<&str>,
@@ -97,7 +98,8 @@ pub fn mount_target_ip(
         other => other,
     };
     info!("Failed to resolve {dns_name}, attempting to lookup mount target ip address using the EFS API.");
-    let why = match lookup(cfg, opts, fs_id, region, az) {
+    let fs_id = device.fs_id.as_str();
+    let why = match lookup(cfg, opts, device, region, az) {
         Ok(ip) => {
             info!("Found fall back mount target ip address {ip} for file system {fs_id}");
             return Ok(Some(ip));
@@ -121,19 +123,14 @@ pub fn mount_target_ip(
 fn lookup(
     cfg: &Config,
     opts: &EfsOptions,
-    fs_id: &str,
+    device: &Device,
     region: &str,
     az: Option<&str>,
 ) -> Result<String, String> {
+    let fs_id = device.fs_id.as_str();
     const OP: &str = "DescribeMountTargets";
     let region = if region.is_empty() {
-        let device = crate::target::Device {
-            fs_id: fs_id.to_string(),
-            path: "/".into(),
-            az: None,
-            region: None,
-        };
-        crate::target::resolve_region(opts.region.as_deref(), &device, cfg)?
+        crate::target::resolve_region(opts.region.as_deref(), device, cfg)?
     } else {
         region.to_string()
     };

@@ -162,14 +162,7 @@ pub fn run(inv: &Invocation) -> Result<(), MountError> {
     // when the name does not resolve, else the name itself.
     let mount_target_ip = match &opts.mounttargetip {
         Some(ip) => Some(ip.clone()),
-        None => fallback::mount_target_ip(
-            &cfg,
-            &opts,
-            &device.fs_id,
-            &region,
-            &dns_name,
-            az.as_deref(),
-        )?,
+        None => fallback::mount_target_ip(&cfg, &opts, &device, &region, &dns_name, az.as_deref())?,
     };
     // -N is a mount namespace (util-linux), netns= a network namespace (the incumbent's).
     let mount_ns = inv

@@ -49,7 +49,8 @@ pub struct Daemon {
     tunnels: BTreeMap<PathBuf, Tunnel>,
     /// State files that were skipped (`Skip`: unreadable, untrusted, corrupt), already
     /// logged.
-    skipped: BTreeSet<PathBuf>,
+    /// By inode: a file replaced under the same name is looked at again.
+    skipped: BTreeMap<PathBuf, u64>,
     /// Tunnels we started and let go of; reaped when they exit.
     released: Vec<std::process::Child>,
     /// The mount table could not be read last time (logged once, not every sweep).
@@ -123,7 +124,7 @@ impl Daemon {
             trust: Trust::new(&cfg),
             cfg,
             tunnels: BTreeMap::new(),
-            skipped: BTreeSet::new(),
+            skipped: BTreeMap::new(),
             released: Vec::new(),
             mountinfo_unreadable: false,
             term,
@@ -294,7 +295,7 @@ impl Daemon {
             .filter(|e| e.file_type().is_ok_and(|t| !t.is_dir()))
             .map(|e| (e.path(), std::os::unix::fs::DirEntryExt::ino(e)))
             .collect();
-        self.skipped.retain(|p| present.contains_key(p));
+        self.skipped.retain(|p, ino| present.get(p) == Some(ino));
         // A mount.efs killed mid-write leaves its temporary file, never a torn state.
         for stale in state::stale_temp_files(&entries) {
             match std::fs::remove_file(&stale) {
@@ -341,7 +342,7 @@ impl Daemon {
                 }
                 continue;
             }
-            if self.skipped.contains(&p) {
+            if self.skipped.get(&p) == Some(&ino) {
                 continue;
             }
             match self.trust.read(&p) {
@@ -352,7 +353,7 @@ impl Daemon {
                 }
                 Err(skip) => {
                     warn!("{skip}");
-                    self.skipped.insert(p);
+                    self.skipped.insert(p, ino);
                 }
             }
         }

@@ -504,7 +504,12 @@ impl Tunnel {
             let state_dir = self.state_path.parent().unwrap_or(Path::new("/"));
             match rec.certificate.parent() {
                 Some(dir) if crate::renew::inside_state_dir(state_dir, &rec.certificate) => {
-                    remove(&dir.join(crate::renew::TEMP_NAME));
+                    // every writer's temporary (`TEMP_NAME.<pid>`)
+                    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                        if e.file_name().to_string_lossy().starts_with(crate::renew::TEMP_NAME) {
+                            remove(&e.path());
+                        }
+                    }
                     if let Err(e) = state::remove_client_cert(&rec.certificate) {
                         warn!("cannot remove {}: {e}", dir.display());
                     }
