@@ -128,6 +128,19 @@ pub fn run(inv: &Invocation) -> Result<(), MountError> {
         ));
     }
     let device = target::parse_device(&inv.spec).map_err(MountError::Invalid)?;
+    // `mount -a` run twice: a mountpoint our tunnel already serves for this file system
+    // and path is left alone, before any lookup (region, DNS name, the EFS API).
+    if opts.tls {
+        if let Some(st) = already::mounted(&cfg, &inv.mountpoint, &device.fs_id, &device.path) {
+            let msg = already::message(&inv.mountpoint);
+            info!(
+                "{msg} ({} through the tunnel on port {})",
+                st.fs_id, st.port
+            );
+            println!("{msg}");
+            return Ok(());
+        }
+    }
     let az = opts.az.clone().or(device.az.clone());
     let needs_region = ["{region}", "{dns_name_suffix}"]
         .iter()
@@ -184,10 +197,7 @@ pub fn run(inv: &Invocation) -> Result<(), MountError> {
     // In this network namespace, before netns= is entered: the CA file, and the AWS
     // credentials, found where the region was and where the watchdog renews them.
     let tls = if opts.tls {
-        match mount.tls_prepare()? {
-            Some(t) => Some(t),
-            None => return Ok(()), // already mounted
-        }
+        Some(mount.tls_prepare()?)
     } else {
         None
     };
@@ -266,21 +276,11 @@ impl Mount<'_> {
         }
     }
 
-    /// Before a TLS mount starts anything: `None` if it is already there (`mount -a` run
-    /// twice: says so), else the CA file and, with `iam` or `accesspoint`, the client
-    /// certificate. Credentials and certificate come before anything of the mount
+    /// Before a TLS mount starts anything: the CA file and, with `iam` or `accesspoint`,
+    /// the client certificate. Credentials and certificate come before anything of the mount
     /// exists: a mount that cannot have them leaves nothing to undo.
-    fn tls_prepare(&self) -> Result<Option<TlsPrepared>, MountError> {
+    fn tls_prepare(&self) -> Result<TlsPrepared, MountError> {
         let cfg = self.cfg;
-        if let Some(st) = already::mounted(cfg, &self.inv.mountpoint, self.fs_id, self.path) {
-            let msg = already::message(&self.inv.mountpoint);
-            info!(
-                "{msg} ({} through the tunnel on port {})",
-                st.fs_id, st.port
-            );
-            println!("{msg}");
-            return Ok(None);
-        }
         let cafile = self
             .opts
             .cafile
@@ -296,10 +296,10 @@ impl Mount<'_> {
             }
         }
         let client_cert = client_cert::prepare(cfg, self.opts, self.fs_id, self.region)?;
-        Ok(Some(TlsPrepared {
+        Ok(TlsPrepared {
             cafile,
             client_cert,
-        }))
+        })
     }
 
     /// Through a tunnel on 127.0.0.1.
