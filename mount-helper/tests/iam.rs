@@ -226,16 +226,9 @@ async fn server(root: &Root) -> (TlsServer, String) {
 
 /// The state of the mount at `mp` (its port from the mount.nfs4 call).
 fn state_of(root: &Root, mp: &str) -> (String, MountState) {
-    let calls = root.nfs_calls();
-    let call = calls
-        .iter()
-        .rev()
-        .find(|c| c[1] == mp)
-        .expect("mount.nfs4 call");
-    let port = port_of(&call[3]);
-    let name = state::state_file_name(FS_ID, Path::new(mp), port);
-    let st = MountState::read(&root.state_dir().join(&name)).unwrap();
-    (name, st)
+    let (_, path) = root.state_of_mount(mp);
+    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+    (name, MountState::read(&path).unwrap())
 }
 
 /// The DER of a PEM certificate file.

@@ -568,15 +568,8 @@ fn tls_mount(root: &Root, name: &str, ip: &str, extra: &str) -> (String, u16, Mo
         &format!("tls,mounttargetip={ip}{extra}"),
     ])
     .assert_ok();
-    let calls = root.nfs_calls();
-    let port = port_of(&calls.iter().rev().find(|c| c[1] == mp).unwrap()[3]);
-    let st = MountState::read(&root.state_dir().join(efs_config::state::state_file_name(
-        FS_ID,
-        std::path::Path::new(&mp),
-        port,
-    )))
-    .unwrap();
-    (mp, port, st)
+    let (port, path) = root.state_of_mount(&mp);
+    (mp, port, MountState::read(&path).unwrap())
 }
 
 use efs_config::state::MountState;

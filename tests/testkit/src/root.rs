@@ -222,6 +222,19 @@ impl Root {
         v
     }
 
+    /// The port and state file of the mount at `mp`, from its (last) mount.nfs4 call.
+    pub fn state_of_mount(&self, mp: &str) -> (u16, PathBuf) {
+        let calls = self.nfs_calls();
+        let call = calls
+            .iter()
+            .rev()
+            .find(|c| c[1] == mp)
+            .expect("mount.nfs4 was called");
+        let port = port_of(&call[3]);
+        let name = efs_config::state::state_file_name(crate::FS_ID, Path::new(mp), port);
+        (port, self.state_dir().join(name))
+    }
+
     /// Tunnel processes started for this root (their command line names its state dir).
     pub fn tunnel_pids(&self) -> Vec<i32> {
         let needle = self.state_dir().to_string_lossy().into_owned();

@@ -48,18 +48,7 @@ pub fn mount_with(root: &Root, name: &str, ip: &str, extra: &str) -> Mounted {
         &format!("tls,mounttargetip={ip}{extra}"),
     ])
     .assert_ok();
-    let calls = root.nfs_calls();
-    let call = calls
-        .iter()
-        .rev()
-        .find(|c| c[1] == mp)
-        .expect("mount.nfs4 was called");
-    let port = port_of(&call[3]);
-    let state_path = root.state_dir().join(efs_config::state::state_file_name(
-        FS_ID,
-        std::path::Path::new(&mp),
-        port,
-    ));
+    let (port, state_path) = root.state_of_mount(&mp);
     Mounted {
         mountpoint: mp,
         port,
