@@ -8,6 +8,8 @@
 //! * [`keys`]: the one table of configuration keys everything else derives from;
 //! * [`state`]: state file names, mountpoint mangling, the JSON schema, atomic writes;
 //! * [`import`]: amazon-efs-utils' INI configuration converted to ours;
+//! * [`incumbent`]: amazon-efs-utils' state files and tunnel configs, read so that an
+//!   in-place upgrade takes its mounts over;
 //! * [`mounts`]: the mount table, and which tunnel ports it references;
 //! * [`logging`]: the log line format and size-rotated log files;
 //! * [`renewal`]: the job the watchdog gives `efs-renew-cert` and the answer it reads
@@ -17,6 +19,7 @@
 
 pub mod config;
 pub mod import;
+pub mod incumbent;
 pub mod keys;
 pub mod logging;
 pub mod mounts;

@@ -45,7 +45,7 @@ use log::{info, warn};
 
 use crate::args::Invocation;
 use crate::launch::RunningTunnel;
-use efs_tunnel_contract::TunnelCommand;
+use efs_tunnel_contract::{MountTarget, TunnelCommand};
 
 /// Why a mount did not happen; [`MountError::exit_code`] follows mount(8).
 #[derive(Debug)]
@@ -349,32 +349,21 @@ impl Mount<'_> {
             }
             None => None,
         };
-        let spec = TunnelCommand {
-            program: paths.tunnel.clone(),
-            connect,
-            check_host: target::check_host(self.dns_name, self.fs_id),
-            fs_id: Some(self.fs_id.to_string()),
-            cafile,
-            fips: cfg.mount.fips_mode_enabled,
-            insecure_no_hostname_check: !cfg.mount.stunnel_check_cert_hostname,
-            control: Some(control.clone()),
-            // Started detached from `mount`'s session and process group.
-            detach: true,
-            log_file: Some(paths.log_dir.join("efs-tunnel.log")),
-            log_max_bytes: cfg.logging_max_bytes,
-            log_file_count: cfg.logging_file_count,
-            log_level: cfg.logging_level.to_string().to_lowercase(),
-            allow_any_peer: !cfg.mount.tunnel_peer_check_enabled,
-            dead_upstream_sec: cfg.mount.tunnel_dead_upstream_timeout_sec,
-            // A target not reachable yet (at boot, while routes and security groups
-            // settle) is tried for as long as the incumbent's mount.nfs4 retries take.
-            probe_retry_sec: probe_retry(&cfg.mount).as_secs(),
-            // Already there (the helper entered it); recorded so that a tunnel the
-            // watchdog restarts runs there too.
-            netns: self.opts.netns.as_ref().map(PathBuf::from),
-            client_cert: client_cert.as_ref().map(|c| c.certificate.clone()),
-            client_key: client_cert.as_ref().map(|c| c.private_key.clone()),
-        };
+        let spec = TunnelCommand::for_mount(
+            cfg,
+            MountTarget {
+                connect,
+                check_host: target::check_host(self.dns_name, self.fs_id),
+                fs_id: self.fs_id.to_string(),
+                cafile,
+                control: control.clone(),
+                // Already there (the helper entered it).
+                netns: self.opts.netns.as_ref().map(PathBuf::from),
+                client_cert: client_cert
+                    .as_ref()
+                    .map(|c| (c.certificate.clone(), c.private_key.clone())),
+            },
+        );
         info!("Starting TLS tunnel: \"{}\"", spec.to_args().join(" "));
         let tunnel =
             launch::start(&spec, listener).map_err(|e| MountError::Failed(e.to_string()))?;
@@ -518,20 +507,6 @@ impl Drop for Undo {
             let _ = state::remove_client_cert(&c);
         }
     }
-}
-
-/// How long the tunnel keeps trying an unreachable mount target before the mount fails:
-/// `retry_nfs_mount_command_timeout_sec` x `retry_nfs_mount_command_count`, the time the
-/// incumbent's retries of mount.nfs4 take; nothing with `retry_nfs_mount_command = false`.
-fn probe_retry(m: &efs_config::config::MountConfig) -> Duration {
-    if !m.retry_nfs_mount_command {
-        return Duration::ZERO;
-    }
-    Duration::from_secs(
-        m.retry_nfs_mount_command_timeout_sec
-            .saturating_mul(u64::from(m.retry_nfs_mount_command_count))
-            .min(3600),
-    )
 }
 
 /// Takes back a mount that must not stay (the guard then removes its tunnel and state).

@@ -13,6 +13,9 @@
 //!   written by another version may name flags this version does not know, and the
 //!   tunnel binary it names is the judge of its own command line. For the same reason
 //!   [`RunningArgs`] looks up its two flags leniently instead of parsing the whole line.
+//! * What a tunnel's command line takes from the configuration is decided once, in
+//!   [`TunnelCommand::for_mount`]: `mount.efs` builds a new mount's tunnel with it and
+//!   the watchdog the tunnel that takes over a mount of amazon-efs-utils.
 //! * A malformed command line (unknown flag, missing or unparsable value, non-UTF-8
 //!   text) is clap's error and exits 2; a value that parses but cannot be used (a
 //!   `--connect` that is not HOST:PORT, a descriptor that is not open) exits 1.
@@ -134,6 +137,71 @@ pub struct TunnelCommand {
     /// The private key (PEM, PKCS#8) of `--client-cert`.
     #[arg(long = flag::CLIENT_KEY, value_name = "FILE", requires = "client_cert")]
     pub client_key: Option<PathBuf>,
+}
+
+/// What differs from one mount's tunnel to the next; everything else a tunnel's command
+/// line holds follows from the configuration ([`TunnelCommand::for_mount`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountTarget {
+    /// HOST:PORT of the mount target.
+    pub connect: String,
+    /// The name its certificate must match.
+    pub check_host: String,
+    pub fs_id: String,
+    /// The trusted CAs (`-o cafile=`, the region's or the global `stunnel_cafile`).
+    pub cafile: Option<PathBuf>,
+    /// The tunnel's control socket (`efs_config::state::control_socket_path`).
+    pub control: PathBuf,
+    /// The network namespace the mount was made in (`-o netns=`).
+    pub netns: Option<PathBuf>,
+    /// The client certificate and its key, for `iam` and `accesspoint`.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+impl TunnelCommand {
+    /// The command line of a mount's tunnel: `target`, and the rest from `cfg`.
+    pub fn for_mount(cfg: &efs_config::Config, target: MountTarget) -> TunnelCommand {
+        let (client_cert, client_key) = target.client_cert.unzip();
+        TunnelCommand {
+            program: cfg.paths.tunnel.clone(),
+            connect: target.connect,
+            check_host: target.check_host,
+            fs_id: Some(target.fs_id),
+            cafile: target.cafile,
+            fips: cfg.mount.fips_mode_enabled,
+            insecure_no_hostname_check: !cfg.mount.stunnel_check_cert_hostname,
+            control: Some(target.control),
+            // Started detached from `mount`'s session and process group.
+            detach: true,
+            log_file: Some(cfg.paths.log_dir.join("efs-tunnel.log")),
+            log_max_bytes: cfg.logging_max_bytes,
+            log_file_count: cfg.logging_file_count,
+            log_level: cfg.logging_level.to_string().to_lowercase(),
+            allow_any_peer: !cfg.mount.tunnel_peer_check_enabled,
+            dead_upstream_sec: cfg.mount.tunnel_dead_upstream_timeout_sec,
+            // A target not reachable yet (at boot, while routes and security groups
+            // settle) is tried for as long as the incumbent's mount.nfs4 retries take.
+            probe_retry_sec: probe_retry(&cfg.mount).as_secs(),
+            // Recorded so that a tunnel the watchdog restarts runs there too.
+            netns: target.netns,
+            client_cert,
+            client_key,
+        }
+    }
+}
+
+/// How long the tunnel keeps trying an unreachable mount target before the mount fails:
+/// `retry_nfs_mount_command_timeout_sec` x `retry_nfs_mount_command_count`, the time the
+/// incumbent's retries of mount.nfs4 take; nothing with `retry_nfs_mount_command = false`.
+fn probe_retry(m: &efs_config::config::MountConfig) -> std::time::Duration {
+    if !m.retry_nfs_mount_command {
+        return std::time::Duration::ZERO;
+    }
+    std::time::Duration::from_secs(
+        m.retry_nfs_mount_command_timeout_sec
+            .saturating_mul(u64::from(m.retry_nfs_mount_command_count))
+            .min(3600),
+    )
 }
 
 /// How long a mount target may stay silent while calls are outstanding, by default.

@@ -20,7 +20,7 @@ pub mod control;
 pub mod process;
 pub mod ready;
 
-pub use command::{Invocation, Listen, RunningArgs, TunnelCommand, PROCESS_NAME};
+pub use command::{Invocation, Listen, MountTarget, RunningArgs, TunnelCommand, PROCESS_NAME};
 pub use control::{query_status, ClientCertStatus, ControlError, LastError, Status, TlsSession};
 pub use process::{spawn, spawn_with_ready_pipe, stop, SpawnError, Stopped, TERM_GRACE};
 pub use ready::{NotReady, Readiness, ReadyReader};
