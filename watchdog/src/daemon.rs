@@ -36,6 +36,7 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
 use crate::notify;
 use crate::renew;
+use crate::takeover;
 use crate::tunnels::{Phase, Reload, Skip, Trust, Tunnel};
 
 /// A tunnel whose control socket did not answer: (state file, pid at the time).
@@ -51,6 +52,9 @@ pub struct Daemon {
     /// logged.
     /// By inode: a file replaced under the same name is looked at again.
     skipped: BTreeMap<PathBuf, u64>,
+    /// amazon-efs-utils' state files whose takeover waits (`crate::takeover`), with the
+    /// reason last logged.
+    later: BTreeMap<PathBuf, String>,
     /// Tunnels we started and let go of; reaped when they exit.
     released: Vec<std::process::Child>,
     /// The mount table could not be read last time (logged once, not every sweep).
@@ -125,6 +129,7 @@ impl Daemon {
             cfg,
             tunnels: BTreeMap::new(),
             skipped: BTreeMap::new(),
+            later: BTreeMap::new(),
             released: Vec::new(),
             mountinfo_unreadable: false,
             term,
@@ -328,6 +333,7 @@ impl Daemon {
                 self.released.extend(t.release(in_use));
             }
         }
+        let mut kernel_ports: Option<takeover::PortsInUse> = None;
         for (p, ino) in present {
             if let Some(t) = self.tunnels.get_mut(&p) {
                 // Rewritten by someone else: mount.efs does, once, when the mount turns
@@ -351,6 +357,13 @@ impl Daemon {
                     t.set_ino(ino);
                     self.tunnels.insert(p, t);
                 }
+                // Not ours, but root's file in root's directory: amazon-efs-utils' state
+                // after an in-place upgrade, perhaps.
+                Err(skip @ Skip::Corrupt { .. }) => {
+                    let ports = kernel_ports
+                        .get_or_insert_with(|| self.read_mounts().map(|v| v.ports_in_use()));
+                    self.take_over(p, ino, skip, ports);
+                }
                 Err(skip) => {
                     warn!("{skip}");
                     self.skipped.insert(p, ino);
@@ -359,6 +372,54 @@ impl Daemon {
         }
         self.update_also_serves();
         self.publish_health_targets();
+    }
+
+    /// A state file not in our schema: if it is amazon-efs-utils', its mount is taken
+    /// over (`crate::takeover`); if not, it is skipped as `skip` says.
+    fn take_over(&mut self, p: PathBuf, ino: u64, skip: Skip, ports: &takeover::PortsInUse) {
+        let text = match std::fs::read(&p) {
+            Ok(t) => t,
+            Err(_) => {
+                warn!("{skip}");
+                self.skipped.insert(p, ino);
+                return;
+            }
+        };
+        match takeover::take_over(&self.cfg, &p, &text, ports) {
+            // Our own schema, torn or wrong, or anything else: said as it was.
+            takeover::Outcome::NotIncumbent => {
+                warn!("{skip}");
+                self.skipped.insert(p, ino);
+            }
+            takeover::Outcome::TakenOver(t) => {
+                self.later.remove(&p);
+                self.tunnels.insert(p, *t);
+            }
+            takeover::Outcome::CleanedUp => {
+                info!(
+                    "{}: amazon-efs-utils' mount is gone; its tunnel and files are removed",
+                    p.display()
+                );
+                self.later.remove(&p);
+            }
+            takeover::Outcome::Later(why) => {
+                if self.later.get(&p) != Some(&why) {
+                    info!(
+                        "{}: not taken over from amazon-efs-utils yet: {why}",
+                        p.display()
+                    );
+                    self.later.insert(p, why);
+                }
+            }
+            takeover::Outcome::Refused(why) => {
+                warn!(
+                    "{}: not taken over from amazon-efs-utils: {why}; left as it is",
+                    p.display()
+                );
+                self.later.remove(&p);
+                self.skipped.insert(p, ino);
+            }
+        }
     }
 
     /// Whether this watchdog may act on a state it holds: run its `cmd` as root and

@@ -7,6 +7,7 @@
 //! * [`daemon`]: the main loop: what it waits on, and what it does for each event;
 //! * [`tunnels`]: adopting, restarting and tearing down one tunnel;
 //! * [`health`]: the health check thread;
+//! * [`takeover`]: taking over amazon-efs-utils' live mounts after an in-place upgrade;
 //! * [`renew`]: renewing the client certificates tunnels present (`iam`, `accesspoint`);
 //! * the one-watchdog lock: `efs_config::watchdog_lock` (`mount.efs` probes it too);
 //! * [`sys`]: pidfd syscalls (the crate's only `unsafe`); [`notify`]: sd_notify.
@@ -16,4 +17,5 @@ pub mod health;
 pub mod notify;
 pub mod renew;
 pub mod sys;
+pub mod takeover;
 pub mod tunnels;

@@ -271,6 +271,38 @@ impl Tunnel {
         t
     }
 
+    /// A tunnel this watchdog has just started on `listener` for a mount it took over
+    /// from amazon-efs-utils (`crate::takeover`), whose state it has just written.
+    pub fn taken_over(
+        state_path: PathBuf,
+        state: MountState,
+        child: Child,
+        listener: OwnedFd,
+    ) -> Result<Tunnel, String> {
+        let pid = child.id() as i32;
+        let pidfd = Pidfd::open(pid).map_err(|e| format!("pidfd_open({pid}): {e}"))?;
+        let mut t = Tunnel {
+            state_path,
+            state,
+            listener: Some(listener),
+            process: Some(Process {
+                pidfd,
+                child: Some(child),
+            }),
+            phase: Phase::Running,
+            started: Instant::now(),
+            quick_deaths: 0,
+            // The takeover saw the kernel use its port.
+            seen_mounted: true,
+            unmounted_since: None,
+            ino: None,
+            renewal: Default::default(),
+            distrusted: None,
+        };
+        t.note_ino();
+        Ok(t)
+    }
+
     /// `fs-… at /mnt/efs, port 20123`, for log lines.
     pub fn name(&self) -> String {
         format!(
@@ -658,7 +690,7 @@ fn recorded_netns(cmd: &[String]) -> Option<PathBuf> {
 /// (a socket stays in the namespace it was made in; the tunnel's own `--netns` only
 /// moves the tunnel). Namespaces are per thread, so a short-lived thread enters it and
 /// binds; the watchdog's other threads stay where they are.
-fn bind_loopback(port: u16, netns: Option<&Path>) -> Result<OwnedFd, String> {
+pub(crate) fn bind_loopback(port: u16, netns: Option<&Path>) -> Result<OwnedFd, String> {
     let bind = move || {
         TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
             .map(OwnedFd::from)
