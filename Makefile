@@ -1,5 +1,6 @@
 # Build and install efs-utils. `make install` puts files where the Debian package will:
 #   /sbin/mount.efs, $(PREFIX)/bin/{efs-tunnel,efs-renew-cert,amazon-efs-mount-watchdog,efs-utils},
+#   $(PREFIX)/lib/efs-utils/take-over-from-amazon-efs-utils (the install scripts'),
 #   the systemd unit, /etc/amazon/efs/efs-utils.toml (kept if it exists),
 #   /etc/amazon/efs/efs-utils.crt (Amazon Root CA 1-4, replaced on every install, as the
 #   incumbent's is), the man pages, /var/log/amazon/efs.
@@ -37,6 +38,7 @@ endif
 install: build
 	install -D -m 0755 $(OUT)/mount-efs $(DESTDIR)$(SBINDIR)/mount.efs
 	for b in $(BINS); do install -D -m 0755 $(OUT)/$$b $(DESTDIR)$(PREFIX)/bin/$$b; done
+	install -D -m 0755 packaging/take-over-from-amazon-efs-utils $(DESTDIR)$(PREFIX)/lib/efs-utils/take-over-from-amazon-efs-utils
 	install -d -m 0755 $(DESTDIR)$(UNITDIR)
 	sed 's|/usr/bin/|$(PREFIX)/bin/|' systemd/amazon-efs-mount-watchdog.service \
 		>$(DESTDIR)$(UNITDIR)/amazon-efs-mount-watchdog.service
@@ -61,6 +63,7 @@ uninstall:
 	rm -f $(DESTDIR)$(SBINDIR)/mount.efs $(DESTDIR)$(UNITDIR)/amazon-efs-mount-watchdog.service
 	rm -f $(DESTDIR)$(SYSCONFDIR)/amazon/efs/efs-utils.crt
 	for b in $(BINS); do rm -f $(DESTDIR)$(PREFIX)/bin/$$b; done
+	rm -rf $(DESTDIR)$(PREFIX)/lib/efs-utils
 	for m in man/*.8; do rm -f $(DESTDIR)$(MANDIR)/man8/$$(basename $$m); done
 	for m in man/*.5; do rm -f $(DESTDIR)$(MANDIR)/man5/$$(basename $$m); done
 

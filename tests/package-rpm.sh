@@ -44,6 +44,8 @@ cat >"$work/want" <<'EOT'
 /usr/bin/efs-renew-cert
 /usr/bin/efs-tunnel
 /usr/bin/efs-utils
+/usr/lib/efs-utils
+/usr/lib/efs-utils/take-over-from-amazon-efs-utils
 /usr/lib/systemd/system/amazon-efs-mount-watchdog.service
 /usr/sbin/mount.efs
 /usr/share/man/man5/efs-utils.toml.5.gz
@@ -73,13 +75,14 @@ check "conflicts with amazon-efs-utils" grep -qx 'amazon-efs-utils' <(q --confli
 
 q --scripts >"$work/scripts"
 # `rpm --scripts` prints "postinstall scriptlet (using /bin/sh):" and the body.
-for s in postinstall preuninstall postuninstall; do
+for s in postinstall preuninstall postuninstall posttrans; do
     awk -v s="$s scriptlet" '/^[a-z]+ scriptlet/ {on = index($0, s) == 1} on' "$work/scripts" >"$work/$s"
 done
 unit=amazon-efs-mount-watchdog.service
 check "postinstall sets the unit up with systemctl" grep -Eq "systemctl.*$unit|systemd-update-helper install-system-units $unit" "$work/postinstall"
 check "preuninstall stops and disables it on erase" grep -Eq "systemctl.*(disable|stop).*$unit|systemd-update-helper remove-system-units $unit" "$work/preuninstall"
 check "postuninstall restarts it on upgrade" grep -Eq "try-restart.*$unit|systemd-update-helper mark-restart-system-units $unit" "$work/postuninstall"
+check "posttrans takes amazon-efs-utils' mounts over" grep -q "/usr/lib/efs-utils/take-over-from-amazon-efs-utils" "$work/posttrans"
 
 mkdir -p "$work/x"
 rpm2archive - <"$rpm" | tar -xzf - -C "$work/x"
@@ -87,6 +90,7 @@ check "the packaged mount.efs runs" sh -c "'$work/x/usr/sbin/mount.efs' --versio
 check "the packaged watchdog runs" "$work/x/usr/bin/amazon-efs-mount-watchdog" --version
 check "the packaged config points at the packaged tunnel" grep -q '"/usr/bin/efs-tunnel"' "$work/x/etc/amazon/efs/efs-utils.toml"
 check "the packaged config points at the packaged renewer" grep -q '^renew_cert = "/usr/bin/efs-renew-cert"' "$work/x/etc/amazon/efs/efs-utils.toml"
+check "the packaged takeover script is valid sh" sh -n "$work/x/usr/lib/efs-utils/take-over-from-amazon-efs-utils"
 check "the packaged renewer runs" "$work/x/usr/bin/efs-renew-cert" --version
 check "the packaged CA bundle is the source tree's" cmp "$work/x/etc/amazon/efs/efs-utils.crt" config/efs-utils.crt
 

@@ -62,6 +62,8 @@ pub struct IncumbentState {
     /// Seconds since the epoch (older releases did not record it).
     pub mount_time: Option<f64>,
     pub mountpoint: Option<String>,
+    /// `elasticfilesystem` (or absent, as in older files) or `s3files`.
+    pub service_type: Option<String>,
     pub cert: Option<IncumbentCert>,
 }
 
@@ -190,6 +192,7 @@ impl IncumbentState {
             files,
             mount_time,
             mountpoint,
+            service_type: string(obj, "service_type"),
             cert,
         })
     }

@@ -97,6 +97,14 @@ fn try_take_over(
     })?;
     let (name_fs_id, port) = incumbent::name_parts(&name)
         .ok_or_else(|| refuse("its name is not <fs-id>.<mountpoint>.<port>".into()))?;
+    if let Some(other) = inc
+        .service_type
+        .as_deref()
+        .filter(|t| *t != state::SERVICE_TYPE_EFS)
+    {
+        let other: String = other.chars().take(32).collect();
+        return Err(refuse(format!("it is a mount of {other:?}, not of EFS")));
+    }
     let config_path = dir.join(incumbent::tunnel_config_name(&name));
     if inc.tunnel_config != config_path {
         return Err(refuse(format!(
