@@ -37,6 +37,32 @@ while True:
     held.append(c)
 "#;
 
+/// The incumbent's tunnel program: the stand-in runs under its name.
+#[derive(Clone, Copy)]
+enum Their {
+    Stunnel,
+    EfsProxy,
+}
+
+impl Their {
+    fn name(self) -> &'static str {
+        match self {
+            Their::Stunnel => "stunnel",
+            Their::EfsProxy => "efs-proxy",
+        }
+    }
+
+    /// The state file's `cmd`, as amazon-efs-utils records it.
+    fn cmd(self, config: &Path) -> serde_json::Value {
+        match self {
+            Their::Stunnel => serde_json::json!(["/usr/bin/stunnel5", config]),
+            Their::EfsProxy => {
+                serde_json::json!(["/usr/bin/efs-proxy", config, "--tls", "--no-direct-s3-read"])
+            }
+        }
+    }
+}
+
 /// A mount made by amazon-efs-utils: its files in the state directory, its tunnel.
 struct IncumbentMount {
     mountpoint: String,
@@ -51,6 +77,16 @@ struct IncumbentMount {
 impl IncumbentMount {
     /// `cafile`: what its stunnel config trusts; `mount_age`: seconds since it was made.
     fn make(scene: &Scene, mp_name: &str, cafile: &Path, mount_age: f64) -> IncumbentMount {
+        IncumbentMount::make_with(scene, mp_name, cafile, mount_age, Their::Stunnel)
+    }
+
+    fn make_with(
+        scene: &Scene,
+        mp_name: &str,
+        cafile: &Path,
+        mount_age: f64,
+        program: Their,
+    ) -> IncumbentMount {
         let root = &scene.root;
         let dir = root.state_dir();
         state::ensure_state_dir(&dir, 0o750).unwrap();
@@ -75,7 +111,7 @@ impl IncumbentMount {
             ),
         )
         .unwrap();
-        let stand_in = root.dir.path("bin").join("stunnel");
+        let stand_in = root.dir.path("bin").join(program.name());
         std::fs::write(&stand_in, STUNNEL_STAND_IN).unwrap();
         std::fs::set_permissions(
             &stand_in,
@@ -102,7 +138,7 @@ impl IncumbentMount {
         let state_path = dir.join(&name);
         let state = serde_json::json!({
             "pid": tunnel.id(),
-            "cmd": ["/usr/bin/stunnel5", config_path],
+            "cmd": program.cmd(&config_path),
             "files": [config_path],
             "mount_time": state::unix_time() - mount_age,
             "mountpoint": mountpoint,
@@ -353,4 +389,30 @@ async fn nothing_is_taken_over_while_amazon_efs_utils_watchdog_runs_and_a_gone_m
     let log = watchdog_log(root);
     assert_eq!(log.matches("still runs").count(), 1, "{log}");
     assert!(log.contains("amazon-efs-utils' mount is gone"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mount_through_efs_proxy_is_taken_over_the_same_way() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let scene = Scene::new().await;
+    let root = &scene.root;
+    let mut inc = IncumbentMount::make_with(
+        &scene,
+        "proxied",
+        &root.dir.path("ca.pem"),
+        120.0,
+        Their::EfsProxy,
+    );
+    assert_eq!(greeting(inc.port), b"incumbent\n");
+    set_mounts(root, &[(&inc.mountpoint, inc.port)]);
+    let _wd = start_watchdog(root);
+    assert!(
+        wait_until(Duration::from_secs(20), || inc.ours().is_some()),
+        "not taken over: {}",
+        watchdog_log(root)
+    );
+    assert!(wait_until(Duration::from_secs(10), || inc.tunnel_exited()));
+    assert_eq!(round_trip(inc.port, b"via ours").unwrap(), b"via ours");
+    assert!(!inc.config_path.exists() && !inc.workspace.exists());
+    assert!(watchdog_log(root).contains("from amazon-efs-utils' efs-proxy"));
 }
