@@ -21,8 +21,9 @@ use serde::{Deserialize, Serialize};
 /// `service_type` of EFS mounts (the incumbent also has S3 Files).
 pub const SERVICE_TYPE_EFS: &str = "elasticfilesystem";
 
-/// One TLS mount, as recorded in its state file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One TLS mount, as recorded in its state file. `Default` is only for the fields a new
+/// record starts without (`..MountState::default()`): every writer sets the rest.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MountState {
     /// The tunnel's pid.
     pub pid: i32,

@@ -387,14 +387,11 @@ impl Mount<'_> {
             check_host: spec.check_host.clone(),
             connect: spec.connect.clone(),
             control_socket: control,
-            restarts: 0,
-            unmount_time: None,
-            served_by: None,
-            also_serves: Vec::new(),
             // Not in `files`: the watchdog removes it, and its directory, at teardown
             // (state::remove_client_cert).
             client_cert,
-            extra: Default::default(),
+            // What only the watchdog sets later (restarts, unmount time, riders).
+            ..MountState::default()
         };
         guard.state_file = Some(
             record

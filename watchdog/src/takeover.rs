@@ -41,7 +41,7 @@ use log::{info, warn};
 use nix::sys::signal::Signal;
 
 use crate::sys::Pidfd;
-use crate::tunnels::Tunnel;
+use crate::tunnels::{remove, Tunnel};
 
 /// How long our tunnel has to be ready (its first handshake) before the takeover is
 /// given up and the incumbent's tunnel left serving.
@@ -148,7 +148,7 @@ fn try_take_over(
             stop(&p.pidfd);
         }
         remove_incumbent_files(dir, &name, &inc, None);
-        remove_file(path);
+        remove(path);
         return Ok(Outcome::CleanedUp);
     }
     let fs_id = inc
@@ -243,12 +243,8 @@ fn try_take_over(
         check_host,
         connect: spec.connect.clone(),
         control_socket: control,
-        restarts: 0,
-        unmount_time: None,
-        served_by: None,
-        also_serves: Vec::new(),
         client_cert,
-        extra: Default::default(),
+        ..MountState::default()
     };
     if let Err(e) = record.write(dir, &name) {
         // Ours serves the port now (theirs is stopped): keep it running, unwatched, and
@@ -404,7 +400,7 @@ fn remove_incumbent_files(dir: &Path, name: &str, inc: &IncumbentState, keep: Op
     let mut files = inc.files.clone();
     files.push(dir.join(incumbent::tunnel_config_name(name)));
     for f in files.iter().filter(|f| incumbent::inside(dir, f)) {
-        remove_file(f);
+        remove(f);
     }
     let workspace = dir.join(format!("{name}+"));
     let Ok(meta) = std::fs::symlink_metadata(&workspace) else {
@@ -437,14 +433,6 @@ fn remove_incumbent_files(dir: &Path, name: &str, inc: &IncumbentState, keep: Op
                     warn!("cannot remove {}: {e}", p.display());
                 }
             }
-        }
-    }
-}
-
-fn remove_file(p: &Path) {
-    if let Err(e) = std::fs::remove_file(p) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            warn!("cannot remove {}: {e}", p.display());
         }
     }
 }

@@ -743,7 +743,8 @@ fn running_tunnel(state: &MountState) -> Result<(Pidfd, i32), String> {
     Ok((pidfd, fd))
 }
 
-fn remove(p: &Path) {
+/// Removes a file; missing is fine, anything else is logged.
+pub(crate) fn remove(p: &Path) {
     if let Err(e) = std::fs::remove_file(p) {
         if e.kind() != std::io::ErrorKind::NotFound {
             warn!("cannot remove {}: {e}", p.display());
