@@ -11,8 +11,9 @@
 //! (`efs_config::renewal`). That program reads the host key, fetches credentials again
 //! from the mount's recorded source, signs, and writes the certificate file itself; this
 //! crate links no TLS, HTTP or crypto (issue #11), the PEM never passes through it, and a
-//! renewal that hangs is killed after [`RENEWER_DEADLINE`] and counts as failed. The
-//! main loop then signals the tunnel it supervises and rewrites the state.
+//! renewal that hangs is killed after [`RENEWER_DEADLINE`] and counts as failed; each
+//! runs in a process group of its own, which is killed when it ends, so nothing it
+//! started (a `credential_process` that forked) outlives it. The main loop then signals the tunnel it supervises and rewrites the state.
 //!
 //! Failures keep the old certificate and the tunnel as they are, are recorded in the
 //! state (`renewal_error`, for `efs-utils status`), logged once per distinct error, and
@@ -331,11 +332,13 @@ fn talk(
         }
         // The answer is in once stdout is closed; then only the exit is awaited (a
         // process it started might hold stderr open).
-        if stdout.is_none() {
-            if let Some(status) = child.try_wait().map_err(Talk::Io)? {
-                drain(&mut stderr, &mut err);
-                return Ok((out, err, status));
-            }
+        if stdout.is_none() && has_ended(child).map_err(Talk::Io)? {
+            // Not reaped yet, so its pid is still its group's: whatever it started and
+            // left behind (a `credential_process` that forked, say) ends with it.
+            kill_group(child);
+            drain(&mut stderr, &mut err);
+            let status = child.wait().map_err(Talk::Io)?;
+            return Ok((out, err, status));
         }
         let wait = match stdout {
             Some(_) => left,
@@ -431,6 +434,19 @@ fn drain(stderr: &mut Option<std::process::ChildStderr>, err: &mut Vec<u8>) {
 fn keep(err: &mut Vec<u8>, bytes: &[u8]) {
     let room = MAX_STDERR.saturating_sub(err.len());
     err.extend_from_slice(&bytes[..bytes.len().min(room)]);
+}
+
+/// Whether the renewer has ended, without reaping it (`WNOWAIT`): until it is reaped,
+/// no new process can take its pid, so [`kill_group`] reaches its own group only.
+fn has_ended(child: &Child) -> io::Result<bool> {
+    use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).map_err(io::Error::other)?);
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    match waitid(Id::Pid(pid), flags) {
+        Ok(WaitStatus::StillAlive) => Ok(false),
+        Ok(_) => Ok(true),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// SIGKILL to the renewer's process group (its pid: not reaped yet, so still its), and
@@ -717,6 +733,25 @@ mod tests {
             !alive(child)
         });
         assert!(gone, "what it started is killed too");
+    }
+
+    #[test]
+    fn what_a_renewer_leaves_behind_when_it_succeeds_is_killed_with_it() {
+        let s = Script::new(
+            "leaves",
+            &format!(
+                "cat >/dev/null\nsleep 600 </dev/null >/dev/null 2>&1 &\necho $! > child.pid\necho '{OK}'"
+            ),
+        );
+        let t0 = Instant::now();
+        s.run(b"{}", Duration::from_secs(10)).unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        let child = s.pid("child.pid");
+        let gone = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            !alive(child)
+        });
+        assert!(gone, "the sleep it left behind is killed");
     }
 
     #[test]
