@@ -44,6 +44,17 @@ enum Cmd {
         #[arg(long)]
         down: bool,
     },
+    /// Small round trips one at a time through one address (for profiling a tunnel's
+    /// per-RPC cost by hand).
+    Rpcs {
+        #[arg(long)]
+        connect: SocketAddr,
+        /// Pid of the tunnel whose CPU to report.
+        #[arg(long)]
+        pid: i32,
+        #[arg(long, default_value_t = 20_000)]
+        count: usize,
+    },
     /// Measure two tunnels, interleaved.
     Compare {
         /// Our tunnel: listen address and pid.
@@ -91,6 +102,22 @@ async fn main() {
             };
             let (mibs, cpu) = bulk(t, mib, !down).await;
             println!("{mibs:.1} MiB/s, {cpu:.3} CPU-s/GiB");
+        }
+        Cmd::Rpcs {
+            connect,
+            pid,
+            count,
+        } => {
+            let t = Tunnel {
+                name: "one",
+                addr: connect,
+                pid,
+            };
+            let (mut l, cpu) = small_rpcs(t, count).await;
+            println!(
+                "p50 {:.1} us, {cpu:.1} CPU-ms per 1000 RPCs",
+                percentile(&mut l, 0.5)
+            );
         }
         Cmd::Compare {
             ours,
@@ -260,6 +287,15 @@ async fn latency(t: Tunnel, conns: usize, per_conn: usize) -> Vec<f64> {
     all
 }
 
+/// Round trips one at a time over one connection: their latencies, microseconds, and the
+/// tunnel's CPU-milliseconds per 1000 of them (what an NFS workload of small files costs).
+async fn small_rpcs(t: Tunnel, count: usize) -> (Vec<f64>, f64) {
+    let cpu0 = cpu_seconds(t.pid);
+    let l = latency(t, 1, count).await;
+    let cpu = cpu_seconds(t.pid) - cpu0;
+    (l, cpu * 1e6 / count as f64)
+}
+
 /// Connect, first RPC, close: milliseconds each.
 async fn setup(t: Tunnel, count: usize) -> Vec<f64> {
     let req = request(192, 4096);
@@ -335,7 +371,8 @@ async fn compare(tunnels: &[Tunnel; 2], bulk_mib: u64, rounds: usize, hold: usiz
             let (mibs, cpu) = bulk(*t, bulk_mib, false).await;
             add("bulk_down_mibs", t.name, mibs);
             add("cpu_down_s_per_gib", t.name, cpu);
-            let mut l1 = latency(*t, 1, 3000).await;
+            let (mut l1, rpc_cpu) = small_rpcs(*t, 10_000).await;
+            add("cpu_per_1000_rpcs_ms", t.name, rpc_cpu);
             add("rtt1_p50_us", t.name, percentile(&mut l1, 0.5));
             add("rtt1_p99_us", t.name, percentile(&mut l1, 0.99));
             let mut l16 = latency(*t, 16, 500).await;
@@ -352,7 +389,7 @@ async fn compare(tunnels: &[Tunnel; 2], bulk_mib: u64, rounds: usize, hold: usiz
         add("rss_per_conn_kib", t.name, (with - idle) / hold as f64);
     }
 
-    let rows: [(&str, &str, &str); 11] = [
+    let rows: [(&str, &str, &str); 12] = [
         ("cpu_up_s_per_gib", "tunnel CPU s/GiB, sending", "<= 0.40x"),
         (
             "cpu_down_s_per_gib",
@@ -361,6 +398,11 @@ async fn compare(tunnels: &[Tunnel; 2], bulk_mib: u64, rounds: usize, hold: usiz
         ),
         ("bulk_up_mibs", "bulk MiB/s, sending", ">= 1.3x"),
         ("bulk_down_mibs", "bulk MiB/s, receiving", ">= 1.3x"),
+        (
+            "cpu_per_1000_rpcs_ms",
+            "tunnel CPU ms/1000 RPCs, 1 conn",
+            "<= 1.0x",
+        ),
         ("rtt1_p50_us", "round trip p50 us, 1 conn", "<= 1.0x"),
         ("rtt1_p99_us", "round trip p99 us, 1 conn", "<= 1.0x"),
         ("rtt16_p50_us", "round trip p50 us, 16 conns", "<= 1.0x"),
