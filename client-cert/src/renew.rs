@@ -3,7 +3,7 @@
 //! leaves the host), reads the host key ([`HostKey::load`]: never made here), fetches
 //! credentials again from the recorded source (`credentials::renew`, in this process's
 //! environment: the watchdog's), issues the certificate with the same identity
-//! ([`issue()`]) and writes it over the old one ([`write_certificate`]). A failure
+//! ([`issue()`]) and writes it over the old one ([`CertDir`]). A failure
 //! anywhere leaves the old file as it was.
 
 use efs_config::renewal::{Job, Renewed};
@@ -11,14 +11,18 @@ use efs_iam::credentials::{self, Env, Source};
 use efs_iam::HostKey;
 
 use crate::issue::{self, issue, Identity};
-use crate::write::{check_target, write_certificate};
+use crate::write::CertDir;
 use crate::Error;
 
 /// Renews the certificate of `job` and writes it; blocks for as long as the credential
 /// source takes (each request has its deadline).
 pub fn renew(job: &Job, env: &dyn Env) -> Result<Renewed, Error> {
     let rec = &job.record;
-    check_target(&job.state_dir, &rec.certificate).map_err(Error::Write)?;
+    // Opened before any request leaves the host, and checked to be the directory the
+    // renewal was asked for: a renewal never writes into a newer mount's directory of the
+    // same name, and if its own mount goes while it waits, the certificate goes nowhere.
+    let dir =
+        CertDir::open(&job.state_dir, &rec.certificate, job.directory).map_err(Error::Write)?;
     let key = HostKey::load(&rec.private_key).map_err(Error::Key)?;
     let creds = match &rec.iam_source {
         None => None,
@@ -36,7 +40,7 @@ pub fn renew(job: &Job, env: &dyn Env) -> Result<Renewed, Error> {
     let now = issue::now()?;
     let who = Identity::of_record(&job.fs_id, rec, job.client_source.as_deref());
     let issued = issue(&key, &who, creds.as_ref(), now)?;
-    write_certificate(&job.state_dir, &rec.certificate, &issued.pem).map_err(Error::Write)?;
+    dir.write(&issued.pem).map_err(Error::Write)?;
     Ok(Renewed {
         issued: issued.issued,
         not_after: issued.not_after,
@@ -173,5 +177,22 @@ mod tests {
             "{e}"
         );
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
+    }
+
+    #[test]
+    fn a_renewal_never_writes_into_a_newer_mount_of_the_same_name() {
+        // The mount was unmounted and mounted again while the renewal waited: its
+        // directory was made again by the same name (the old one kept elsewhere here, so
+        // that its inode cannot be reused).
+        let s = scene("remounted");
+        let cert_dir = s.job.record.certificate.parent().unwrap().to_path_buf();
+        assert!(s.job.directory.is_some(), "the job names its directory");
+        std::fs::rename(&cert_dir, s.dir.join("old-mount+")).unwrap();
+        std::fs::create_dir(&cert_dir).unwrap();
+        std::fs::set_permissions(&cert_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::write(&s.job.record.certificate, "the new mount's").unwrap();
+        let e = renew(&s.job, &s.env).unwrap_err().to_string();
+        assert!(e.contains("belongs to a newer mount"), "{e}");
+        assert_eq!(cert(&s), "the new mount's");
     }
 }

@@ -1,5 +1,6 @@
 //! The one writer of a client certificate file, for `mount.efs` ([`write_new`], which
-//! first makes the mount's directory) and every renewal ([`write_certificate`]).
+//! first makes the mount's directory) and every renewal ([`CertDir`], which writes in
+//! the directory it opened before the renewal fetched anything).
 //!
 //! The file is `<state dir>/<state name>+/certificate.pem` (`state::client_cert_path`,
 //! the incumbent's layout), and it is always replaced whole: a temporary
@@ -12,10 +13,10 @@
 //! user's alone (`state::check_trusted`: no symlink, not group- or world-writable).
 
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use efs_config::renewal::{inside_state_dir, TEMP_NAME};
+use efs_config::renewal::{inside_state_dir, DirId, TEMP_NAME};
 
 /// This process's temporary name in a certificate's directory.
 fn temp_name() -> String {
@@ -35,6 +36,9 @@ pub enum WriteError {
     NotADirectory(PathBuf),
     /// The directory is not this user's alone (`state::check_trusted`'s reason).
     Untrusted(String),
+    /// The directory is not the one the renewal was asked for: its mount was unmounted
+    /// and a new mount of the same name made it again meanwhile.
+    Replaced(PathBuf),
     Io {
         path: PathBuf,
         error: io::Error,
@@ -57,6 +61,11 @@ impl std::fmt::Display for WriteError {
                 write!(f, "{} exists and is not a directory", dir.display())
             }
             WriteError::Untrusted(why) => write!(f, "{why}"),
+            WriteError::Replaced(dir) => write!(
+                f,
+                "{} belongs to a newer mount than the one this renewal was for; not writing in it",
+                dir.display()
+            ),
             WriteError::Io { path, error } => write!(f, "cannot write {}: {error}", path.display()),
         }
     }
@@ -86,36 +95,96 @@ pub fn write_certificate(
     certificate: &Path,
     pem: &str,
 ) -> Result<(), WriteError> {
-    let dir = check_target(state_dir, certificate)?;
-    // One temporary per writer (a renewer left running by a restarted watchdog may
-    // write at the same time as the next one's): `TEMP_NAME.<pid>`.
-    let tmp = dir.join(temp_name());
-    let written = (|| {
-        match std::fs::remove_file(&tmp) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+    CertDir::open(state_dir, certificate, None)?.write(pem)
+}
+
+/// A renewal's certificate directory, opened once before anything is fetched: the
+/// certificate is then written relative to this open directory, so a renewal whose
+/// mount was torn down meanwhile writes nowhere (a removed directory takes no new
+/// file), and never into a new mount's directory of the same name.
+#[derive(Debug)]
+pub struct CertDir {
+    fd: std::os::fd::OwnedFd,
+    certificate: PathBuf,
+}
+
+impl CertDir {
+    /// Opens the directory of `certificate` (as [`check_target`] allows it), and checks
+    /// that it is `expected`, the one the renewal was asked for, when that is known.
+    pub fn open(
+        state_dir: &Path,
+        certificate: &Path,
+        expected: Option<DirId>,
+    ) -> Result<CertDir, WriteError> {
+        use nix::fcntl::OFlag;
+        let dir = check_target(state_dir, certificate)?;
+        let io_err = |e: nix::errno::Errno| WriteError::Io {
+            path: dir.to_path_buf(),
+            error: e.into(),
+        };
+        let fd = nix::fcntl::open(
+            dir,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(io_err)?;
+        let st = nix::sys::stat::fstat(&fd).map_err(io_err)?;
+        let here = DirId {
+            dev: st.st_dev as u64,
+            ino: st.st_ino as u64,
+        };
+        if expected.is_some_and(|e| e != here) {
+            return Err(WriteError::Replaced(dir.to_path_buf()));
         }
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(&tmp)?;
-        // The umask cannot widen 0600, but a narrower one is fine; be explicit anyway.
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        f.write_all(pem.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, certificate)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        Ok(CertDir {
+            fd,
+            certificate: certificate.to_path_buf(),
+        })
     }
-    written.map_err(|error| WriteError::Io {
-        path: certificate.to_path_buf(),
-        error,
-    })
+
+    /// Writes `pem` over the certificate, atomically (see the module doc), in this
+    /// directory.
+    pub fn write(&self, pem: &str) -> Result<(), WriteError> {
+        use nix::fcntl::{openat, renameat, OFlag};
+        use nix::sys::stat::Mode;
+        use nix::unistd::{unlinkat, UnlinkatFlags};
+        let io_err = |error: io::Error| WriteError::Io {
+            path: self.certificate.clone(),
+            error,
+        };
+        let name = self
+            .certificate
+            .file_name()
+            .ok_or_else(|| io_err(io::ErrorKind::InvalidInput.into()))?;
+        // One temporary per writer (a renewer left running by a restarted watchdog may
+        // write at the same time as the next one's): `TEMP_NAME.<pid>`.
+        let tmp = temp_name();
+        let _ = unlinkat(&self.fd, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+        let written = (|| -> io::Result<()> {
+            let fd = openat(
+                &self.fd,
+                tmp.as_str(),
+                OFlag::O_WRONLY
+                    | OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o600),
+            )?;
+            let mut f = std::fs::File::from(fd);
+            // The umask cannot widen 0600, but a narrower one is fine; be explicit anyway.
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+            f.write_all(pem.as_bytes())?;
+            f.sync_all()?;
+            renameat(&self.fd, tmp.as_str(), &self.fd, name)?;
+            nix::unistd::fsync(&self.fd)?;
+            Ok(())
+        })();
+        if written.is_err() {
+            let _ = unlinkat(&self.fd, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+        }
+        written.map_err(io_err)
+    }
 }
 
 /// `mount.efs`: makes the certificate's directory (0700; a leftover real directory of a
@@ -262,5 +331,37 @@ mod tests {
         assert!(write_certificate(&base, &cert, "late").is_err());
         assert!(!cert_dir.exists());
         std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn a_renewal_whose_directory_was_torn_down_meanwhile_writes_nowhere() {
+        let d = scratch("torn-down");
+        let path = d.join("fs-1.mnt.20049+").join("certificate.pem");
+        write_new(&d, &path, "PEM 1").unwrap();
+        let id = DirId::of(path.parent().unwrap());
+        let dir = CertDir::open(&d, &path, id).unwrap();
+        // The watchdog tears the mount down; a new mount of the same name follows.
+        efs_config::state::remove_client_cert(&path).unwrap();
+        write_new(&d, &path, "the new mount's").unwrap();
+        assert!(dir.write("PEM 2").is_err());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "the new mount's");
+        // Opened afresh with the old directory's identity: refused.
+        assert!(matches!(
+            CertDir::open(&d, &path, id),
+            Err(WriteError::Replaced(_))
+        ));
+        // The same directory: written, whole, and nothing else left in it.
+        let now = DirId::of(path.parent().unwrap());
+        CertDir::open(&d, &path, now)
+            .unwrap()
+            .write("PEM 3")
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "PEM 3");
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(
+            std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
+            1
+        );
+        let _ = std::fs::remove_dir_all(&d);
     }
 }

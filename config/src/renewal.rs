@@ -87,6 +87,31 @@ pub struct Job {
     #[serde(default)]
     pub client_source: Option<String>,
     pub endpoints: Endpoints,
+    /// The certificate's directory as it was when the renewal was asked for: the
+    /// renewer writes only into that very directory, never into one a new mount of the
+    /// same name made meanwhile (an unmount and a mount while the renewal waited).
+    #[serde(default)]
+    pub directory: Option<DirId>,
+}
+
+/// Which directory, by device and inode number: a directory removed and made again by
+/// the same name is another one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl DirId {
+    /// The directory at `dir` (not through a symlink), if there is one.
+    pub fn of(dir: &Path) -> Option<DirId> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::symlink_metadata(dir).ok()?;
+        meta.is_dir().then(|| DirId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
 }
 
 impl Job {
@@ -98,6 +123,7 @@ impl Job {
             record: record.clone(),
             client_source: cfg.client_info.source.clone(),
             endpoints: Endpoints::from_config(cfg, &record.region),
+            directory: record.certificate.parent().and_then(DirId::of),
         }
     }
 

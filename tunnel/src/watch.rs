@@ -363,7 +363,7 @@ mod tests {
         let slice = limit / SLICES;
         let step = Duration::from_millis(50);
         let mut w = Watch::new(limit);
-        let (mut up, mut down) = (RpcScanner::default(), RpcScanner::default());
+        let (mut up, down) = (RpcScanner::default(), RpcScanner::default());
         // A call, unanswered: noticed one limit after it was made.
         up.feed(&record(1, CALL, 100));
         let Some((silent, at)) = run_for(&mut w, &up, &down, false, limit * 2).await else {
@@ -371,7 +371,10 @@ mod tests {
         };
         assert!(at >= limit && at <= limit + step, "noticed after {at:?}");
         assert_eq!(silent.outstanding, 1);
-        assert!(silent.waited >= limit && silent.waited <= limit + step, "{silent:?}");
+        assert!(
+            silent.waited >= limit && silent.waited <= limit + step,
+            "{silent:?}"
+        );
 
         // Another connection: after 20 s, a reply to something else proves the server is
         // alive, and the wait restarts from about then.
@@ -390,8 +393,14 @@ mod tests {
         };
         // Noticed within one slice before the limit after the last byte, never after.
         let after_reply = early + at;
-        assert!(after_reply <= limit + step, "noticed {after_reply:?} after the reply");
-        assert!(silent.waited >= limit && silent.waited <= limit + slice, "{silent:?}");
+        assert!(
+            after_reply <= limit + step,
+            "noticed {after_reply:?} after the reply"
+        );
+        assert!(
+            silent.waited >= limit && silent.waited <= limit + slice,
+            "{silent:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

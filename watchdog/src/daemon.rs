@@ -770,7 +770,19 @@ impl Daemon {
         let Some(t) = self.tunnels.get_mut(&outcome.key) else {
             return; // torn down meanwhile, with the certificate's directory
         };
-        t.renewal.in_flight = false;
+        match t.state.client_cert.as_ref().map(|c| c.issued.to_bits()) {
+            Some(issued) if issued != outcome.replaces.to_bits() => {
+                // Torn down meanwhile, and mounted again by the same name: the renewer
+                // wrote nothing in the new mount's directory (it checks), and its answer
+                // is not this mount's, whose own renewal may be in flight.
+                info!(
+                    "a certificate renewal for an earlier mount of {} ended; it is not this mount's",
+                    t.name()
+                );
+                return;
+            }
+            _ => t.renewal.in_flight = false,
+        }
         let Some(mut rec) = t.state.client_cert.clone().filter(|_| t.renews()) else {
             return; // it became a rider, or is being torn down
         };

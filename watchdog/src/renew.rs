@@ -241,6 +241,10 @@ impl Job {
 #[derive(Debug)]
 pub struct Outcome {
     pub key: PathBuf,
+    /// The `issued` of the certificate the job was to replace: which mount of that
+    /// state file's name the answer is for (an unmount and a mount of the same name may
+    /// have come in between).
+    pub replaces: f64,
     pub result: Result<Renewed, String>,
 }
 
@@ -495,6 +499,7 @@ impl Workers {
                     let result = job.run();
                     if done_tx
                         .send(Outcome {
+                            replaces: job.job.record.issued,
                             key: job.key,
                             result,
                         })

@@ -636,3 +636,82 @@ async fn a_renewer_that_hangs_is_killed_at_the_deadline_and_the_watchdog_carries
     );
     assert_eq!(round_trip(m.port, b"after").unwrap(), b"after");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_renewal_that_outlives_its_mount_leaves_the_next_mount_of_that_name_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let scene = Scene::on(root()).await;
+    let root = &scene.root;
+    // The real renewer, after a wait long enough for an unmount and a new mount.
+    let d = root.dir.0.display();
+    let slow = root.dir.path("bin").join("slow-renewer");
+    std::fs::write(
+        &slow,
+        format!(
+            "#!/bin/sh\ntouch {d}/renewer.started\nsleep 6\n{}\nrc=$?\ntouch {d}/renewer.done\nexit $rc\n",
+            renew_cert_bin().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&slow, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let text = std::fs::read_to_string(&root.config).unwrap();
+    let real = format!("renew_cert = \"{}\"", renew_cert_bin().display());
+    assert!(text.contains(&real), "{text}");
+    std::fs::write(
+        &root.config,
+        text.replace(&real, &format!("renew_cert = \"{}\"", slow.display())),
+    )
+    .unwrap();
+    let first = scene.mount("again");
+    set_mounts(root, &[(&first.mountpoint, first.port)]);
+    give_certificate(root, &first, None, 2.0 * HOUR, HOUR);
+    let _wd = start(root, &[]);
+    assert!(
+        wait_until(Duration::from_secs(10), || root
+            .dir
+            .path("renewer.started")
+            .exists()),
+        "{}",
+        watchdog_log(root)
+    );
+
+    // Unmounted while the renewal waits: torn down, certificate directory and all.
+    set_mounts(root, &[]);
+    assert!(
+        wait_until(Duration::from_secs(5), || !first.state_path.exists()),
+        "{}",
+        watchdog_log(root)
+    );
+    // Mounted again at once on the same port (as the lowest free port often is), so
+    // with the same state file name, and a fresh certificate of its own.
+    let second = mount_with(
+        root,
+        "again",
+        &scene.ip,
+        &format!(",tlsport={}", first.port),
+    );
+    assert_eq!(second.state_path, first.state_path);
+    let fresh = give_certificate(root, &second, None, 0.0, 3.0 * HOUR);
+    let fresh_pem = std::fs::read(&fresh.certificate).unwrap();
+    set_mounts(root, &[(&second.mountpoint, second.port)]);
+
+    // The first mount's renewal ends: nothing of it reaches the second mount.
+    assert!(
+        wait_until(Duration::from_secs(20), || root
+            .dir
+            .path("renewer.done")
+            .exists()),
+        "{}",
+        watchdog_log(root)
+    );
+    std::thread::sleep(Duration::from_secs(2)); // the watchdog's look at the answer
+    let rec = record(&second);
+    assert_eq!(rec.renewal_error, None);
+    assert_eq!(rec.renewed, None);
+    assert_eq!(rec.issued, fresh.issued);
+    assert!(
+        std::fs::read(&fresh.certificate).unwrap() == fresh_pem,
+        "the new mount's certificate was replaced by the earlier mount's renewal"
+    );
+    assert_eq!(round_trip(second.port, b"still").unwrap(), b"still");
+}
