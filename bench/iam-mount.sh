@@ -26,13 +26,8 @@ cleanup() {
 trap cleanup EXIT
 mkdir -p "$w/run" "$w/log" "$w/mnt" "$w/.aws"
 
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$w/ca.key" -out "$w/ca.pem" \
-    -days 2 -subj "/CN=bench CA" -addext basicConstraints=critical,CA:TRUE 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$w/s.key" -out "$w/s.csr" \
-    -subj "/CN=*.efs.us-east-1.amazonaws.com" 2>/dev/null
-printf 'subjectAltName=DNS:*.efs.us-east-1.amazonaws.com\nextendedKeyUsage=serverAuth\n' >"$w/ext"
-openssl x509 -req -in "$w/s.csr" -CA "$w/ca.pem" -CAkey "$w/ca.key" -CAcreateserial -days 2 \
-    -extfile "$w/ext" -out "$w/s.pem" 2>/dev/null
+. tests/e2e/lib.sh # throwaway_certs
+throwaway_certs "$w"
 akid=AKIABENCHTESTKEY0001
 secret=benchSecretKeyKnownOnlyToTheFakeEfs00001
 echo "$akid $secret" >"$w/keys"
@@ -41,7 +36,7 @@ chmod 600 "$w/keys" "$w/.aws/credentials"
 target/release/efs-bench backend --listen 127.0.0.78:23049 &
 pids+=($!)
 target/release/efs-fake-efs --listen 127.0.0.78:2049 --connect 127.0.0.78:23049 \
-    --cert "$w/s.pem" --key "$w/s.key" --keys "$w/keys" >"$w/fake-efs.log" 2>&1 &
+    --cert "$w/server.pem" --key "$w/server.key" --keys "$w/keys" >"$w/fake-efs.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 50); do grep -q listening "$w/fake-efs.log" && break; sleep 0.1; done
 

@@ -31,14 +31,8 @@ cleanup() {
 trap cleanup EXIT
 
 name=fs-12345678.efs.us-east-1.amazonaws.com
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/ca.key" \
-    -out "$work/ca.pem" -days 2 -subj "/CN=bench throwaway CA" \
-    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/server.key" \
-    -out "$work/server.csr" -subj "/CN=*.efs.us-east-1.amazonaws.com" 2>/dev/null
-printf 'subjectAltName=DNS:*.efs.us-east-1.amazonaws.com\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n' >"$work/ext.cnf"
-openssl x509 -req -in "$work/server.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" -CAcreateserial \
-    -days 2 -extfile "$work/ext.cnf" -out "$work/server.pem" 2>/dev/null
+. tests/e2e/lib.sh # throwaway_certs and incumbent_stunnel_conf, in one place each
+throwaway_certs "$work"
 
 # The mount target: a TLS terminator in front of the RPC backend. Session resumption is
 # off, so that every connection of either tunnel pays a full handshake.
@@ -59,7 +53,6 @@ EOF
 # stunnel as amazon-efs-utils v3.2.0 writes its config (section 6.2 of the reference),
 # minus the client certificate (a plain TLS mount on both sides). Logs go to a
 # file: this machine has no /dev/log, and syslog would cost stunnel 5 ms a line.
-. tests/e2e/lib.sh # incumbent_stunnel_conf: the incumbent's config, in one place
 incumbent_stunnel_conf 127.0.0.1:20050 127.0.0.1:22049 "$work/ca.pem" "$name" >"$work/client.conf"
 
 target/release/efs-bench backend --listen 127.0.0.1:23049 &

@@ -31,17 +31,12 @@ cleanup() {
 trap cleanup EXIT
 mkdir -p "$w/run" "$w/log" "$w/mnt"
 
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$w/ca.key" -out "$w/ca.pem" \
-    -days 2 -subj "/CN=bench CA" -addext basicConstraints=critical,CA:TRUE 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$w/s.key" -out "$w/s.csr" \
-    -subj "/CN=*.efs.us-east-1.amazonaws.com" 2>/dev/null
-printf 'subjectAltName=DNS:*.efs.us-east-1.amazonaws.com\nextendedKeyUsage=serverAuth\n' >"$w/ext"
-openssl x509 -req -in "$w/s.csr" -CA "$w/ca.pem" -CAkey "$w/ca.key" -CAcreateserial -days 2 \
-    -extfile "$w/ext" -out "$w/s.pem" 2>/dev/null
+. tests/e2e/lib.sh # throwaway_certs and incumbent_stunnel_conf, in one place each
+throwaway_certs "$w"
 target/release/efs-bench backend --listen 127.0.0.77:23049 &
 pids+=($!)
 printf 'foreground = yes\npid =\ndebug = 3\n[nfs]\naccept = 127.0.0.77:2049\nconnect = 127.0.0.77:23049\ncert = %s\nkey = %s\n' \
-    "$w/s.pem" "$w/s.key" >"$w/stunnel.conf"
+    "$w/server.pem" "$w/server.key" >"$w/stunnel.conf"
 stunnel4 "$w/stunnel.conf" 2>"$w/stunnel.log" &
 pids+=($!)
 sleep 0.5
@@ -91,7 +86,6 @@ echo "watchdog idle with $tunnels tunnels over ${secs} s: RSS $((rss / 1024)).$(
 # (as root: the tunnels' peer check admits root's sockets) and one per stunnel.
 # The incumbent's own watchdog (Python, about 20-30 MiB) is not run here: the comparison
 # leaves it out, in the incumbent's favour.
-. tests/e2e/lib.sh # incumbent_stunnel_conf: the incumbent's config, in one place
 ours_pids=($wd $(pgrep -f "$w/run/tunnel-" || true))
 theirs_pids=()
 for f in "$w"/run/fs-*; do

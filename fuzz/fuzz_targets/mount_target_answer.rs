@@ -11,7 +11,9 @@
 
 #![no_main]
 
-use efs_iam::mount_target::{choose, parse_availability_zones, parse_mount_targets, ClientAz, Ec2Answer};
+use efs_iam::mount_target::{
+    choose, parse_availability_zones, parse_mount_targets, AzId, ClientAz, Ec2Answer,
+};
 use libfuzzer_sys::fuzz_target;
 
 fn one_line(e: &str) {
@@ -36,14 +38,14 @@ fuzz_target!(|data: &[u8]| {
                     }
                 }
                 let az = ClientAz::Id("use1-az4".into());
-                match choose(&page.targets, "fs-12345678", &az, Some(Some("use1-az4"))) {
+                match choose(&page.targets, "fs-12345678", &az, AzId::Id("use1-az4")) {
                     Ok(t) => {
                         assert_eq!(t.state, "available");
                         assert_eq!(t.az_id.as_deref(), Some("use1-az4"));
                     }
                     Err(why) => one_line(&why.0),
                 }
-                match choose(&page.targets, "fs-12345678", &ClientAz::Unknown, None) {
+                match choose(&page.targets, "fs-12345678", &ClientAz::Unknown, AzId::Unknown) {
                     Ok(t) => assert_eq!(t.state, "available"),
                     Err(why) => one_line(&why.0),
                 }

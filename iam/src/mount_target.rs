@@ -110,12 +110,17 @@ pub fn default_urls(region: &str, dns_name_suffix: &str, fips: bool) -> (String,
 pub fn lookup(api: &Api, fs_id: &str, az: &ClientAz) -> Result<String, Fallback> {
     let client = api.client()?;
     let targets = describe_mount_targets(api, &client, fs_id)?;
-    let az_id = match az {
-        ClientAz::Name(name) => Some(az_id_of_name(api, &client, name)?),
-        ClientAz::Id(id) => Some(Some(id.clone())),
+    let mapped = match az {
+        ClientAz::Name(name) => az_id_of_name(api, &client, name)?,
+        ClientAz::Id(id) => Some(id.clone()),
         ClientAz::Unknown => None,
     };
-    let target = choose(&targets, fs_id, az, az_id.as_ref().map(Option::as_deref))?;
+    let az_id = match (az, mapped.as_deref()) {
+        (ClientAz::Unknown, _) => AzId::Unknown,
+        (_, None) => AzId::Unmapped,
+        (_, Some(id)) => AzId::Id(id),
+    };
+    let target = choose(&targets, fs_id, az, az_id)?;
     target.address().map(str::to_string).ok_or_else(|| {
         Fallback(format!(
             "The mount target {} of the file system {fs_id} has no IP address.",
@@ -124,14 +129,23 @@ pub fn lookup(api: &Api, fs_id: &str, az: &ClientAz) -> Result<String, Fallback>
     })
 }
 
+/// The client's AZ ID, as far as it is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AzId<'a> {
+    /// The client's AZ is unknown: any available mount target will do.
+    Unknown,
+    /// The AZ name given maps to no ID in this region.
+    Unmapped,
+    Id(&'a str),
+}
+
 /// The target in the client's AZ, with the incumbent's message for each way there is
-/// none. `az_id`: `None` when the AZ is unknown, `Some(None)` when its name maps to no
-/// ID.
+/// none.
 pub fn choose<'t>(
     targets: &'t [MountTarget],
     fs_id: &str,
     az: &ClientAz,
-    az_id: Option<Option<&str>>,
+    az_id: AzId<'_>,
 ) -> Result<&'t MountTarget, Fallback> {
     let shown = match az {
         ClientAz::Id(id) => id.as_str(),
@@ -154,15 +168,15 @@ pub fn choose<'t>(
             "No mount target created for the file system {fs_id} is in available state yet, please retry in 5 minutes."
         )));
     }
-    let Some(az_id) = az_id else {
+    if az_id == AzId::Unknown {
         return Ok(available[random_index(available.len())]);
-    };
+    }
     let zones: Vec<&str> = available
         .iter()
         .map(|t| t.az_name.as_deref().or(t.az_id.as_deref()).unwrap_or("?"))
         .collect();
     let listed = format!("Available mount target(s) are in az {zones:?}");
-    let Some(az_id) = az_id else {
+    let AzId::Id(az_id) = az_id else {
         return Err(Fallback(format!(
             "No matching az id for the az {shown}. Please check the az option passed. {listed}"
         )));
@@ -510,12 +524,12 @@ mod tests {
         ];
         let id = |s: &str| ClientAz::Id(s.into());
         assert_eq!(
-            choose(&t, "fs-1", &id("use1-az6"), Some(Some("use1-az6")))
+            choose(&t, "fs-1", &id("use1-az6"), AzId::Id("use1-az6"))
                 .unwrap()
                 .id,
             "fsmt-1"
         );
-        let e = choose(&t, "fs-1", &id("use1-az1"), Some(Some("use1-az1"))).unwrap_err();
+        let e = choose(&t, "fs-1", &id("use1-az1"), AzId::Id("use1-az1")).unwrap_err();
         assert!(
             e.0.starts_with(
                 "Mount target in the az use1-az1 is creating, please retry in 5 minutes"
@@ -526,30 +540,32 @@ mod tests {
             e.0.ends_with("Available mount target(s) are in az [\"us-east-1a\"]"),
             "{e}"
         );
-        let e = choose(&t, "fs-1", &id("use1-az2"), Some(Some("use1-az2"))).unwrap_err();
+        let e = choose(&t, "fs-1", &id("use1-az2"), AzId::Id("use1-az2")).unwrap_err();
         assert!(
             e.0.contains("is deleting, please create a new one in use1-az2"),
             "{e}"
         );
-        let e = choose(&t, "fs-1", &id("use1-az9"), Some(Some("use1-az9"))).unwrap_err();
+        let e = choose(&t, "fs-1", &id("use1-az9"), AzId::Id("use1-az9")).unwrap_err();
         assert!(
             e.0.starts_with("No matching mount target in the az use1-az9."),
             "{e}"
         );
         let name = ClientAz::Name("us-east-1z".into());
-        let e = choose(&t, "fs-1", &name, Some(None)).unwrap_err();
+        let e = choose(&t, "fs-1", &name, AzId::Unmapped).unwrap_err();
         assert!(
             e.0.starts_with("No matching az id for the az us-east-1z."),
             "{e}"
         );
         // AZ unknown: an available one
         assert_eq!(
-            choose(&t, "fs-1", &ClientAz::Unknown, None).unwrap().id,
+            choose(&t, "fs-1", &ClientAz::Unknown, AzId::Unknown)
+                .unwrap()
+                .id,
             "fsmt-1"
         );
-        let e = choose(&[], "fs-1", &ClientAz::Unknown, None).unwrap_err();
+        let e = choose(&[], "fs-1", &ClientAz::Unknown, AzId::Unknown).unwrap_err();
         assert_eq!(e.0, "Cannot find mount target for the file system fs-1, please create a mount target in any availability zone.");
-        let e = choose(&t[1..], "fs-1", &id("use1-az1"), Some(Some("use1-az1"))).unwrap_err();
+        let e = choose(&t[1..], "fs-1", &id("use1-az1"), AzId::Id("use1-az1")).unwrap_err();
         assert_eq!(e.0, "No mount target created for the file system fs-1 is in available state yet, please retry in 5 minutes.");
     }
 

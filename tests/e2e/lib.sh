@@ -68,19 +68,25 @@ configure_for_tests() {
     systemctl daemon-reload 2>/dev/null || true
 }
 
-make_certs() {
-    local d=/etc/e2e-tls
-    mkdir -p $d
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $d/ca.key -out $d/ca.pem -days 2 \
-        -subj "/CN=E2E throwaway test CA" -addext basicConstraints=critical,CA:TRUE \
+# A throwaway CA and a server certificate for *.efs.us-east-1.amazonaws.com that it
+# signed, in DIR: ca.key, ca.pem, server.key, server.pem (the e2e guest and the benches).
+throwaway_certs() {
+    local d=$1
+    mkdir -p "$d"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$d/ca.key" -out "$d/ca.pem" -days 2 \
+        -subj "/CN=throwaway test CA" -addext basicConstraints=critical,CA:TRUE \
         -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
-    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $d/server.key -out $d/server.csr \
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$d/server.key" -out "$d/server.csr" \
         -subj "/CN=*.efs.us-east-1.amazonaws.com" 2>/dev/null
-    printf 'subjectAltName=DNS:*.efs.us-east-1.amazonaws.com\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n' >$d/ext.cnf
-    openssl x509 -req -in $d/server.csr -CA $d/ca.pem -CAkey $d/ca.key -CAcreateserial -days 2 \
-        -extfile $d/ext.cnf -out $d/server.pem 2>/dev/null
+    printf 'subjectAltName=DNS:*.efs.us-east-1.amazonaws.com\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n' >"$d/ext.cnf"
+    openssl x509 -req -in "$d/server.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial -days 2 \
+        -extfile "$d/ext.cnf" -out "$d/server.pem" 2>/dev/null
+}
+
+make_certs() {
+    throwaway_certs /etc/e2e-tls
     mkdir -p /etc/amazon/efs
-    cp $d/ca.pem /etc/amazon/efs/e2e-ca.pem
+    cp /etc/e2e-tls/ca.pem /etc/amazon/efs/e2e-ca.pem
 }
 
 start_knfsd() {
