@@ -27,6 +27,8 @@ pub mod control;
 pub mod copy;
 pub mod fds;
 pub mod memory;
+pub mod mux;
+pub mod partition;
 pub mod peer;
 pub mod policy;
 pub mod privilege;
