@@ -46,8 +46,21 @@ struct FakePartitionedEfs {
     data_bytes: Arc<AtomicU64>,
 }
 
+/// A fake whose connections after the first close without a word once they have
+/// answered this many calls.
+#[derive(Clone, Copy)]
+struct KillSecondariesAfter(Option<u64>);
+
 impl FakePartitionedEfs {
     async fn start(cert: &ServerCert, speaks: Speaks) -> FakePartitionedEfs {
+        FakePartitionedEfs::start_with(cert, speaks, KillSecondariesAfter(None)).await
+    }
+
+    async fn start_with(
+        cert: &ServerCert,
+        speaks: Speaks,
+        kill: KillSecondariesAfter,
+    ) -> FakePartitionedEfs {
         let certs: Vec<CertificateDer<'static>> =
             CertificateDer::pem_slice_iter(cert.cert_pem.as_bytes())
                 .collect::<Result<_, _>>()
@@ -82,8 +95,9 @@ impl FakePartitionedEfs {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
-                    conns.fetch_add(1, Ordering::Relaxed);
-                    let _ = serve_fake(tls, speaks, &binds, &data).await;
+                    let nth = conns.fetch_add(1, Ordering::Relaxed);
+                    let limit = kill.0.filter(|_| nth > 0);
+                    let _ = serve_fake(tls, speaks, &binds, &data, limit).await;
                 });
             }
         });
@@ -147,8 +161,10 @@ async fn serve_fake(
     speaks: Speaks,
     binds: &AtomicU64,
     data: &AtomicU64,
+    answer_only: Option<u64>,
 ) -> std::io::Result<()> {
     let (mut r, mut w) = tokio::io::split(tls);
+    let mut answered = 0u64;
     let started = Instant::now();
     let mut total = 0u64;
     while let Some(body) = read_capped(&mut r, started, &mut total).await? {
@@ -170,6 +186,11 @@ async fn serve_fake(
                 }
             }
         } else {
+            if answer_only.is_some_and(|n| answered >= n) {
+                // Gone, with this call unanswered.
+                return Ok(());
+            }
+            answered += 1;
             data.fetch_add(body.len() as u64 + 4, Ordering::Relaxed);
             let mut b = words(&[xid, 1, body.len() as u32]);
             b.extend_from_slice(&fnv(&body).to_be_bytes());
@@ -412,4 +433,64 @@ async fn a_server_without_the_program_keeps_one_plain_connection_and_is_not_aske
         "{}",
         tunnel.log_text()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secondary_connection_that_dies_closes_the_nfs_connection_so_nothing_is_lost_silently() {
+    let ca = TestCa::new("mux test CA");
+    let efs = FakePartitionedEfs::start_with(
+        &ca.issue(CHECK_HOST),
+        Speaks::Ready,
+        KillSecondariesAfter(Some(20)),
+    )
+    .await;
+    let tunnel = Tunnel::start(
+        efs.addr.port(),
+        &ca.pem,
+        &["--partition-multiplexing", "auto"],
+    );
+    let stream = TcpStream::connect(tunnel.addr()).await.unwrap();
+    let (mut r, mut w) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        for xid in 1u32.. {
+            let mut body = vec![0u8; 16 * 1024];
+            body[..16].copy_from_slice(&words(&[xid, 0, 2, 100003]));
+            if w.write_all(&record(&body)).await.is_err() {
+                return xid;
+            }
+        }
+        0
+    });
+    // The kernel's side sees its connection end (EOF or reset), not a hang.
+    let started = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(15), async {
+        let mut sink = vec![0u8; 64 * 1024];
+        while matches!(r.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the NFS connection stayed open; log:\n{}",
+        tunnel.log_text()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    assert!(
+        efs.connections.load(Ordering::Relaxed) >= 2,
+        "never scaled up"
+    );
+    let log = tunnel.log_text();
+    assert!(
+        log.contains("multiplexed connection")
+            && log.contains("closed the NFS client's connection"),
+        "{log}"
+    );
+    eprintln!("closed {:?} after the start", started.elapsed());
+    // Every bound connection of that NFS connection is closed with it.
+    let gone = wait_until(Duration::from_secs(5), || {
+        tunnel
+            .status()
+            .multiplexing
+            .is_some_and(|m| m.bound_connections == 0)
+    });
+    assert!(gone, "{:?}", tunnel.status().multiplexing);
 }
