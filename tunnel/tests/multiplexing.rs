@@ -23,7 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 const PROGRAM: u32 = 400123;
 const LAST: u32 = 0x8000_0000;
 /// Each fake connection's rate cap.
-const RATE: f64 = 6.0 * 1024.0 * 1024.0;
+const RATE: f64 = 3.0 * 1024.0 * 1024.0;
 const PARTITION: [u8; 64] = [0x5a; 64];
 
 /// How the fake answers `bind_client_to_partition`.
