@@ -169,6 +169,10 @@ pub trait Host: Send + Sync + 'static {
     /// configuration.
     fn dial(&self) -> impl Future<Output = Result<TlsStream, UpstreamError>> + Send;
     fn dead_upstream(&self) -> Option<Duration>;
+    /// Accounts for a connection the mount target refused after the handshake (TLS 1.3:
+    /// the client certificate is judged then, and the refusal is the answer to the
+    /// first read).
+    fn refused(&self, tls: &TlsStream, why: UpstreamError);
 }
 
 /// Why a bind call gave no answer to use.
@@ -233,6 +237,8 @@ pub enum First {
     Bound(Box<BoundConnection>),
     /// The connection was lost and could not be made again.
     Lost(UpstreamError),
+    /// The mount target refused the client (accounted for by [`Host::refused`]).
+    Refused,
 }
 
 pub struct BoundConnection {
@@ -275,6 +281,13 @@ pub async fn first_connection<H: Host>(host: &H, mut tls: TlsStream) -> First {
                     buffered.is_empty()
                 }
             }
+        }
+        Err(BindFailure::Io(e)) if UpstreamError::refused_after_handshake(&e).is_some() => {
+            // Not an answer about the program: the client certificate was refused.
+            if let Some(why) = UpstreamError::refused_after_handshake(&e) {
+                host.refused(&tls, why);
+            }
+            return First::Refused;
         }
         Err(e) => {
             if state.server.swap(DOES_NOT, Ordering::Relaxed) != DOES_NOT {

@@ -148,6 +148,20 @@ impl mux::Host for Shared {
     fn dead_upstream(&self) -> Option<Duration> {
         self.dead_upstream
     }
+
+    fn refused(&self, tls: &upstream::TlsStream, why: UpstreamError) {
+        let resumed = matches!(
+            tls.get_ref().1.handshake_kind(),
+            Some(rustls::HandshakeKind::Resumed)
+        );
+        self.stats.handshake_refused(
+            resumed,
+            format!(
+                "cannot reach {}: {why}; closed the NFS client's connection",
+                self.target
+            ),
+        );
+    }
 }
 
 impl Shared {
@@ -438,6 +452,7 @@ async fn serve_connection(
                         return;
                     }
                     mux::First::Lost(e) => Err(e),
+                    mux::First::Refused => return,
                 },
                 _ = shutdown.recv() => return,
             }
