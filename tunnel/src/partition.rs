@@ -185,7 +185,7 @@ impl std::error::Error for BindError {}
 
 /// The whole bind call, as one record (fragment header included).
 pub fn bind_call(xid: u32, client: &ClientId) -> Vec<u8> {
-    let mut body = Vec::with_capacity(80);
+    let mut body = Vec::with_capacity(72);
     for word in [
         xid,
         CALL,
@@ -203,7 +203,7 @@ pub fn bind_call(xid: u32, client: &ClientId) -> Vec<u8> {
     body.extend_from_slice(&8u32.to_be_bytes());
     body.extend_from_slice(&client.incarnation.to_be_bytes());
     let mut record = Vec::with_capacity(body.len() + 4);
-    // The body is 80 bytes: the length always fits.
+    // The body is 72 bytes: the length always fits.
     record.extend_from_slice(&(LAST_FRAGMENT | body.len() as u32).to_be_bytes());
     record.extend_from_slice(&body);
     record

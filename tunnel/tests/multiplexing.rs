@@ -494,3 +494,45 @@ async fn a_secondary_connection_that_dies_closes_the_nfs_connection_so_nothing_i
     });
     assert!(gone, "{:?}", tunnel.status().multiplexing);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_that_is_not_a_reply_costs_one_plain_reconnect_and_no_byte() {
+    // An echo server sends the bind call back: a call, not a reply, so the stream is out
+    // of step and the tunnel makes one plain connection instead.
+    let ca = TestCa::new("mux test CA");
+    let server = TlsServer::start(&ca.issue(CHECK_HOST), Behaviour::Echo).await;
+    let tunnel = Tunnel::start(
+        server.addr.port(),
+        &ca.pem,
+        &["--partition-multiplexing", "auto"],
+    );
+    let addr = tunnel.addr();
+    let round_trip = |msg: &'static [u8]| async move {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(msg).await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut back))
+            .await
+            .expect("an answer")
+            .unwrap();
+        back
+    };
+    assert_eq!(round_trip(b"not even RPC").await, b"not even RPC");
+    assert_eq!(
+        server.handshakes.load(Ordering::Relaxed),
+        2,
+        "one reconnect"
+    );
+    // The bind call (76 bytes) and the data, nothing else.
+    assert_eq!(server.received.load(Ordering::Relaxed), 76 + 12);
+    assert_eq!(round_trip(b"again").await, b"again");
+    assert_eq!(
+        server.handshakes.load(Ordering::Relaxed),
+        3,
+        "no bind call again"
+    );
+    assert_eq!(server.received.load(Ordering::Relaxed), 76 + 12 + 5);
+    let mux = tunnel.status().multiplexing.unwrap();
+    assert_eq!(mux.server_supports, Some(false));
+}
