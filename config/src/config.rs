@@ -94,6 +94,8 @@ pub struct MountConfig {
     /// A connection whose mount target stays silent this long while calls are
     /// outstanding is closed so that the NFS client reconnects; 0: never.
     pub tunnel_dead_upstream_timeout_sec: u64,
+    /// Whether tunnels bind to an EFS partition and multiplex under load.
+    pub partition_multiplexing: PartitionMultiplexing,
     /// Base URL of the ECS credential endpoint (tests point it at a local fake).
     pub ecs_credentials_url: String,
     /// STS endpoint; `None`: `https://sts.{region}.{dns_name_suffix}/`.
@@ -102,6 +104,36 @@ pub struct MountConfig {
     pub efs_endpoint_url: Option<String>,
     /// EC2 API endpoint of that fallback (AZ name to AZ ID); `None`: the region's.
     pub ec2_endpoint_url: Option<String>,
+}
+
+/// `partition_multiplexing`: whether a tunnel binds its connections to an EFS server
+/// partition (ONC RPC program 400123) and spreads requests over several connections.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PartitionMultiplexing {
+    /// Bind, and multiplex if the server answers READY (the `Default` is the empty
+    /// shape; the built-in default, also `Auto`, is the key table's).
+    #[default]
+    Auto,
+    /// No bind call: one TLS connection per NFS connection.
+    Off,
+}
+
+impl PartitionMultiplexing {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PartitionMultiplexing::Auto => "auto",
+            PartitionMultiplexing::Off => "off",
+        }
+    }
+
+    /// From a word the key table has checked (`auto`, `off`).
+    pub fn from_word(word: &str) -> PartitionMultiplexing {
+        if word == "off" {
+            PartitionMultiplexing::Off
+        } else {
+            PartitionMultiplexing::Auto
+        }
+    }
 }
 
 /// `[client-info]`: what the client certificate tells EFS about this client.

@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use log::LevelFilter;
 use toml::Value;
 
-use crate::config::{default_regions, Config, RegionConfig};
+use crate::config::{default_regions, Config, PartitionMultiplexing, RegionConfig};
 use crate::logging;
 
 /// Where a key is written in the file.
@@ -156,6 +156,8 @@ pub enum Expected {
     OctalMode,
     /// A string containing this placeholder.
     Containing(&'static str),
+    /// One of these words.
+    OneOf(&'static [&'static str]),
     /// A number strictly greater than another key's value.
     Above {
         key: &'static str,
@@ -173,6 +175,7 @@ impl fmt::Display for Expected {
             Expected::Level => f.write_str("one of debug, info, warning, error, critical"),
             Expected::OctalMode => f.write_str("an octal mode such as \"750\""),
             Expected::Containing(p) => write!(f, "a format that includes {p}"),
+            Expected::OneOf(words) => write!(f, "one of {}", words.join(", ")),
             Expected::Above { key, value } => {
                 write!(f, "a value strictly greater than {key} ({value})")
             }
@@ -223,6 +226,13 @@ pub enum Kind {
         must_contain: Option<&'static str>,
         get: fn(&Config) -> &str,
         set: fn(&mut Config, String),
+    },
+    /// One word of `choices`; the setter is only given one of them.
+    Choice {
+        default: &'static str,
+        choices: &'static [&'static str],
+        get: fn(&Config) -> &'static str,
+        set: fn(&mut Config, &str),
     },
     /// A string that is unset by default; `unset` says what unset means.
     OptText {
@@ -335,7 +345,9 @@ impl Key {
         Some(match *kind {
             Kind::Bool { default, .. } => default.to_string(),
             Kind::Int { default, .. } => default.to_string(),
-            Kind::Text { default, .. } | Kind::Path { default, .. } => text(default),
+            Kind::Text { default, .. }
+            | Kind::Path { default, .. }
+            | Kind::Choice { default, .. } => text(default),
             Kind::OptText { .. } | Kind::OptPath { .. } => return None,
             Kind::Level { default, .. } => level_text(default),
             Kind::Mode { default, .. } => text(&format!("{default:o}")),
@@ -368,6 +380,7 @@ impl Kind {
             }
             Kind::Level { .. } => Expected::Level,
             Kind::Mode { .. } => Expected::OctalMode,
+            Kind::Choice { choices, .. } => Expected::OneOf(choices),
         }
     }
 
@@ -376,6 +389,7 @@ impl Kind {
             Kind::Bool { default, set, .. } => set(cfg, default),
             Kind::Int { default, set, .. } => set(cfg, default),
             Kind::Text { default, set, .. } => set(cfg, default.to_string()),
+            Kind::Choice { default, set, .. } => set(cfg, default),
             Kind::Path { default, set, .. } => set(cfg, default.into()),
             Kind::OptText { .. } | Kind::OptPath { .. } => {}
             Kind::Level { default, set, .. } => set(cfg, default),
@@ -402,6 +416,14 @@ impl Kind {
                     .filter(|s| must_contain.is_none_or(|p| s.contains(p)))
                     .ok_or_else(wrong)?;
                 set(cfg, s.to_string())
+            }
+            Kind::Choice { choices, set, .. } => {
+                let word = v
+                    .as_str()
+                    .map(|s| s.trim().to_ascii_lowercase())
+                    .filter(|s| choices.contains(&s.as_str()))
+                    .ok_or_else(wrong)?;
+                set(cfg, &word)
             }
             Kind::OptText { set, .. } => set(cfg, v.as_str().ok_or_else(wrong)?.to_string()),
             Kind::Path { set, .. } | Kind::OptPath { set, .. } => {
@@ -431,6 +453,7 @@ impl Kind {
             Kind::Bool { get, .. } => get(cfg).to_string(),
             Kind::Int { get, .. } => get(cfg).to_string(),
             Kind::Text { get, .. } => text(get(cfg)),
+            Kind::Choice { get, .. } => text(get(cfg)),
             Kind::OptText { get, unset, .. } => {
                 get(cfg).map(text).unwrap_or_else(|| unset_text(unset))
             }
@@ -767,6 +790,18 @@ pub static KEYS: &[Key] = &[
             set: |c, v| c.mount.tunnel_dead_upstream_timeout_sec = v as u64,
         }),
         doc: "Close a connection whose mount target sends nothing this long while NFS calls are outstanding, so that the hard mount reconnects (also TCP_USER_TIMEOUT); 0: never. Idle connections are never closed.",
+        effect: MOUNT_AND_TUNNEL,
+        shipped: Shipped::CommentedDefault,
+    },
+    Key {
+        name: "partition_multiplexing",
+        at: At::Mount(Kind::Choice {
+            default: "auto",
+            choices: &["auto", "off"],
+            get: |c| c.mount.partition_multiplexing.as_str(),
+            set: |c, v| c.mount.partition_multiplexing = PartitionMultiplexing::from_word(v),
+        }),
+        doc: "EFS partition multiplexing, as efs-proxy does it: auto binds each tunnel connection to a server partition and, under load, spreads NFS requests over up to 5 TLS connections to it (a server that does not answer the bind keeps one connection); off: one connection, no bind call.",
         effect: MOUNT_AND_TUNNEL,
         shipped: Shipped::CommentedDefault,
     },
@@ -1389,6 +1424,29 @@ mod tests {
                 "man/efs-utils.toml.5's key list differs from the key table's rendering: run EFS_UTILS_BLESS=1 cargo test -p efs-config"
             );
         }
+    }
+
+    #[test]
+    fn a_choice_key_takes_only_its_words() {
+        let parse = |v: &str| {
+            Config::parse(
+                &format!("[mount]\npartition_multiplexing = {v}\n"),
+                Path::new("efs-utils.toml"),
+            )
+        };
+        assert_eq!(
+            Config::default().mount.partition_multiplexing,
+            PartitionMultiplexing::Auto
+        );
+        let off = parse("\"off\"").unwrap();
+        assert_eq!(off.mount.partition_multiplexing, PartitionMultiplexing::Off);
+        assert_eq!(
+            parse("\" Auto \"").unwrap().mount.partition_multiplexing,
+            PartitionMultiplexing::Auto
+        );
+        let err = parse("\"maybe\"").unwrap_err().to_string();
+        assert!(err.contains("expected one of auto, off"), "{err}");
+        assert!(parse("true").is_err());
     }
 
     #[test]

@@ -55,6 +55,7 @@ pub mod flag {
     pub const NETNS: &str = "netns";
     pub const CLIENT_CERT: &str = "client-cert";
     pub const CLIENT_KEY: &str = "client-key";
+    pub const PARTITION_MULTIPLEXING: &str = "partition-multiplexing";
 
     /// `--NAME`.
     pub fn dashed(name: &str) -> String {
@@ -137,6 +138,36 @@ pub struct TunnelCommand {
     /// The private key (PEM, PKCS#8) of `--client-cert`.
     #[arg(long = flag::CLIENT_KEY, value_name = "FILE", requires = "client_cert")]
     pub client_key: Option<PathBuf>,
+    /// EFS partition multiplexing: `auto` binds each connection to a server partition
+    /// (ONC RPC program 400123) and opens up to the server's count of connections under
+    /// load; `off` (also when absent) makes no bind call.
+    #[arg(long = flag::PARTITION_MULTIPLEXING, value_name = "auto|off")]
+    pub partition_multiplexing: Option<Multiplexing>,
+}
+
+/// `--partition-multiplexing`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Multiplexing {
+    Auto,
+    Off,
+}
+
+impl Multiplexing {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Multiplexing::Auto => "auto",
+            Multiplexing::Off => "off",
+        }
+    }
+}
+
+impl From<efs_config::config::PartitionMultiplexing> for Multiplexing {
+    fn from(m: efs_config::config::PartitionMultiplexing) -> Self {
+        match m {
+            efs_config::config::PartitionMultiplexing::Auto => Multiplexing::Auto,
+            efs_config::config::PartitionMultiplexing::Off => Multiplexing::Off,
+        }
+    }
 }
 
 /// What differs from one mount's tunnel to the next; everything else a tunnel's command
@@ -186,6 +217,8 @@ impl TunnelCommand {
             netns: target.netns,
             client_cert,
             client_key,
+            // Always written, so that a restarted tunnel keeps the mount's choice.
+            partition_multiplexing: Some(cfg.mount.partition_multiplexing.into()),
         }
     }
 }
@@ -264,6 +297,9 @@ impl TunnelCommand {
         if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
             push(flag::CLIENT_CERT, Some(lossy(cert)));
             push(flag::CLIENT_KEY, Some(lossy(key)));
+        }
+        if let Some(m) = self.partition_multiplexing {
+            push(flag::PARTITION_MULTIPLEXING, Some(m.as_str().into()));
         }
         args
     }
@@ -554,6 +590,7 @@ mod tests {
             netns: None,
             client_cert: Some("/var/run/efs/fs-12345678.mnt.efs.20049+/certificate.pem".into()),
             client_key: Some("/etc/amazon/efs/privateKey.pem".into()),
+            partition_multiplexing: None,
         }
     }
 
@@ -636,6 +673,42 @@ mod tests {
         assert!(plain
             .to_args()
             .ends_with(&["--insecure-no-hostname-check".to_string()]));
+    }
+
+    #[test]
+    fn for_mount_puts_partition_multiplexing_on_the_command_line() {
+        let target = MountTarget {
+            connect: "10.0.0.5:2049".into(),
+            check_host: "fs-12345678.efs.us-east-1.amazonaws.com".into(),
+            fs_id: "fs-12345678".into(),
+            cafile: None,
+            control: "/var/run/efs/tunnel.sock".into(),
+            netns: None,
+            client_cert: None,
+        };
+        let value_after = |args: &[String]| {
+            let at = args.iter().position(|a| a == "--partition-multiplexing")?;
+            args.get(at + 1).cloned()
+        };
+        let mut cfg = efs_config::Config::default();
+        let auto = TunnelCommand::for_mount(&cfg, target.clone());
+        assert_eq!(auto.partition_multiplexing, Some(Multiplexing::Auto));
+        assert_eq!(value_after(&auto.to_args()).as_deref(), Some("auto"));
+        cfg.mount.partition_multiplexing = efs_config::config::PartitionMultiplexing::Off;
+        let off = TunnelCommand::for_mount(&cfg, target);
+        let args = off.to_args();
+        assert_eq!(value_after(&args).as_deref(), Some("off"));
+        // What the tunnel parses back, descriptors appended as a starter does.
+        let parsed = Invocation::parse(with_fds(&off, 3, None), "test").unwrap();
+        assert_eq!(
+            parsed.command.partition_multiplexing,
+            Some(Multiplexing::Off)
+        );
+        assert_eq!(TunnelCommand::from_recorded(&args).unwrap(), off);
+        // Absent (an older state file's command line): the tunnel makes no bind call.
+        assert!(!full().to_args().iter().any(|a| a.contains("partition")));
+        let bad = [&args[..], &["--partition-multiplexing".into(), "on".into()]].concat();
+        assert!(TunnelCommand::from_recorded(&bad).is_err());
     }
 
     #[test]

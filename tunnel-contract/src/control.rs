@@ -62,9 +62,27 @@ pub struct Status {
     /// from older tunnels' answers.)
     #[serde(default)]
     pub client_cert: Option<ClientCertStatus>,
+    /// EFS partition multiplexing (`--partition-multiplexing`). (Absent from older
+    /// tunnels' answers.)
+    #[serde(default)]
+    pub multiplexing: Option<MultiplexStatus>,
     /// The most recent successful handshake.
     pub tls: Option<TlsSession>,
     pub last_error: Option<LastError>,
+}
+
+/// A tunnel's partition multiplexing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MultiplexStatus {
+    /// `--partition-multiplexing auto`: connections are bound when the server allows.
+    pub enabled: bool,
+    /// Whether the mount target answered the bind call; absent until it was asked.
+    pub server_supports: Option<bool>,
+    /// The partition the last bound connection is on, as hex.
+    pub partition_id: Option<String>,
+    /// Upstream connections bound to a partition and open now (over all NFS
+    /// connections of the tunnel).
+    pub bound_connections: u64,
 }
 
 /// The client certificate a tunnel presents to new connections.

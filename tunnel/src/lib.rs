@@ -9,6 +9,8 @@
 //!   [`client_cert`]: the client certificate EFS authorizes the tunnel by;
 //! * [`copy`]: how bytes move, and why it is fast;
 //! * [`upstream`]: reaching the mount target, and the errors it can give;
+//! * [`partition`]: EFS's partition bind (ONC RPC program 400123) and RPC record framing,
+//!   and [`mux`]: one NFS connection spread over several bound connections;
 //! * [`control`]: serving the status socket the watchdog and the status command read,
 //!   and the stable names of TLS versions and suites;
 //! * [`fds`]: the inherited listening socket and readiness pipe;
@@ -27,6 +29,8 @@ pub mod control;
 pub mod copy;
 pub mod fds;
 pub mod memory;
+pub mod mux;
+pub mod partition;
 pub mod peer;
 pub mod policy;
 pub mod privilege;

@@ -11,7 +11,7 @@ use efs_tunnel::fds;
 use efs_tunnel::policy::{self, HostnameCheck, TlsPolicy, Trust};
 use efs_tunnel::upstream::Target;
 use efs_tunnel::TunnelConfig;
-use efs_tunnel_contract::command::first_non_utf8;
+use efs_tunnel_contract::command::{first_non_utf8, Multiplexing};
 use efs_tunnel_contract::{Invocation, Listen};
 use rustls::pki_types::ServerName;
 
@@ -135,6 +135,12 @@ fn start(args: Invocation) -> Result<(), String> {
         dead_upstream: (cmd.dead_upstream_sec > 0)
             .then(|| std::time::Duration::from_secs(cmd.dead_upstream_sec)),
         probe_retry: std::time::Duration::from_secs(cmd.probe_retry_sec),
+        multiplexing: match cmd.partition_multiplexing {
+            Some(Multiplexing::Auto) => efs_tunnel::mux::Mode::Auto,
+            // Absent: a command line of a version before multiplexing, which made no
+            // bind call.
+            Some(Multiplexing::Off) | None => efs_tunnel::mux::Mode::Off,
+        },
     };
     // Before any socket is made or thread started: namespaces are per thread, and the
     // runtime's threads inherit this one's.

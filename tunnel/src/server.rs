@@ -3,6 +3,9 @@
 //! tunnel, top to bottom; `serve_connection` the life of one connection: the peer check,
 //! the upstream connection, the copy, and why it ended.
 //!
+//! A kernel connection's first upstream connection may be bound to an EFS partition and
+//! then served by [`crate::mux`] instead of the byte pump (`--partition-multiplexing`).
+//!
 //! The TLS configuration new connections use (trust anchors, the client certificate)
 //! is [`crate::tls_config`]'s, rebuilt on SIGHUP; open connections keep theirs.
 
@@ -20,6 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::client_cert::{ClientCertError, ClientCertFiles};
 use crate::control::{ControlSocket, Status};
 use crate::copy::CopyError;
+use crate::mux::{self, MuxError, MuxState};
 use crate::peer::{self, Endpoints, Refusal};
 use crate::policy::{HostnameCheck, PolicyError, TlsPolicy};
 use crate::repeat_log::{repeats_suffix, RepeatLog};
@@ -68,6 +72,8 @@ pub struct TunnelConfig {
     /// With `ready`: how long to keep retrying a mount target that cannot be reached
     /// yet (at boot, while routes and security groups settle); zero: one attempt.
     pub probe_retry: Duration,
+    /// Whether connections are bound to an EFS partition and multiplexed under load.
+    pub multiplexing: mux::Mode,
 }
 
 /// Why a tunnel could not start (once serving, a tunnel only stops on a signal).
@@ -119,6 +125,43 @@ struct Shared {
     refused: RepeatLog<Option<u32>>,
     /// Mount targets that went silent, for the log.
     silent: RepeatLog<()>,
+    mux: MuxState,
+}
+
+impl mux::Host for Shared {
+    fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    fn mux(&self) -> &MuxState {
+        &self.mux
+    }
+
+    async fn dial(&self) -> Result<upstream::TlsStream, UpstreamError> {
+        let tls = upstream::connect(&self.target, self.tls.current(), self.dead_upstream).await;
+        if let Ok(tls) = &tls {
+            record_handshake(self, tls);
+        }
+        tls
+    }
+
+    fn dead_upstream(&self) -> Option<Duration> {
+        self.dead_upstream
+    }
+
+    fn refused(&self, tls: &upstream::TlsStream, why: UpstreamError) {
+        let resumed = matches!(
+            tls.get_ref().1.handshake_kind(),
+            Some(rustls::HandshakeKind::Resumed)
+        );
+        self.stats.handshake_refused(
+            resumed,
+            format!(
+                "cannot reach {}: {why}; closed the NFS client's connection",
+                self.target
+            ),
+        );
+    }
 }
 
 impl Shared {
@@ -133,6 +176,7 @@ impl Shared {
             hostname_check: policy.hostname == HostnameCheck::Required,
             fips: policy.fips,
             client_cert: self.tls.client_cert_status(),
+            multiplexing: Some(self.mux.snapshot().into()),
             ..self.stats.snapshot()
         }
     }
@@ -205,6 +249,7 @@ pub async fn run(config: TunnelConfig, listener: std::net::TcpListener) -> Resul
         dead_upstream: config.dead_upstream,
         refused: RepeatLog::default(),
         silent: RepeatLog::default(),
+        mux: MuxState::new(config.multiplexing),
     });
     let trigger = ShutdownTrigger::default();
 
@@ -392,6 +437,28 @@ async fn serve_connection(
         r = upstream::connect(&shared.target, shared.tls.current(), shared.dead_upstream) => r,
         _ = shutdown.recv() => return,
     };
+    let connected = match connected {
+        Ok(tls) => {
+            record_handshake(&shared, &tls);
+            // EFS: one partition bind before the kernel's first byte goes through.
+            tokio::select! {
+                first = mux::first_connection(&*shared, tls) => match first {
+                    mux::First::Plain(tls) => Ok(tls),
+                    mux::First::Bound(bound) => {
+                        tokio::select! {
+                            r = mux::serve(shared.clone(), client, *bound) => mux_ended(&shared, r),
+                            _ = shutdown.recv() => {}
+                        }
+                        return;
+                    }
+                    mux::First::Lost(e) => Err(e),
+                    mux::First::Refused => return,
+                },
+                _ = shutdown.recv() => return,
+            }
+        }
+        Err(e) => Err(e),
+    };
     let mut tls = match connected {
         Ok(tls) => tls,
         Err(e) => {
@@ -405,7 +472,6 @@ async fn serve_connection(
             return;
         }
     };
-    record_handshake(&shared, &tls);
 
     let stats = &shared.stats;
     tokio::select! {
@@ -415,6 +481,24 @@ async fn serve_connection(
         _ = shutdown.recv() => {
             let _ = tokio::time::timeout(CLOSE_NOTIFY_DEADLINE, tls.shutdown()).await;
         }
+    }
+}
+
+/// Says why a multiplexed connection ended, where that is worth saying. Its NFS client
+/// connection is closed either way: the hard mount reconnects and retransmits what was
+/// in flight.
+fn mux_ended(shared: &Shared, ended: Result<(), MuxError>) {
+    match ended {
+        Ok(()) => {}
+        Err(MuxError::Silent(n, waited)) => shared.upstream_silent(&format_args!(
+            "multiplexed connection {n} sent nothing for {} s with calls outstanding",
+            waited.as_secs()
+        )),
+        Err(e @ MuxError::Upstream(..)) => shared.stats.upstream_error(
+            crate::stats::FailedStep::Connect,
+            format!("{}: {e}; closed the NFS client's connection", shared.target),
+        ),
+        Err(e) => debug!("multiplexed connection closed: {e}"),
     }
 }
 

@@ -462,3 +462,21 @@ fn time_now() -> i64 {
         .unwrap()
         .as_secs() as i64
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_met_by_the_partition_bind_counts_as_one_and_is_not_taken_for_no_multiplexing() {
+    let efs = FakeEfs::start(&[OLD_KEY]).await;
+    let args = ["--partition-multiplexing", "auto"];
+    let tunnel = Tunnel::start(efs.server.addr.port(), &efs.ca.pem, &args);
+
+    assert!(round_trip(tunnel.addr(), b"NFS call").is_empty());
+    let st = wait_for_status(&tunnel, "a failed handshake", |st| {
+        st.handshakes_failed == 1
+    });
+    assert_eq!(st.handshakes_full, 0, "{st:?}");
+    let err = st.last_error.expect("the refusal").message;
+    assert!(err.contains("requires a client certificate"), "{err}");
+    // Refused for the certificate: nothing learnt about the program.
+    let mux = st.multiplexing.expect("multiplexing status");
+    assert_eq!((mux.enabled, mux.server_supports), (true, None));
+}
