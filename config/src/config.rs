@@ -110,11 +110,11 @@ pub struct MountConfig {
 /// partition (ONC RPC program 400123) and spreads requests over several connections.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum PartitionMultiplexing {
-    /// Bind, and multiplex if the server answers READY (the `Default` is the empty
-    /// shape; the built-in default, also `Auto`, is the key table's).
-    #[default]
+    /// Bind, and multiplex if the server answers READY.
     Auto,
-    /// No bind call: one TLS connection per NFS connection.
+    /// No bind call: one TLS connection per NFS connection (the built-in default, the
+    /// key table's: see its doc for why).
+    #[default]
     Off,
 }
 

@@ -796,12 +796,12 @@ pub static KEYS: &[Key] = &[
     Key {
         name: "partition_multiplexing",
         at: At::Mount(Kind::Choice {
-            default: "auto",
+            default: "off",
             choices: &["auto", "off"],
             get: |c| c.mount.partition_multiplexing.as_str(),
             set: |c, v| c.mount.partition_multiplexing = PartitionMultiplexing::from_word(v),
         }),
-        doc: "EFS partition multiplexing, as efs-proxy does it: auto binds each tunnel connection to a server partition and, under load, spreads NFS requests over up to 5 TLS connections to it (a server that does not answer the bind keeps one connection); off: one connection, no bind call.",
+        doc: "EFS partition multiplexing, as efs-proxy does it: auto binds each tunnel connection to a server partition and, under load, spreads NFS requests over up to 5 TLS connections to it (a server that does not answer the bind keeps one connection); off: one connection, no bind call. Off by default until its data path is measured against the plain one (docs/tunnel.md).",
         effect: MOUNT_AND_TUNNEL,
         shipped: Shipped::CommentedDefault,
     },
@@ -1436,6 +1436,11 @@ mod tests {
         };
         assert_eq!(
             Config::default().mount.partition_multiplexing,
+            PartitionMultiplexing::Off
+        );
+        let auto = parse("\"auto\"").unwrap();
+        assert_eq!(
+            auto.mount.partition_multiplexing,
             PartitionMultiplexing::Auto
         );
         let off = parse("\"off\"").unwrap();

@@ -691,6 +691,9 @@ mod tests {
             args.get(at + 1).cloned()
         };
         let mut cfg = efs_config::Config::default();
+        let default = TunnelCommand::for_mount(&cfg, target.clone());
+        assert_eq!(default.partition_multiplexing, Some(Multiplexing::Off));
+        cfg.mount.partition_multiplexing = efs_config::config::PartitionMultiplexing::Auto;
         let auto = TunnelCommand::for_mount(&cfg, target.clone());
         assert_eq!(auto.partition_multiplexing, Some(Multiplexing::Auto));
         assert_eq!(value_after(&auto.to_args()).as_deref(), Some("auto"));
