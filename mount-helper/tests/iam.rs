@@ -126,10 +126,7 @@ fn fake_aws(mode: Mode) -> FakeAws {
 
 /// A base URL on 127.0.0.1 where nothing listens.
 fn closed() -> String {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let base = format!("http://{}", l.local_addr().unwrap());
-    drop(l);
-    base
+    format!("http://127.0.0.1:{}", refused_port())
 }
 
 // --- the root --------------------------------------------------------------------------

@@ -103,12 +103,25 @@ pub fn serve(handler: impl Fn(&Seen) -> Reply + Send + 'static) -> Fake {
     Fake { base, seen }
 }
 
-/// A port on 127.0.0.1 where nothing listens (connection refused).
+/// A port on 127.0.0.1 where nothing listens (connection refused), for the rest of the
+/// test process: a socket is bound to it and never listens, so no other test's server
+/// can take it meanwhile (as `efs_testkit::refused_port`, which this crate cannot use).
 pub fn closed() -> String {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let base = format!("http://{}", l.local_addr().unwrap());
-    drop(l);
-    base
+    use nix::sys::socket::{
+        bind, getsockname, socket, AddressFamily, SockFlag, SockType, SockaddrIn,
+    };
+    use std::os::fd::AsRawFd;
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    bind(fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, 0)).unwrap();
+    let addr: SockaddrIn = getsockname(fd.as_raw_fd()).unwrap();
+    std::mem::forget(fd);
+    format!("http://127.0.0.1:{}", addr.port())
 }
 
 /// A fresh scratch directory, removed on drop.

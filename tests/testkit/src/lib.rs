@@ -310,6 +310,27 @@ pub fn stdio_file(dir: &TempDir, name: &str) -> Stdio {
     Stdio::from(std::fs::File::create(dir.path(name)).unwrap())
 }
 
+/// A port on 127.0.0.1 that refuses connections for the rest of the test process: a
+/// socket is bound to it and never listens. (A port found free and let go again can be
+/// taken meanwhile by another test's server, which then answers in its place.)
+pub fn refused_port() -> u16 {
+    use nix::sys::socket::{
+        bind, getsockname, socket, AddressFamily, SockFlag, SockType, SockaddrIn,
+    };
+    use std::os::fd::AsRawFd;
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    bind(fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, 0)).unwrap();
+    let addr: SockaddrIn = getsockname(fd.as_raw_fd()).unwrap();
+    std::mem::forget(fd); // kept for the rest of the process: the port stays this one's
+    addr.port()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
