@@ -4,7 +4,7 @@
 //! real stunnel and the kernel's NFS client are in the e2e guest's "upgrade" case.
 
 use std::io::Read;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -172,14 +172,16 @@ impl IncumbentMount {
     fn ours(&self) -> Option<MountState> {
         MountState::read(&self.state_path).ok()
     }
-}
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    /// Our state, once the watchdog has taken the mount over (it must within 20 s).
+    fn taken_over(&self, root: &Root) -> MountState {
+        assert!(
+            wait_until(Duration::from_secs(20), || self.ours().is_some()),
+            "not taken over: {}",
+            watchdog_log(root)
+        );
+        self.ours().unwrap()
+    }
 }
 
 /// What a client connected to the port reads first: "incumbent\n" from the stand-in.
@@ -202,12 +204,7 @@ async fn a_live_mount_of_amazon_efs_utils_is_taken_over_on_its_own_port() {
     set_mounts(root, &[(&inc.mountpoint, inc.port)]);
 
     let _wd = start_watchdog(root);
-    assert!(
-        wait_until(Duration::from_secs(20), || inc.ours().is_some()),
-        "not taken over: {}",
-        watchdog_log(root)
-    );
-    let ours = inc.ours().unwrap();
+    let ours = inc.taken_over(root);
     // Ours: our tunnel, for the same file system on the same port, with our schema.
     assert_eq!(ours.port, inc.port);
     assert_eq!(ours.fs_id, "fs-12345678");
@@ -406,11 +403,7 @@ async fn a_mount_through_efs_proxy_is_taken_over_the_same_way() {
     assert_eq!(greeting(inc.port), b"incumbent\n");
     set_mounts(root, &[(&inc.mountpoint, inc.port)]);
     let _wd = start_watchdog(root);
-    assert!(
-        wait_until(Duration::from_secs(20), || inc.ours().is_some()),
-        "not taken over: {}",
-        watchdog_log(root)
-    );
+    inc.taken_over(root);
     assert!(wait_until(Duration::from_secs(10), || inc.tunnel_exited()));
     assert_eq!(round_trip(inc.port, b"via ours").unwrap(), b"via ours");
     assert!(!inc.config_path.exists() && !inc.workspace.exists());

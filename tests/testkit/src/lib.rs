@@ -69,6 +69,29 @@ pub struct ServerCert {
     pub key_pem: String,
 }
 
+impl ServerCert {
+    /// A rustls server builder (ring, TLS 1.2 and 1.3) for this certificate, waiting
+    /// only for its client-certificate choice.
+    pub fn server_builder(
+        &self,
+    ) -> rustls::ConfigBuilder<rustls::ServerConfig, rustls::WantsVerifier> {
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+    }
+
+    /// The certificate chain and key, parsed.
+    pub fn chain_and_key(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        let certs = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).unwrap();
+        (certs, key)
+    }
+}
+
 impl TestCa {
     pub fn new(name: &str) -> TestCa {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -158,16 +181,8 @@ impl TlsServer {
         behaviour: Behaviour,
         client_auth: Option<Arc<efs::FakeEfsVerifier>>,
     ) -> TlsServer {
-        let certs: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(cert.cert_pem.as_bytes())
-                .collect::<Result<_, _>>()
-                .unwrap();
-        let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap();
+        let (certs, key) = cert.chain_and_key();
+        let config = cert.server_builder();
         let config = match client_auth {
             None => config.with_no_client_auth(),
             Some(v) => config.with_client_cert_verifier(v),
