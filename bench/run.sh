@@ -11,6 +11,10 @@
 #   BENCH_HOLD  connections held open for the memory figure (default 1000)
 #   BENCH_AGAINST  path of another efs-tunnel binary (say, a build of main) to measure in
 #               stunnel's place: an A/B of two builds of ours, same run, same ratios
+#   BENCH_OURS_ARGS, BENCH_AGAINST_ARGS  more arguments for our tunnel and for that one:
+#               BENCH_AGAINST=target/release/efs-tunnel BENCH_OURS_ARGS="--partition-multiplexing auto"
+#               is multiplexing's record pump against the plain byte pump (the backend
+#               answers the partition bind)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -61,7 +65,7 @@ stunnel4 "$work/server.conf" 2>"$work/server.log" &
 pids+=($!)
 if [ -n "${BENCH_AGAINST:-}" ]; then
     "$BENCH_AGAINST" --listen 127.0.0.1:20050 --connect 127.0.0.1:22049 --check-host "$name" \
-        --cafile "$work/ca.pem" --log-file "$work/against.log" &
+        --cafile "$work/ca.pem" --log-file "$work/against.log" ${BENCH_AGAINST_ARGS:-} &
     theirs_name=other
 else
     stunnel4 "$work/client.conf" 2>"$work/client.log" &
@@ -70,7 +74,7 @@ fi
 theirs=$!
 pids+=($theirs)
 target/release/efs-tunnel --listen 127.0.0.1:20049 --connect 127.0.0.1:22049 --check-host "$name" \
-    --cafile "$work/ca.pem" --log-file "$work/ours.log" &
+    --cafile "$work/ca.pem" --log-file "$work/ours.log" ${BENCH_OURS_ARGS:-} &
 ours=$!
 pids+=($ours)
 

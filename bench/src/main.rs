@@ -146,6 +146,18 @@ async fn main() {
     }
 }
 
+/// The last-fragment bit of an ONC RPC record header (RFC 5531 section 11).
+const LAST_FRAGMENT: u32 = 0x8000_0000;
+/// EFS's partition program (see `tunnel/src/partition.rs`), which the backend answers as
+/// EFS would, so that a tunnel with `--partition-multiplexing auto` binds its connection.
+const PARTITION_PROGRAM: u32 = 400123;
+
+/// Serves RPC-shaped requests: each is one ONC RPC record, `[xid, 0 (call), body length,
+/// reply length, body]`, answered by one record of exactly `reply length` bytes in all,
+/// `[xid, 1 (reply), filler]`. A bind call to the partition program is answered READY on
+/// one partition, with a scale-up threshold no run reaches: a multiplexing tunnel moves
+/// every byte through its record pump on one connection, the figure to hold against the
+/// plain byte pump.
 async fn backend(listen: SocketAddr) {
     let listener = TcpListener::bind(listen).await.expect("bind backend");
     loop {
@@ -154,22 +166,57 @@ async fn backend(listen: SocketAddr) {
         };
         let _ = s.set_nodelay(true);
         tokio::spawn(async move {
-            let mut body = vec![0u8; 2 * MIB as usize];
+            let mut body = vec![0u8; 2 * MIB as usize + 64];
             let reply = vec![0x5au8; 2 * MIB as usize];
             loop {
-                let mut hdr = [0u8; 8];
-                if s.read_exact(&mut hdr).await.is_err() {
+                let mut mark = [0u8; 4];
+                if s.read_exact(&mut mark).await.is_err() {
                     return;
                 }
-                let req = u32::from_be_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]) as usize;
-                let rep = u32::from_be_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]) as usize;
-                if req > body.len()
-                    || rep > reply.len()
-                    || s.read_exact(&mut body[..req]).await.is_err()
-                {
+                let len = (u32::from_be_bytes(mark) & !LAST_FRAGMENT) as usize;
+                if len < 16 || len > body.len() || s.read_exact(&mut body[..len]).await.is_err() {
                     return;
                 }
-                if s.write_all(&reply[..rep]).await.is_err() {
+                let word = |i: usize| {
+                    u32::from_be_bytes([
+                        body[i * 4],
+                        body[i * 4 + 1],
+                        body[i * 4 + 2],
+                        body[i * 4 + 3],
+                    ])
+                };
+                let xid = word(0);
+                let answer = if word(1) == 0 && word(3) == PARTITION_PROGRAM {
+                    // Accepted, SUCCESS, READY; the partition; at most 1 connection and
+                    // a threshold of i32::MAX bytes per ms.
+                    let mut b: Vec<u8> = [xid, 1, 0, 0, 0, 0, 3]
+                        .iter()
+                        .flat_map(|w| w.to_be_bytes())
+                        .collect();
+                    b.extend_from_slice(&[0x42; 64]);
+                    for w in [1u32, i32::MAX as u32, 1000, 1000] {
+                        b.extend_from_slice(&w.to_be_bytes());
+                    }
+                    let mut r = (LAST_FRAGMENT | b.len() as u32).to_be_bytes().to_vec();
+                    r.extend_from_slice(&b);
+                    r
+                } else {
+                    let rep = word(3) as usize;
+                    if rep < 12 || rep > reply.len() {
+                        return;
+                    }
+                    let mut r = Vec::with_capacity(12);
+                    r.extend_from_slice(&(LAST_FRAGMENT | (rep - 4) as u32).to_be_bytes());
+                    r.extend_from_slice(&xid.to_be_bytes());
+                    r.extend_from_slice(&1u32.to_be_bytes());
+                    if s.write_all(&r).await.is_err()
+                        || s.write_all(&reply[..rep - 12]).await.is_err()
+                    {
+                        return;
+                    }
+                    continue;
+                };
+                if s.write_all(&answer).await.is_err() {
                     return;
                 }
             }
@@ -177,11 +224,16 @@ async fn backend(listen: SocketAddr) {
     }
 }
 
+/// One call of `body` bytes asking for a reply of `reply` bytes (at least 12), as one
+/// ONC RPC record (see [`backend`]).
 fn request(body: usize, reply: usize) -> Vec<u8> {
-    let mut r = Vec::with_capacity(8 + body);
-    r.extend_from_slice(&(body as u32).to_be_bytes());
-    r.extend_from_slice(&(reply as u32).to_be_bytes());
-    r.resize(8 + body, 0xa5);
+    let len = 16 + body;
+    let mut r = Vec::with_capacity(4 + len);
+    r.extend_from_slice(&(LAST_FRAGMENT | len as u32).to_be_bytes());
+    for w in [1u32, 0, body as u32, reply as u32] {
+        r.extend_from_slice(&w.to_be_bytes());
+    }
+    r.resize(4 + len, 0xa5);
     r
 }
 
