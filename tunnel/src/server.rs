@@ -150,6 +150,14 @@ impl mux::Host for Shared {
     }
 
     fn refused(&self, tls: &upstream::TlsStream, why: UpstreamError) {
+        self.handshake_refused(tls, why);
+    }
+}
+
+impl Shared {
+    /// The mount target refused the handshake on `tls` (in TLS 1.3, after our side of
+    /// it): counted and logged as a failed handshake.
+    fn handshake_refused(&self, tls: &upstream::TlsStream, why: UpstreamError) {
         let resumed = matches!(
             tls.get_ref().1.handshake_kind(),
             Some(rustls::HandshakeKind::Resumed)
@@ -162,9 +170,7 @@ impl mux::Host for Shared {
             ),
         );
     }
-}
 
-impl Shared {
     fn status(&self) -> Status {
         let policy = self.tls.policy();
         Status {
@@ -434,12 +440,11 @@ async fn serve_connection(
     }
 
     let connected = tokio::select! {
-        r = upstream::connect(&shared.target, shared.tls.current(), shared.dead_upstream) => r,
+        r = mux::Host::dial(&*shared) => r,
         _ = shutdown.recv() => return,
     };
     let connected = match connected {
         Ok(tls) => {
-            record_handshake(&shared, &tls);
             // EFS: one partition bind before the kernel's first byte goes through.
             tokio::select! {
                 first = mux::first_connection(&*shared, tls) => match first {
@@ -516,17 +521,7 @@ async fn copy_ended(shared: &Shared, tls: &mut upstream::TlsStream, ended: Resul
     if let Some(refused) = refused {
         // TLS 1.3: the mount target's verdict on our client certificate comes after our
         // side of the handshake; a refusal is a failed handshake, not a copy error.
-        let resumed = matches!(
-            tls.get_ref().1.handshake_kind(),
-            Some(rustls::HandshakeKind::Resumed)
-        );
-        shared.stats.handshake_refused(
-            resumed,
-            format!(
-                "cannot reach {}: {refused}; closed the NFS client's connection",
-                shared.target
-            ),
-        );
+        shared.handshake_refused(tls, refused);
     } else if e.kind() == std::io::ErrorKind::TimedOut {
         // Only the upstream socket has a user timeout and keepalive.
         shared.upstream_silent(&format_args!("the connection timed out ({e})"));
