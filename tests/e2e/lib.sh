@@ -199,6 +199,15 @@ state_files() {
     ls /var/run/efs 2>/dev/null | grep '^fs-' | grep -v '+$' || true
 }
 
+# Writes through MOUNTPOINT (export subdirectory SUB) and checks the bytes arrive in the export. The write and its
+# fsync get 30 s (then SIGTERM, and SIGKILL 5 s later: a hard mount's waits are
+# killable), so a hung mount is a FAIL line, not the case's 600 s timeout. `sync FILE`
+# flushes only this file: a plain `sync` would wait on every mount.
+works() {
+    local mp=$1 sub=$2 word="still here $RANDOM"
+    timeout -k 5 30 sh -c 'echo "$1" >"$2/probe" && sync "$2/probe"' sh "$word" "$mp" &&
+        grep -qx "$word" "/srv/efs/$sub/probe"
+}
 sha() { sha256sum "$1" | cut -d' ' -f1; }
 
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }

@@ -19,15 +19,6 @@ kernel_port_of() {
     dev=$(mountinfo_of "$1" | awk '{print $3}')
     awk -v d="$dev" '$4 == d {print $3}' /proc/fs/nfsfs/volumes | head -1 | xargs -I{} printf '%d' 0x{}
 }
-# Writes through a mount and checks the bytes arrive in the export. The write and its
-# fsync get 30 s (then SIGTERM, and SIGKILL 5 s later: a hard mount's waits are
-# killable), so a hung mount is a FAIL line, not the case's 600 s timeout. `sync FILE`
-# flushes only this file: a plain `sync` would wait on every mount.
-works() {
-    local mp=$1 sub=$2 word="still here $RANDOM"
-    timeout -k 5 30 sh -c 'echo "$1" >"$2/probe" && sync "$2/probe"' sh "$word" "$mp" &&
-        grep -qx "$word" "/srv/efs/$sub/probe"
-}
 # The mountpoints a state file's also_serves lists, one a line (the file is pretty JSON).
 also_serves_of() {
     tr -d ' \n' <"$1" | grep -o '"also_serves":\[[^]]*\]' | grep -o '"/[^"]*"' | tr -d '"'
