@@ -2,15 +2,17 @@
 # e2e-timeout: 1500
 # e2e-show: all
 # The real-kernel benchmark (issue #15; run by bench/kernel.sh, not a test): the kernel's
-# NFS client through `mount -t efs -o tls` (our tunnel) against the same mount through
-# stunnel configured as amazon-efs-utils configures it, same guest, same run, rounds
-# interleaved. The two mounts never exist at once: the kernel would put the second on
+# NFS client through `mount -t efs -o tls` (our tunnel, once with kernel TLS, the
+# default, and once with `kernel_tls = "off"`, TLS in user space) against the same mount
+# through stunnel configured as amazon-efs-utils configures it, same guest, same run,
+# rounds interleaved. The two mounts never exist at once: the kernel would put the second on
 # the first one's connection (NFSv4.1 trunking).
 #
 #   NFS client ──▶ 127.0.0.1:PORT  efs-tunnel | stunnel client ──TLS──▶ 127.0.0.2:2049 stunnel server ──▶ knfsd
 #
 # Per workload: MiB/s (or ops/s), the tunnel's CPU seconds per GiB (utime+stime of its
-# process), and ours/stunnel. The guest has one CPU: client, tunnel, terminator and knfsd
+# process: with kernel TLS the kernel's encryption and decryption run in the tunnel's
+# system calls and are counted), and ours/stunnel. The guest has one CPU: client, tunnel, terminator and knfsd
 # share it, so ratios carry over and absolute figures do not.
 # BENCH_MIB (default 256) per sequential run, BENCH_FILES (default 400) small files,
 # BENCH_ROUNDS (default 3): the median of the rounds is reported.
@@ -32,12 +34,15 @@ incumbent_stunnel_conf 127.0.0.1:20999 "$DNS:2049" /etc/amazon/efs/e2e-ca.pem "$
 NFSOPTS=nfsvers=4.1,rsize=1048576,wsize=1048576,hard,timeo=600,retrans=2,noresvport
 
 no_nfs_client() { ! grep -q '^v4' /proc/fs/nfsfs/servers 2>/dev/null; }
-# mount_side ours|stunnel: mounts /mnt/b through that tunnel; sets TPID.
+# mount_side ktls|user|stunnel: mounts /mnt/b through that tunnel; sets TPID.
 mount_side() {
     wait_for 30 no_nfs_client
-    if [ "$1" = ours ]; then
+    if [ "$1" != stunnel ]; then
+        mode=auto; [ "$1" = user ] && mode=off
+        sed -i "s|^#\?kernel_tls = .*|kernel_tls = \"$mode\"|" /etc/amazon/efs/efs-utils.toml
         mount -t efs -o tls $FS:/ /mnt/b || return 1
         TPID=$(tunnel_pid "$(port_of /mnt/b)")
+        tr '\0' ' ' <"/proc/$TPID/cmdline" | grep -q -- "--kernel-tls $mode" || return 1
     else
         stunnel4 /etc/e2e-tls/stunnel-client.conf 2>/var/log/stunnel-client.log &
         TPID=$!
@@ -81,8 +86,10 @@ run_workload() {
 
 WORKLOADS="write-direct write-buffered read-direct read-buffered small-files"
 for r in $(seq "$ROUNDS"); do
-    # Interleaved, and the order alternates, so neither side always goes first.
-    sides="ours stunnel"; [ $((r % 2)) = 0 ] && sides="stunnel ours"
+    # Interleaved, and the order rotates, so no side always goes first.
+    case $((r % 3)) in
+        1) sides="ktls user stunnel" ;; 2) sides="stunnel ktls user" ;; 0) sides="user stunnel ktls" ;;
+    esac
     for side in $sides; do
         mount_side "$side" || { fail "round $r: mounting through $side"; continue; }
         for w in $WORKLOADS; do
@@ -90,6 +97,10 @@ for r in $(seq "$ROUNDS"); do
         done
         check "round $r, $side: the data read back is what was written" \
             test "$(sha /dev/shm/src)" = "$(sha /mnt/b/big)"
+        if [ "$side" = ktls ]; then
+            check "round $r, ktls: the tunnel's upstream socket is kernel TLS" sh -c \
+                "ss -tni state established '( dport = :2049 )' | grep -q tcp-ulp-tls"
+        fi
         rm -f /mnt/b/big
         umount_side "$side"
     done
@@ -100,17 +111,24 @@ fig() { awk -v s="$1" -v w="$2" -v c="$3" '$1 == s && $2 == w {print $c}' /tmp/b
 echo
 echo "real kernel NFS client, $MIB MiB per sequential run, $FILES small files (create+write 4 KiB, stat, read, unlink), median of $ROUNDS interleaved rounds"
 echo "tunnel CPU: seconds per GiB moved (small files: ms per 1000 operations), utime+stime at ${hz} ticks/s"
-printf '| %-16s | %-8s | %9s | %9s | %6s | %13s | %13s | %6s |\n' workload unit ours stunnel ratio "ours CPU" "stunnel CPU" ratio
+echo "ktls: ours with kernel TLS (the default); user: ours with kernel_tls = \"off\"; ratios against stunnel"
+printf '| %-15s | %-5s | %8s | %8s | %8s | %5s | %5s | %8s | %8s | %8s | %5s | %5s |\n' \
+    workload unit ktls user stunnel ratio ratio "ktls CPU" "user CPU" "stn CPU" ratio ratio
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", (b > 0) ? a / b : 0 }'; }
 missed=0
 for w in $WORKLOADS; do
     unit="MiB/s"; [ "$w" = small-files ] && unit="ops/s"
-    o=$(fig ours "$w" 3); t=$(fig stunnel "$w" 3); oc=$(fig ours "$w" 4); tc=$(fig stunnel "$w" 4)
-    rv=$(awk -v a="$o" -v b="$t" 'BEGIN { printf "%.2fx", (b > 0) ? a / b : 0 }')
-    rc=$(awk -v a="$oc" -v b="$tc" 'BEGIN { printf "%.2fx", (b > 0) ? a / b : 0 }')
-    printf '| %-16s | %-8s | %9s | %9s | %6s | %13s | %13s | %6s |\n' "$w" "$unit" "$o" "$t" "$rv" "$oc" "$tc" "$rc"
-    # Goals: at least stunnel's throughput, at most its CPU per GiB, on every workload.
-    awk -v a="$o" -v b="$t" 'BEGIN { exit !(a >= b) }' || { echo "MISSED: $w: $unit ours $o < stunnel $t"; missed=$((missed + 1)); }
-    awk -v a="$oc" -v b="$tc" 'BEGIN { exit !(a <= b) }' || { echo "MISSED: $w: CPU ours $oc > stunnel $tc"; missed=$((missed + 1)); }
+    k=$(fig ktls "$w" 3); u=$(fig user "$w" 3); t=$(fig stunnel "$w" 3)
+    kc=$(fig ktls "$w" 4); uc=$(fig user "$w" 4); tc=$(fig stunnel "$w" 4)
+    printf '| %-15s | %-5s | %8s | %8s | %8s | %5s | %5s | %8s | %8s | %8s | %5s | %5s |\n' "$w" "$unit" \
+        "$k" "$u" "$t" "$(ratio "$k" "$t")" "$(ratio "$u" "$t")" "$kc" "$uc" "$tc" "$(ratio "$kc" "$tc")" "$(ratio "$uc" "$tc")"
+    # Goals: at least stunnel's throughput, at most its CPU per GiB, on every workload,
+    # for both of our sides.
+    for side in ktls user; do
+        o=$(fig $side "$w" 3); oc=$(fig $side "$w" 4)
+        awk -v a="$o" -v b="$t" 'BEGIN { exit !(a >= b) }' || { echo "MISSED: $w: $unit $side $o < stunnel $t"; missed=$((missed + 1)); }
+        awk -v a="$oc" -v b="$tc" 'BEGIN { exit !(a <= b) }' || { echo "MISSED: $w: CPU $side $oc > stunnel $tc"; missed=$((missed + 1)); }
+    done
 done
 sed 's/^/raw: /' /tmp/bench.raw
 check "every goal met (ours >= stunnel's throughput, <= its CPU per GiB)" test "$missed" = 0

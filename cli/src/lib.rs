@@ -396,6 +396,45 @@ fn render_client_cert(out: &mut String, c: &ClientCert, now: i64) {
     }
 }
 
+/// Where a tunnel's TLS records are made: `kernel TLS` (and on how many connections),
+/// user space and why, and partition multiplexing when it is on.
+fn records_line(t: &Status) -> Option<String> {
+    let mut parts = Vec::new();
+    if let Some(k) = t.kernel_tls.as_ref().filter(|k| k.enabled) {
+        parts.push(match (k.available, &k.unavailable_reason) {
+            (Some(false), Some(why)) => format!("user space (kernel TLS unavailable: {why})"),
+            (Some(false), None) => "user space (kernel TLS unavailable)".into(),
+            _ => {
+                let mut s = format!(
+                    "kernel TLS on {} of {} open connection(s), {} in all",
+                    k.connections_open, t.connections_open, k.connections_total
+                );
+                if k.connections_closed_for_rekey > 0 {
+                    s.push_str(&format!(
+                        ", {} closed for a key update",
+                        k.connections_closed_for_rekey
+                    ));
+                }
+                s
+            }
+        });
+    }
+    if let Some(m) = t.multiplexing.as_ref().filter(|m| m.enabled) {
+        parts.push(match m.server_supports {
+            Some(false) => "partition multiplexing: the server does not speak it".into(),
+            _ => format!(
+                "partition multiplexing: {} bound connection(s){}",
+                m.bound_connections,
+                m.partition_id
+                    .as_ref()
+                    .map(|p| format!(", partition {p}"))
+                    .unwrap_or_default()
+            ),
+        });
+    }
+    (!parts.is_empty()).then(|| format!("  records     {}\n", parts.join("; ")))
+}
+
 /// The human-readable table.
 pub fn render(r: &Report, now_unix: i64) -> String {
     let mut out = String::new();
@@ -455,6 +494,9 @@ pub fn render(r: &Report, now_unix: i64) -> String {
                             .unwrap_or_default()
                     ));
                 }
+            }
+            if let Some(line) = records_line(t) {
+                out.push_str(&line);
             }
             out.push_str(&format!(
                 "  traffic     {} bytes sent, {} received; {} connection(s) open, {} in all\n",
@@ -612,5 +654,48 @@ mod tests {
         assert_eq!(span(3599), "59 min");
         assert_eq!(span(3 * 3600 + 61), "3 h 1 min");
         assert_eq!(span(10 * 86_400), "10 days");
+    }
+}
+
+#[cfg(test)]
+mod records_tests {
+    use super::*;
+    use efs_tunnel_contract::{KernelTlsStatus, MultiplexStatus};
+
+    #[test]
+    fn the_records_line_says_where_tls_is_done_and_why() {
+        let mut t = Status {
+            connections_open: 2,
+            ..Status::default()
+        };
+        // An older tunnel, or both off: no line.
+        assert_eq!(records_line(&t), None);
+        t.kernel_tls = Some(KernelTlsStatus {
+            enabled: true,
+            available: Some(true),
+            connections_open: 2,
+            connections_total: 5,
+            connections_closed_for_rekey: 1,
+            ..KernelTlsStatus::default()
+        });
+        assert_eq!(
+            records_line(&t).unwrap(),
+            "  records     kernel TLS on 2 of 2 open connection(s), 5 in all, 1 closed for a key update\n"
+        );
+        t.kernel_tls = Some(KernelTlsStatus {
+            enabled: true,
+            available: Some(false),
+            unavailable_reason: Some("the kernel refused the tls ULP: ENOENT".into()),
+            ..KernelTlsStatus::default()
+        });
+        t.multiplexing = Some(MultiplexStatus {
+            enabled: true,
+            server_supports: Some(false),
+            ..MultiplexStatus::default()
+        });
+        assert_eq!(
+            records_line(&t).unwrap(),
+            "  records     user space (kernel TLS unavailable: the kernel refused the tls ULP: ENOENT); partition multiplexing: the server does not speak it\n"
+        );
     }
 }

@@ -96,6 +96,8 @@ pub struct MountConfig {
     pub tunnel_dead_upstream_timeout_sec: u64,
     /// Whether tunnels bind to an EFS partition and multiplex under load.
     pub partition_multiplexing: PartitionMultiplexing,
+    /// Whether tunnels hand each plain connection's TLS records to the kernel.
+    pub kernel_tls: KernelTls,
     /// Base URL of the ECS credential endpoint (tests point it at a local fake).
     pub ecs_credentials_url: String,
     /// STS endpoint; `None`: `https://sts.{region}.{dns_name_suffix}/`.
@@ -132,6 +134,39 @@ impl PartitionMultiplexing {
             PartitionMultiplexing::Off
         } else {
             PartitionMultiplexing::Auto
+        }
+    }
+}
+
+/// `kernel_tls`: whether a tunnel moves a connection's TLS record layer into the
+/// kernel after the handshake, where the kernel offers it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum KernelTls {
+    /// Per connection, when the kernel has the `tls` module and does the cipher in
+    /// hardware (the key table's default).
+    #[default]
+    Auto,
+    /// Whenever the kernel has the `tls` module, even with its software ciphers.
+    On,
+    /// TLS in user space (rustls) only.
+    Off,
+}
+
+impl KernelTls {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KernelTls::Auto => "auto",
+            KernelTls::On => "on",
+            KernelTls::Off => "off",
+        }
+    }
+
+    /// From a word the key table has checked (`auto`, `on`, `off`).
+    pub fn from_word(word: &str) -> KernelTls {
+        match word {
+            "off" => KernelTls::Off,
+            "on" => KernelTls::On,
+            _ => KernelTls::Auto,
         }
     }
 }

@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use log::LevelFilter;
 use toml::Value;
 
-use crate::config::{default_regions, Config, PartitionMultiplexing, RegionConfig};
+use crate::config::{default_regions, Config, KernelTls, PartitionMultiplexing, RegionConfig};
 use crate::logging;
 
 /// Where a key is written in the file.
@@ -802,6 +802,18 @@ pub static KEYS: &[Key] = &[
             set: |c, v| c.mount.partition_multiplexing = PartitionMultiplexing::from_word(v),
         }),
         doc: "EFS partition multiplexing, as efs-proxy does it: auto binds each tunnel connection to a server partition and, under load, spreads NFS requests over up to 5 TLS connections to it (a server that does not answer the bind keeps one connection); off: one connection, no bind call. Off by default until its data path is measured against the plain one (docs/tunnel.md).",
+        effect: MOUNT_AND_TUNNEL,
+        shipped: Shipped::CommentedDefault,
+    },
+    Key {
+        name: "kernel_tls",
+        at: At::Mount(Kind::Choice {
+            default: "auto",
+            choices: &["auto", "on", "off"],
+            get: |c| c.mount.kernel_tls.as_str(),
+            set: |c, v| c.mount.kernel_tls = KernelTls::from_word(v),
+        }),
+        doc: "Kernel TLS: auto hands each tunnel connection's TLS records to the kernel after rustls has made and verified the handshake, when the kernel has the tls module and does the connection's cipher in hardware (/proc/crypto); on: also with the kernel's software ciphers; off: TLS in user space only. Connections multiplexed to an EFS partition stay in user space. The status shows which connections use it.",
         effect: MOUNT_AND_TUNNEL,
         shipped: Shipped::CommentedDefault,
     },

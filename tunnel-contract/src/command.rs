@@ -56,6 +56,7 @@ pub mod flag {
     pub const CLIENT_CERT: &str = "client-cert";
     pub const CLIENT_KEY: &str = "client-key";
     pub const PARTITION_MULTIPLEXING: &str = "partition-multiplexing";
+    pub const KERNEL_TLS: &str = "kernel-tls";
 
     /// `--NAME`.
     pub fn dashed(name: &str) -> String {
@@ -143,6 +144,40 @@ pub struct TunnelCommand {
     /// load; `off` (also when absent) makes no bind call.
     #[arg(long = flag::PARTITION_MULTIPLEXING, value_name = "auto|off")]
     pub partition_multiplexing: Option<Multiplexing>,
+    /// Kernel TLS: `auto` moves each plain connection's record layer into the kernel
+    /// after the handshake when the kernel has the tls module and does the cipher in
+    /// hardware; `on` also with the kernel's software ciphers; `off` (also when absent)
+    /// keeps TLS in user space.
+    #[arg(long = flag::KERNEL_TLS, value_name = "auto|on|off")]
+    pub kernel_tls: Option<KernelTls>,
+}
+
+/// `--kernel-tls`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KernelTls {
+    Auto,
+    On,
+    Off,
+}
+
+impl KernelTls {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KernelTls::Auto => "auto",
+            KernelTls::On => "on",
+            KernelTls::Off => "off",
+        }
+    }
+}
+
+impl From<efs_config::config::KernelTls> for KernelTls {
+    fn from(m: efs_config::config::KernelTls) -> Self {
+        match m {
+            efs_config::config::KernelTls::Auto => KernelTls::Auto,
+            efs_config::config::KernelTls::On => KernelTls::On,
+            efs_config::config::KernelTls::Off => KernelTls::Off,
+        }
+    }
 }
 
 /// `--partition-multiplexing`.
@@ -219,6 +254,7 @@ impl TunnelCommand {
             client_key,
             // Always written, so that a restarted tunnel keeps the mount's choice.
             partition_multiplexing: Some(cfg.mount.partition_multiplexing.into()),
+            kernel_tls: Some(cfg.mount.kernel_tls.into()),
         }
     }
 }
@@ -300,6 +336,9 @@ impl TunnelCommand {
         }
         if let Some(m) = self.partition_multiplexing {
             push(flag::PARTITION_MULTIPLEXING, Some(m.as_str().into()));
+        }
+        if let Some(k) = self.kernel_tls {
+            push(flag::KERNEL_TLS, Some(k.as_str().into()));
         }
         args
     }
@@ -591,6 +630,7 @@ mod tests {
             client_cert: Some("/var/run/efs/fs-12345678.mnt.efs.20049+/certificate.pem".into()),
             client_key: Some("/etc/amazon/efs/privateKey.pem".into()),
             partition_multiplexing: None,
+            kernel_tls: None,
         }
     }
 
@@ -711,6 +751,41 @@ mod tests {
         // Absent (an older state file's command line): the tunnel makes no bind call.
         assert!(!full().to_args().iter().any(|a| a.contains("partition")));
         let bad = [&args[..], &["--partition-multiplexing".into(), "on".into()]].concat();
+        assert!(TunnelCommand::from_recorded(&bad).is_err());
+    }
+
+    #[test]
+    fn for_mount_puts_kernel_tls_on_the_command_line() {
+        let target = MountTarget {
+            connect: "10.0.0.5:2049".into(),
+            check_host: "fs-12345678.efs.us-east-1.amazonaws.com".into(),
+            fs_id: "fs-12345678".into(),
+            cafile: None,
+            control: "/var/run/efs/tunnel.sock".into(),
+            netns: None,
+            client_cert: None,
+        };
+        let value_after = |args: &[String]| {
+            let at = args.iter().position(|a| a == "--kernel-tls")?;
+            args.get(at + 1).cloned()
+        };
+        let mut cfg = efs_config::Config::default();
+        let default = TunnelCommand::for_mount(&cfg, target.clone());
+        assert_eq!(default.kernel_tls, Some(KernelTls::Auto));
+        assert_eq!(value_after(&default.to_args()).as_deref(), Some("auto"));
+        cfg.mount.kernel_tls = efs_config::config::KernelTls::Off;
+        let off = TunnelCommand::for_mount(&cfg, target.clone());
+        let args = off.to_args();
+        assert_eq!(value_after(&args).as_deref(), Some("off"));
+        let parsed = Invocation::parse(with_fds(&off, 3, None), "test").unwrap();
+        assert_eq!(parsed.command.kernel_tls, Some(KernelTls::Off));
+        assert_eq!(TunnelCommand::from_recorded(&args).unwrap(), off);
+        // Absent (an older state file's command line): TLS stays in user space.
+        assert!(!full().to_args().iter().any(|a| a.contains("kernel-tls")));
+        cfg.mount.kernel_tls = efs_config::config::KernelTls::On;
+        let on = TunnelCommand::for_mount(&cfg, target.clone());
+        assert_eq!(value_after(&on.to_args()).as_deref(), Some("on"));
+        let bad = [&args[..], &["--kernel-tls".into(), "yes".into()]].concat();
         assert!(TunnelCommand::from_recorded(&bad).is_err());
     }
 

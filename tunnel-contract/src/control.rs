@@ -66,6 +66,9 @@ pub struct Status {
     /// tunnels' answers.)
     #[serde(default)]
     pub multiplexing: Option<MultiplexStatus>,
+    /// Kernel TLS (`--kernel-tls`). (Absent from older tunnels' answers.)
+    #[serde(default)]
+    pub kernel_tls: Option<KernelTlsStatus>,
     /// The most recent successful handshake.
     pub tls: Option<TlsSession>,
     pub last_error: Option<LastError>,
@@ -83,6 +86,24 @@ pub struct MultiplexStatus {
     /// Upstream connections bound to a partition and open now (over all NFS
     /// connections of the tunnel).
     pub bound_connections: u64,
+}
+
+/// A tunnel's kernel TLS: which connections' records the kernel encrypts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelTlsStatus {
+    /// `--kernel-tls auto`: plain connections go to kernel TLS when the kernel offers it.
+    pub enabled: bool,
+    /// Whether the kernel took a connection's keys; absent until one was offered.
+    pub available: Option<bool>,
+    /// Why kernel TLS is not used, once the kernel refused it (one line).
+    pub unavailable_reason: Option<String>,
+    /// Upstream connections on kernel TLS now, and since start.
+    pub connections_open: u64,
+    pub connections_total: u64,
+    /// Kernel TLS connections closed cleanly because the kernel cannot update keys (a
+    /// KeyUpdate from the mount target, or the cipher's record limit); each cost the
+    /// NFS client a reconnect.
+    pub connections_closed_for_rekey: u64,
 }
 
 /// The client certificate a tunnel presents to new connections.

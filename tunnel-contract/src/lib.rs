@@ -22,7 +22,8 @@ pub mod ready;
 
 pub use command::{Invocation, Listen, MountTarget, RunningArgs, TunnelCommand, PROCESS_NAME};
 pub use control::{
-    query_status, ClientCertStatus, ControlError, LastError, MultiplexStatus, Status, TlsSession,
+    query_status, ClientCertStatus, ControlError, KernelTlsStatus, LastError, MultiplexStatus,
+    Status, TlsSession,
 };
 pub use process::{spawn, spawn_with_ready_pipe, stop, SpawnError, Stopped, TERM_GRACE};
 pub use ready::{NotReady, Readiness, ReadyReader};

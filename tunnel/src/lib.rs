@@ -9,6 +9,7 @@
 //!   [`client_cert`]: the client certificate EFS authorizes the tunnel by;
 //! * [`copy`]: how bytes move, and why it is fast;
 //! * [`upstream`]: reaching the mount target, and the errors it can give;
+//! * [`ktls`]: handing a connection's records to the kernel's TLS after the handshake;
 //! * [`partition`]: EFS's partition bind (ONC RPC program 400123) and RPC record framing,
 //!   and [`mux`]: one NFS connection spread over several bound connections;
 //! * [`control`]: serving the status socket the watchdog and the status command read,
@@ -28,6 +29,7 @@ pub mod client_cert;
 pub mod control;
 pub mod copy;
 pub mod fds;
+pub mod ktls;
 pub mod memory;
 pub mod mux;
 pub mod partition;

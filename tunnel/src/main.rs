@@ -11,7 +11,7 @@ use efs_tunnel::fds;
 use efs_tunnel::policy::{self, HostnameCheck, TlsPolicy, Trust};
 use efs_tunnel::upstream::Target;
 use efs_tunnel::TunnelConfig;
-use efs_tunnel_contract::command::{first_non_utf8, Multiplexing};
+use efs_tunnel_contract::command::{first_non_utf8, KernelTls, Multiplexing};
 use efs_tunnel_contract::{Invocation, Listen};
 use rustls::pki_types::ServerName;
 
@@ -123,6 +123,8 @@ fn start(args: Invocation) -> Result<(), String> {
                 HostnameCheck::Required
             },
             fips: cmd.fips,
+            kernel_tls: matches!(cmd.kernel_tls, Some(KernelTls::Auto | KernelTls::On))
+                && !cmd.fips,
         },
         client_cert,
         control_socket: cmd.control,
@@ -141,6 +143,13 @@ fn start(args: Invocation) -> Result<(), String> {
             // bind call.
             Some(Multiplexing::Off) | None => efs_tunnel::mux::Mode::Off,
         },
+        kernel_tls: match cmd.kernel_tls {
+            // FIPS: the validated module does all the crypto.
+            Some(KernelTls::Auto) if !cmd.fips => efs_tunnel::ktls::Mode::Auto,
+            Some(KernelTls::On) if !cmd.fips => efs_tunnel::ktls::Mode::On,
+            // Absent: a command line of a version before kernel TLS.
+            _ => efs_tunnel::ktls::Mode::Off,
+        },
     };
     // Before any socket is made or thread started: namespaces are per thread, and the
     // runtime's threads inherit this one's.
@@ -156,6 +165,9 @@ fn start(args: Invocation) -> Result<(), String> {
             TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?
         }
     };
+    if config.kernel_tls != efs_tunnel::ktls::Mode::Off {
+        efs_tunnel::ktls::load_module();
+    }
     // Nothing from here on needs a privilege; drop them all before the runtime starts
     // threads, which inherit the dropped sets (see `privilege`).
     efs_tunnel::privilege::drop_all().map_err(|e| format!("cannot drop privileges: {e}"))?;

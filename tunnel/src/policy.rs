@@ -66,6 +66,10 @@ pub struct TlsPolicy {
     pub hostname: HostnameCheck,
     /// Restrict to FIPS-approved algorithms (`fips_mode_enabled`).
     pub fips: bool,
+    /// Let a connection's traffic keys leave rustls for the kernel's TLS after the
+    /// handshake ([`crate::ktls`]). Never with `fips`: the kernel's ciphers are not the
+    /// validated module.
+    pub kernel_tls: bool,
 }
 
 /// Why a TLS client configuration could not be built.
@@ -215,12 +219,13 @@ pub fn client_config_from(
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(ChainOnlyVerifier(webpki))),
     };
-    let config = match client_cert {
+    let mut config = match client_cert {
         None => builder.with_no_client_auth(),
         Some(pair) => {
             builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(pair.clone())))
         }
     };
+    config.enable_secret_extraction = policy.kernel_tls && !policy.fips;
     Ok(config)
 }
 
@@ -357,6 +362,7 @@ mod tests {
             trust: Trust::BundledRoots,
             hostname: HostnameCheck::Required,
             fips: false,
+            kernel_tls: false,
         })
         .unwrap();
         assert!(cfg.enable_sni, "SNI must carry the check-host name");

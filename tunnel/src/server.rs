@@ -4,7 +4,9 @@
 //! the upstream connection, the copy, and why it ended.
 //!
 //! A kernel connection's first upstream connection may be bound to an EFS partition and
-//! then served by [`crate::mux`] instead of the byte pump (`--partition-multiplexing`).
+//! then served by [`crate::mux`] instead of the byte pump (`--partition-multiplexing`);
+//! one that is not may have its record layer moved into the kernel ([`crate::ktls`],
+//! `--kernel-tls`) before the byte pump serves it.
 //!
 //! The TLS configuration new connections use (trust anchors, the client certificate)
 //! is [`crate::tls_config`]'s, rebuilt on SIGHUP; open connections keep theirs.
@@ -23,6 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::client_cert::{ClientCertError, ClientCertFiles};
 use crate::control::{ControlSocket, Status};
 use crate::copy::CopyError;
+use crate::ktls::{self, KtlsError, KtlsState, Offload};
 use crate::mux::{self, MuxError, MuxState};
 use crate::peer::{self, Endpoints, Refusal};
 use crate::policy::{HostnameCheck, PolicyError, TlsPolicy};
@@ -30,7 +33,7 @@ use crate::repeat_log::{repeats_suffix, RepeatLog};
 use crate::shutdown::{Request, Shutdown, ShutdownTrigger, Signals};
 use crate::stats::Stats;
 use crate::tls_config::{LoadError, TlsConfig};
-use crate::upstream::{self, Target, UpstreamError};
+use crate::upstream::{self, HandshakeReads, Target, UpstreamError};
 use crate::{copy, fds};
 use efs_tunnel_contract::Readiness;
 
@@ -74,6 +77,8 @@ pub struct TunnelConfig {
     pub probe_retry: Duration,
     /// Whether connections are bound to an EFS partition and multiplexed under load.
     pub multiplexing: mux::Mode,
+    /// Whether plain connections may move their record layer into the kernel.
+    pub kernel_tls: ktls::Mode,
 }
 
 /// Why a tunnel could not start (once serving, a tunnel only stops on a signal).
@@ -126,6 +131,9 @@ struct Shared {
     /// Mount targets that went silent, for the log.
     silent: RepeatLog<()>,
     mux: MuxState,
+    ktls: KtlsState,
+    /// Kernel TLS connections closed because the kernel could not follow, for the log.
+    ktls_closed: RepeatLog<()>,
 }
 
 impl mux::Host for Shared {
@@ -138,11 +146,7 @@ impl mux::Host for Shared {
     }
 
     async fn dial(&self) -> Result<upstream::TlsStream, UpstreamError> {
-        let tls = upstream::connect(&self.target, self.tls.current(), self.dead_upstream).await;
-        if let Ok(tls) = &tls {
-            record_handshake(self, tls);
-        }
-        tls
+        self.dial_with(HandshakeReads::Buffered).await
     }
 
     fn dead_upstream(&self) -> Option<Duration> {
@@ -150,18 +154,37 @@ impl mux::Host for Shared {
     }
 
     fn refused(&self, tls: &upstream::TlsStream, why: UpstreamError) {
-        self.handshake_refused(tls, why);
+        self.handshake_refused(upstream::resumed(tls), why);
     }
 }
 
 impl Shared {
-    /// The mount target refused the handshake on `tls` (in TLS 1.3, after our side of
-    /// it): counted and logged as a failed handshake.
-    fn handshake_refused(&self, tls: &upstream::TlsStream, why: UpstreamError) {
-        let resumed = matches!(
-            tls.get_ref().1.handshake_kind(),
-            Some(rustls::HandshakeKind::Resumed)
-        );
+    /// Connects upstream and records the handshake.
+    async fn dial_with(&self, reads: HandshakeReads) -> Result<upstream::TlsStream, UpstreamError> {
+        let tls =
+            upstream::connect(&self.target, self.tls.current(), self.dead_upstream, reads).await;
+        if let Ok(tls) = &tls {
+            record_handshake(self, tls);
+        }
+        tls
+    }
+
+    /// A kernel connection's first upstream connection: read record by record if it may
+    /// go to kernel TLS (a connection that will be bound to a partition stays on rustls).
+    async fn dial_first(&self) -> Result<upstream::TlsStream, UpstreamError> {
+        let mux = self.mux.snapshot();
+        let will_bind = mux.on && mux.server_speaks != Some(false);
+        let reads = if self.ktls.may_offload() && !will_bind {
+            HandshakeReads::RecordByRecord
+        } else {
+            HandshakeReads::Buffered
+        };
+        self.dial_with(reads).await
+    }
+
+    /// The mount target refused the handshake (in TLS 1.3, after our side of it):
+    /// counted and logged as a failed handshake.
+    fn handshake_refused(&self, resumed: bool, why: UpstreamError) {
         self.stats.handshake_refused(
             resumed,
             format!(
@@ -183,6 +206,7 @@ impl Shared {
             fips: policy.fips,
             client_cert: self.tls.client_cert_status(),
             multiplexing: Some(self.mux.snapshot().into()),
+            kernel_tls: Some(self.ktls.snapshot()),
             ..self.stats.snapshot()
         }
     }
@@ -256,6 +280,8 @@ pub async fn run(config: TunnelConfig, listener: std::net::TcpListener) -> Resul
         refused: RepeatLog::default(),
         silent: RepeatLog::default(),
         mux: MuxState::new(config.multiplexing),
+        ktls: KtlsState::new(config.kernel_tls),
+        ktls_closed: RepeatLog::default(),
     });
     let trigger = ShutdownTrigger::default();
 
@@ -364,8 +390,13 @@ async fn probe(
 /// returned: reading until the server's close (or [`CLOSE_NOTIFY_DEADLINE`]) tells an
 /// authorized client from a refused one. In TLS 1.2 the handshake itself says so.
 async fn probe_once(shared: &Shared) -> Result<(), UpstreamError> {
-    let mut tls =
-        upstream::connect(&shared.target, shared.tls.current(), shared.dead_upstream).await?;
+    let mut tls = upstream::connect(
+        &shared.target,
+        shared.tls.current(),
+        shared.dead_upstream,
+        HandshakeReads::Buffered,
+    )
+    .await?;
     let tls13 = tls.get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
     let verdict = tokio::time::timeout(CLOSE_NOTIFY_DEADLINE, async {
         tls.shutdown().await?;
@@ -406,7 +437,7 @@ fn record_handshake(shared: &Shared, tls: &upstream::TlsStream) {
 
 /// One NFS client connection, from accept to close.
 async fn serve_connection(
-    mut client: TcpStream,
+    client: TcpStream,
     client_addr: SocketAddr,
     shared: Arc<Shared>,
     mut shutdown: Shutdown,
@@ -440,7 +471,7 @@ async fn serve_connection(
     }
 
     let connected = tokio::select! {
-        r = mux::Host::dial(&*shared) => r,
+        r = shared.dial_first() => r,
         _ = shutdown.recv() => return,
     };
     let connected = match connected {
@@ -464,7 +495,7 @@ async fn serve_connection(
         }
         Err(e) => Err(e),
     };
-    let mut tls = match connected {
+    let tls = match connected {
         Ok(tls) => tls,
         Err(e) => {
             shared.stats.upstream_error(
@@ -478,10 +509,49 @@ async fn serve_connection(
         }
     };
 
+    match ktls::offload(tls, &shared.ktls) {
+        Offload::Kernel(kernel) => pump(&shared, client, kernel, shutdown).await,
+        Offload::Rustls(mut tls) => {
+            upstream::uncork(&mut tls);
+            pump(&shared, client, tls, shutdown).await
+        }
+        Offload::Failed(e) => warn!(
+            "{}: {e}; closed the NFS client's connection (the next one uses TLS in user space)",
+            shared.target
+        ),
+    }
+}
+
+/// An upstream connection the byte pump can serve: rustls' or the kernel's TLS.
+trait Upstream: tokio::io::AsyncRead + tokio::io::AsyncWrite + copy::ReleaseBuffers + Unpin {
+    /// Whether its handshake resumed a session.
+    fn resumed(&self) -> bool;
+}
+
+impl Upstream for upstream::TlsStream {
+    fn resumed(&self) -> bool {
+        upstream::resumed(self)
+    }
+}
+
+impl Upstream for ktls::KtlsStream<'_> {
+    fn resumed(&self) -> bool {
+        ktls::KtlsStream::resumed(self)
+    }
+}
+
+/// The byte pump between the NFS client and the mount target, until either ends or
+/// the tunnel stops.
+async fn pump<U: Upstream>(
+    shared: &Shared,
+    mut client: TcpStream,
+    mut tls: U,
+    mut shutdown: Shutdown,
+) {
     let stats = &shared.stats;
     tokio::select! {
         r = copy::bidirectional(&mut client, &mut tls, &stats.bytes_to_server, &stats.bytes_from_server, shared.dead_upstream) => {
-            copy_ended(&shared, &mut tls, r).await;
+            copy_ended(shared, &mut tls, r).await;
         }
         _ = shutdown.recv() => {
             let _ = tokio::time::timeout(CLOSE_NOTIFY_DEADLINE, tls.shutdown()).await;
@@ -508,12 +578,27 @@ fn mux_ended(shared: &Shared, ended: Result<(), MuxError>) {
 }
 
 /// Says why a connection's copy ended, where that is worth saying.
-async fn copy_ended(shared: &Shared, tls: &mut upstream::TlsStream, ended: Result<(), CopyError>) {
+async fn copy_ended<U: Upstream>(shared: &Shared, tls: &mut U, ended: Result<(), CopyError>) {
     let e = match ended {
         Ok(()) => return,
         Err(CopyError::Silent(s)) => return shared.upstream_silent(&s),
         Err(CopyError::Io(e)) => e,
     };
+    if let Some(k) = e.get_ref().and_then(|i| i.downcast_ref::<KtlsError>()) {
+        if k.is_clean_close() {
+            // Our sending keys still hold: say goodbye properly.
+            let _ = tokio::time::timeout(CLOSE_NOTIFY_DEADLINE, tls.shutdown()).await;
+            shared.ktls.count_clean_close();
+            if let Some(repeats) = shared.ktls_closed.occurred(()) {
+                info!(
+                    "{}: {k}; closed the connection cleanly, the NFS client reconnects{}",
+                    shared.target,
+                    repeats_suffix(repeats)
+                );
+            }
+            return;
+        }
+    }
     let refused = match UpstreamError::refused_after_handshake(&e) {
         Some(refused) => Some(refused),
         None => unread_refusal(tls, &e).await,
@@ -521,7 +606,7 @@ async fn copy_ended(shared: &Shared, tls: &mut upstream::TlsStream, ended: Resul
     if let Some(refused) = refused {
         // TLS 1.3: the mount target's verdict on our client certificate comes after our
         // side of the handshake; a refusal is a failed handshake, not a copy error.
-        shared.handshake_refused(tls, refused);
+        shared.handshake_refused(tls.resumed(), refused);
     } else if e.kind() == std::io::ErrorKind::TimedOut {
         // Only the upstream socket has a user timeout and keepalive.
         shared.upstream_silent(&format_args!("the connection timed out ({e})"));
@@ -534,10 +619,7 @@ async fn copy_ended(shared: &Shared, tls: &mut upstream::TlsStream, ended: Resul
 /// alert it sent before closing may still be unread: in TLS 1.3 a refused client
 /// certificate is answered right after the handshake, and the client's first request
 /// then meets a closed socket. One short read finds it.
-async fn unread_refusal(
-    tls: &mut upstream::TlsStream,
-    e: &std::io::Error,
-) -> Option<UpstreamError> {
+async fn unread_refusal<U: Upstream>(tls: &mut U, e: &std::io::Error) -> Option<UpstreamError> {
     use std::io::ErrorKind::{BrokenPipe, ConnectionReset};
     if !matches!(e.kind(), BrokenPipe | ConnectionReset) {
         return None;

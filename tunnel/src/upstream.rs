@@ -178,16 +178,33 @@ fn hint(e: &rustls::Error) -> &'static str {
     }
 }
 
+/// How the handshake reads the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeReads {
+    /// With read-ahead, as the data path does.
+    Buffered,
+    /// One TLS record per read, so that nothing past the handshake leaves the kernel and
+    /// the connection can be given to kernel TLS after it ([`crate::ktls`]). Two reads
+    /// per handshake record (a handful per connection); [`crate::ktls::offload`] or
+    /// [`uncork`] ends it.
+    RecordByRecord,
+}
+
 /// Connects to the mount target and completes the TLS handshake. With `user_timeout`,
 /// the kernel closes the connection when sent data stays unacknowledged that long.
 pub async fn connect(
     target: &Target,
     tls: Arc<ClientConfig>,
     user_timeout: Option<Duration>,
+    reads: HandshakeReads,
 ) -> Result<TlsStream, UpstreamError> {
     let tcp = connect_tcp(target, user_timeout).await?;
     let connector = TlsConnector::from(tls);
-    let handshake = connector.connect(target.check_host.clone(), ReadAhead::new(tcp));
+    let io = match reads {
+        HandshakeReads::Buffered => ReadAhead::new(tcp),
+        HandshakeReads::RecordByRecord => ReadAhead::corked(tcp),
+    };
+    let handshake = connector.connect(target.check_host.clone(), io);
     let mut tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
         .await
         .map_err(|_| UpstreamError::Timeout(TimedStep::Handshake))?
@@ -258,6 +275,49 @@ pub struct ReadAhead<IO> {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// While corked: where the reads stand in the stream's TLS records.
+    records: Option<RecordCursor>,
+}
+
+/// Where a stream of TLS records stands: how much of the 5-byte header of the next
+/// record has been read, or how much of the current record's body is left.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct RecordCursor {
+    header: [u8; 5],
+    header_read: usize,
+    body_left: usize,
+}
+
+impl RecordCursor {
+    /// The most the next read may take without crossing a record's end.
+    fn next_read(&self) -> usize {
+        if self.header_read < 5 {
+            5 - self.header_read
+        } else {
+            self.body_left
+        }
+    }
+
+    /// Moves past `bytes`, which are at most [`RecordCursor::next_read`] long.
+    fn advance(&mut self, bytes: &[u8]) {
+        if self.header_read < 5 {
+            let n = bytes.len().min(5 - self.header_read);
+            self.header[self.header_read..self.header_read + n].copy_from_slice(&bytes[..n]);
+            self.header_read += n;
+            if self.header_read == 5 {
+                self.body_left = usize::from(u16::from_be_bytes([self.header[3], self.header[4]]));
+            }
+        } else {
+            self.body_left -= bytes.len().min(self.body_left);
+        }
+        if self.header_read == 5 && self.body_left == 0 {
+            *self = RecordCursor::default();
+        }
+    }
+
+    fn at_boundary(&self) -> bool {
+        self.header_read == 0
+    }
 }
 
 const READ_AHEAD_START: usize = 8 * 1024;
@@ -270,7 +330,36 @@ impl<IO> ReadAhead<IO> {
             buf: Vec::new(),
             start: 0,
             end: 0,
+            records: None,
         }
+    }
+
+    /// Reads one TLS record at a time, never past a record's end (see
+    /// [`HandshakeReads::RecordByRecord`]).
+    pub fn corked(io: IO) -> Self {
+        ReadAhead {
+            records: Some(RecordCursor::default()),
+            ..ReadAhead::new(io)
+        }
+    }
+
+    /// Back to reading all the kernel has.
+    pub fn uncork(&mut self) {
+        self.records = None;
+    }
+
+    /// True when every byte read so far was read record by record, up to the end of a
+    /// record, and handed on: what is left of the stream is all in the kernel.
+    pub fn at_record_boundary(&self) -> bool {
+        self.start == self.end && self.records.is_some_and(|r| r.at_boundary())
+    }
+
+    pub fn io(&self) -> &IO {
+        &self.io
+    }
+
+    pub fn into_inner(self) -> IO {
+        self.io
     }
 
     /// Frees the buffer if it holds nothing unread.
@@ -281,6 +370,19 @@ impl<IO> ReadAhead<IO> {
             self.end = 0;
         }
     }
+}
+
+/// Ends [`HandshakeReads::RecordByRecord`] for a connection that stays on rustls.
+pub fn uncork(tls: &mut TlsStream) {
+    tls.get_mut().0.uncork();
+}
+
+/// Whether the connection's handshake resumed a session.
+pub fn resumed(tls: &TlsStream) -> bool {
+    matches!(
+        tls.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    )
 }
 
 impl crate::copy::ReleaseBuffers for TlsStream {
@@ -300,7 +402,11 @@ impl<IO: AsyncRead + Unpin> AsyncRead for ReadAhead<IO> {
             if this.buf.is_empty() {
                 this.buf = vec![0; READ_AHEAD_START];
             }
-            let mut rb = ReadBuf::new(&mut this.buf);
+            let room = match this.records {
+                Some(r) => r.next_read().clamp(1, this.buf.len()),
+                None => this.buf.len(),
+            };
+            let mut rb = ReadBuf::new(&mut this.buf[..room]);
             if Pin::new(&mut this.io).poll_read(cx, &mut rb)?.is_pending() {
                 // Nothing buffered and nothing to read: an idle connection holds no
                 // read-ahead buffer unless a bulk stream grew it.
@@ -310,7 +416,9 @@ impl<IO: AsyncRead + Unpin> AsyncRead for ReadAhead<IO> {
                 return Poll::Pending;
             }
             let n = rb.filled().len();
-            if n == this.buf.len() && n < READ_AHEAD_MAX {
+            if let Some(r) = &mut this.records {
+                r.advance(&this.buf[..n]);
+            } else if n == this.buf.len() && n < READ_AHEAD_MAX {
                 this.buf.resize(n * 2, 0);
             }
             this.start = 0;
@@ -421,6 +529,38 @@ mod tests {
         assert!(dns.is_transient() && tls.is_transient());
         assert_eq!(FailedStep::of(&dns), FailedStep::Connect);
         assert_eq!(FailedStep::of(&tls), FailedStep::Handshake);
+    }
+
+    #[tokio::test]
+    async fn corked_reads_never_cross_a_record_end() {
+        let (mut far, near) = tokio::io::duplex(1 << 20);
+        let record = |len: u16| {
+            let mut r = vec![23, 3, 3];
+            r.extend_from_slice(&len.to_be_bytes());
+            r.extend(std::iter::repeat_n(0xAB, usize::from(len)));
+            r
+        };
+        // Three records in one write, the last one longer than the read buffer, and an
+        // empty one; then a stray byte of the next record.
+        let stream = [record(300), record(0), record(20_000), vec![23]].concat();
+        far.write_all(&stream).await.unwrap();
+        let mut ra = ReadAhead::corked(near);
+        let mut got = Vec::new();
+        let mut small = [0u8; 4096];
+        let ends = [305, 310, 310 + 20_005];
+        for end in ends {
+            while got.len() < end {
+                let n = ra.read(&mut small).await.unwrap();
+                got.extend_from_slice(&small[..n]);
+                assert!(got.len() <= end, "a read crossed the end of a record");
+            }
+            assert!(ra.at_record_boundary());
+        }
+        assert_eq!(got, stream[..stream.len() - 1]);
+        // Once uncorked, it reads all there is.
+        ra.uncork();
+        assert_eq!(ra.read(&mut small).await.unwrap(), 1);
+        assert!(!ra.at_record_boundary());
     }
 
     #[tokio::test]

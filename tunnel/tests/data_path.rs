@@ -337,3 +337,53 @@ async fn after_bulk_traffic_an_idle_tunnel_gives_its_memory_back() {
         assert_eq!(&back, b"still here");
     }
 }
+
+/// `--kernel-tls on`: where the kernel has the `tls` module the connection's records
+/// move into it; where it has not (this test's host, usually), the tunnel says so once
+/// and the same connection goes on in user space. (`on`, not `auto`, so that the
+/// outcome depends on the module only, not also on the host's /proc/crypto.) Either way every byte arrives. (Real
+/// kernel TLS, with a KeyUpdate and a restart, is tested in the e2e guest, whose kernel
+/// has the module: tests/e2e/cases/kernel_tls.sh.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kernel_tls_carries_every_byte_and_says_where_the_records_went() {
+    let ca = TestCa::new("Test CA");
+    let server = TlsServer::start(&ca.issue(WILDCARD), Behaviour::Echo).await;
+    let tunnel = Tunnel::start(server.addr.port(), &ca.pem, &["--kernel-tls", "on"]);
+    const LEN: usize = 8 << 20;
+    for round in 0..2u64 {
+        let data = pseudo_random(LEN, round);
+        let mut s = TcpStream::connect(tunnel.addr()).await.unwrap();
+        let (mut r, mut w) = s.split();
+        let send = async {
+            w.write_all(&data).await.unwrap();
+            w.shutdown().await.unwrap();
+        };
+        let mut back = Vec::new();
+        let (_, n) = tokio::join!(send, r.read_to_end(&mut back));
+        n.unwrap();
+        assert!(back == data, "round {round}: the echo differs");
+    }
+    let status = tunnel.status();
+    let k = status
+        .kernel_tls
+        .expect("a kernel_tls section in the status");
+    assert!(k.enabled);
+    let has_module = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_ulp")
+        .is_ok_and(|ulps| ulps.split_whitespace().any(|u| u == "tls"));
+    if has_module {
+        assert_eq!(k.available, Some(true), "{k:?}");
+        assert_eq!(k.connections_total, 2, "{k:?}");
+    } else {
+        assert_eq!(k.available, Some(false), "{k:?}");
+        assert_eq!(k.connections_total, 0, "{k:?}");
+        let reason = k.unavailable_reason.unwrap_or_default();
+        assert!(reason.contains("tls ULP"), "{reason}");
+        let log = tunnel.log_text();
+        assert_eq!(
+            log.matches("kernel TLS is not available").count(),
+            1,
+            "said once, not per connection:\n{log}"
+        );
+    }
+    assert_eq!(status.bytes_to_server, 2 * LEN as u64);
+}
