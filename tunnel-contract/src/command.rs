@@ -715,9 +715,9 @@ mod tests {
             .ends_with(&["--insecure-no-hostname-check".to_string()]));
     }
 
-    #[test]
-    fn for_mount_puts_partition_multiplexing_on_the_command_line() {
-        let target = MountTarget {
+    /// A mount target with no CA file, namespace or client certificate.
+    fn plain_target() -> MountTarget {
+        MountTarget {
             connect: "10.0.0.5:2049".into(),
             check_host: "fs-12345678.efs.us-east-1.amazonaws.com".into(),
             fs_id: "fs-12345678".into(),
@@ -725,11 +725,19 @@ mod tests {
             control: "/var/run/efs/tunnel.sock".into(),
             netns: None,
             client_cert: None,
-        };
-        let value_after = |args: &[String]| {
-            let at = args.iter().position(|a| a == "--partition-multiplexing")?;
-            args.get(at + 1).cloned()
-        };
+        }
+    }
+
+    /// The value after `flag` on a command line.
+    fn value_after(args: &[String], flag: &str) -> Option<String> {
+        let at = args.iter().position(|a| a == flag)?;
+        args.get(at + 1).cloned()
+    }
+
+    #[test]
+    fn for_mount_puts_partition_multiplexing_on_the_command_line() {
+        let target = plain_target();
+        let value_after = |args: &[String]| value_after(args, "--partition-multiplexing");
         let mut cfg = efs_config::Config::default();
         let default = TunnelCommand::for_mount(&cfg, target.clone());
         assert_eq!(default.partition_multiplexing, Some(Multiplexing::Off));
@@ -756,19 +764,8 @@ mod tests {
 
     #[test]
     fn for_mount_puts_kernel_tls_on_the_command_line() {
-        let target = MountTarget {
-            connect: "10.0.0.5:2049".into(),
-            check_host: "fs-12345678.efs.us-east-1.amazonaws.com".into(),
-            fs_id: "fs-12345678".into(),
-            cafile: None,
-            control: "/var/run/efs/tunnel.sock".into(),
-            netns: None,
-            client_cert: None,
-        };
-        let value_after = |args: &[String]| {
-            let at = args.iter().position(|a| a == "--kernel-tls")?;
-            args.get(at + 1).cloned()
-        };
+        let target = plain_target();
+        let value_after = |args: &[String]| value_after(args, "--kernel-tls");
         let mut cfg = efs_config::Config::default();
         let default = TunnelCommand::for_mount(&cfg, target.clone());
         assert_eq!(default.kernel_tls, Some(KernelTls::Auto));
