@@ -62,8 +62,9 @@ for t in $targets; do
         -rss_limit_mb="$rss_mb" -malloc_limit_mb="$rss_mb" \
         -print_final_stats=1 "${extra[@]}" >"$log" 2>&1 || rc=$?
     t1=$(date +%s%3N)
-    execs=$(grep -a '^stat::number_of_executed_units:' "$log" | awk '{print $2}' | tail -1)
-    rate=$(grep -a '^stat::average_exec_per_sec:' "$log" | awk '{print $2}' | tail -1)
+    # A target that failed before fuzzing has no stats: still counted and reported below.
+    execs=$(grep -a '^stat::number_of_executed_units:' "$log" | awk '{print $2}' | tail -1 || true)
+    rate=$(grep -a '^stat::average_exec_per_sec:' "$log" | awk '{print $2}' | tail -1 || true)
     ms=$((t1 - t0))
     printf '%-16s %14s %10s %6d.%d\n' "$t" "${execs:-?}" "${rate:-?}" $((ms / 1000)) $((ms % 1000 / 100))
     if [ "$rc" -eq 0 ]; then
@@ -77,8 +78,8 @@ done
 for t in "${failures[@]}"; do
     echo
     echo "fuzz: $t FAILED; from fuzz/work/logs/$t.log:"
-    grep -a -E -A3 'panicked at|ERROR: libFuzzer|SUMMARY|Test unit written to' \
-        "work/logs/$t.log" | head -40
+    grep -a -E -A3 'panicked at|ERROR: libFuzzer|SUMMARY|Test unit written to|No such file' \
+        "work/logs/$t.log" | head -40 || true
 done
 echo
 echo "fuzz: $passed passed, $failed failed"
