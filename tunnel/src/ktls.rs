@@ -37,7 +37,7 @@
 
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
@@ -128,6 +128,9 @@ const LIMIT_MARGIN: u64 = 1 << 16;
 /// ticket is a few hundred bytes); a longer one is taken for garbage.
 pub const MAX_POST_HANDSHAKE: usize = 64 * 1024;
 
+/// How a refusal for want of hardware ends, in the log and the status.
+const ON_ANYWAY: &str = "kernel_tls = \"on\" uses it anyway";
+
 const UNKNOWN: u8 = 0;
 const AVAILABLE: u8 = 1;
 const UNAVAILABLE: u8 = 2;
@@ -137,28 +140,43 @@ const UNAVAILABLE: u8 = 2;
 pub struct KtlsState {
     mode: Mode,
     kernel: AtomicU8,
-    /// Read on the first connection offered (`auto` only).
-    ciphers: std::sync::OnceLock<KernelCiphers>,
+    /// What the kernel does in hardware (read at start, `auto` only).
+    ciphers: KernelCiphers,
     /// Why the kernel's TLS cannot be used, once known.
     unavailable: Mutex<Option<String>>,
     open: AtomicU64,
     total: AtomicU64,
     /// Connections closed because the kernel could not follow the stream (a KeyUpdate,
-    /// the key limit).
+    /// the key limit), and their log line.
     closed: AtomicU64,
+    closed_log: crate::repeat_log::RepeatLog<()>,
 }
 
 impl KtlsState {
+    /// With `auto`, reads what the kernel does in hardware; if that is no cipher at all,
+    /// no connection is prepared for kernel TLS (its handshake is read as usual).
     pub fn new(mode: Mode) -> KtlsState {
-        KtlsState {
+        let ciphers = if mode == Mode::Auto {
+            KernelCiphers::read()
+        } else {
+            KernelCiphers::default()
+        };
+        let state = KtlsState {
             mode,
             kernel: AtomicU8::new(UNKNOWN),
-            ciphers: std::sync::OnceLock::new(),
+            ciphers,
             unavailable: Mutex::new(None),
             open: AtomicU64::new(0),
             total: AtomicU64::new(0),
             closed: AtomicU64::new(0),
+            closed_log: Default::default(),
+        };
+        if mode == Mode::Auto && ciphers == KernelCiphers::default() {
+            state.give_up(format!(
+                "the kernel has no hardware implementation of AES-GCM or ChaCha20 in /proc/crypto, and its software ones are slower than ours; {ON_ANYWAY}"
+            ));
         }
+        state
     }
 
     /// Whether a new connection should be prepared for [`offload`] (its handshake read
@@ -176,9 +194,16 @@ impl KtlsState {
         }
     }
 
-    /// Counts a connection closed because the kernel could not follow its stream.
-    pub fn count_clean_close(&self) {
+    /// Counts and logs (once, then every few minutes with a count) a connection to
+    /// `target` closed cleanly because the kernel could not follow its stream.
+    pub fn closed_cleanly(&self, target: &dyn fmt::Display, why: &KtlsError) {
         self.closed.fetch_add(1, Ordering::Relaxed);
+        if let Some(repeats) = self.closed_log.occurred(()) {
+            info!(
+                "{target}: {why}; closed the connection cleanly, the NFS client reconnects{}",
+                crate::repeat_log::repeats_suffix(repeats)
+            );
+        }
     }
 
     pub fn snapshot(&self) -> efs_tunnel_contract::KernelTlsStatus {
@@ -230,12 +255,12 @@ pub enum Offload<'s> {
 /// documentation).
 pub fn offload(mut tls: TlsStream, state: &KtlsState) -> Offload<'_> {
     if !state.may_offload() || !tls.get_ref().0.at_record_boundary() {
-        return Offload::Rustls(tls);
+        return Offload::Rustls(uncorked(tls));
     }
     let (_, conn) = tls.get_mut();
     let (Some(version), Some(suite)) = (conn.protocol_version(), conn.negotiated_cipher_suite())
     else {
-        return Offload::Rustls(tls);
+        return Offload::Rustls(uncorked(tls));
     };
     let held = conn
         .process_new_packets()
@@ -245,33 +270,28 @@ pub fn offload(mut tls: TlsStream, state: &KtlsState) -> Offload<'_> {
         || conn.is_handshaking()
         || !matches!(version, ProtocolVersion::TLSv1_2 | ProtocolVersion::TLSv1_3)
     {
-        return Offload::Rustls(tls);
+        return Offload::Rustls(uncorked(tls));
     }
-    if state.mode == Mode::Auto
-        && !state
-            .ciphers
-            .get_or_init(KernelCiphers::read)
-            .accelerates(suite)
-    {
+    if state.mode == Mode::Auto && !state.ciphers.accelerates(suite) {
         state.give_up(format!(
-            "the kernel has no hardware implementation of {:?} in /proc/crypto, and its software one is slower than ours; kernel_tls = \"on\" uses it anyway",
+            "the kernel has no hardware implementation of {:?} in /proc/crypto, and its software one is slower than ours; {ON_ANYWAY}",
             suite.suite()
         ));
-        return Offload::Rustls(tls);
+        return Offload::Rustls(uncorked(tls));
     }
     let resumed = matches!(conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
     let tx_budget = confidentiality_limit(suite).saturating_sub(LIMIT_MARGIN);
     if let Err(e) = setsockopt(tls.get_ref().0.io(), sockopt::TcpUlp::default(), b"tls") {
         // ENOENT: no `tls` module, and none could be loaded.
         state.give_up(format!("the kernel refused the tls ULP: {e}"));
-        return Offload::Rustls(tls);
+        return Offload::Rustls(uncorked(tls));
     }
     let (read_ahead, conn) = tls.into_inner();
     let tcp = read_ahead.into_inner();
     let secrets = match conn.dangerous_extract_secrets() {
         Ok(s) => s,
         Err(e) => {
-            return Offload::Failed(io::Error::other(format!("cannot take the TLS keys: {e}")))
+            return Offload::Failed(io::Error::other(format!("cannot take the TLS keys: {e}")));
         }
     };
     let tls13 = version == ProtocolVersion::TLSv1_3;
@@ -299,11 +319,18 @@ pub fn offload(mut tls: TlsStream, state: &KtlsState) -> Offload<'_> {
         tcp,
         state,
         control: Control::new(tls13),
+        cmsg: nix::cmsg_space!(u8),
         read_closed: false,
         write_closed: false,
         tx_budget,
         resumed,
     })
+}
+
+/// `tls` with the handshake's record-by-record reads ended, for rustls to serve.
+fn uncorked(mut tls: TlsStream) -> TlsStream {
+    crate::upstream::uncork(&mut tls);
+    tls
 }
 
 /// The cipher's limit on records sent under one key (rustls' own figure).
@@ -465,6 +492,9 @@ impl Control {
                     self.alert.drain(..2);
                     event = self.alert_received(level, description)?;
                 }
+                if self.alert.is_empty() {
+                    self.alert = Vec::new();
+                }
                 Ok(event)
             }
             HANDSHAKE => {
@@ -525,6 +555,8 @@ pub struct KtlsStream<'s> {
     tcp: TcpStream,
     state: &'s KtlsState,
     control: Control,
+    /// Room for the record-type control message of each `recvmsg` (allocated once).
+    cmsg: Vec<u8>,
     read_closed: bool,
     /// `close_notify` has been sent.
     write_closed: bool,
@@ -538,36 +570,31 @@ impl KtlsStream<'_> {
     pub fn resumed(&self) -> bool {
         self.resumed
     }
+}
 
-    /// One `recvmsg`: `(bytes, content type)`; content type 23 for application data.
-    fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, u8)> {
-        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, TlsGetRecordType};
-        let mut cmsg = nix::cmsg_space!(u8);
-        let mut iov = [io::IoSliceMut::new(buf)];
-        let msg = recvmsg::<()>(
-            self.tcp.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_DONTWAIT,
-        )
-        .map_err(io::Error::from)?;
-        let mut kind = 23;
-        if let Ok(cmsgs) = msg.cmsgs() {
-            for c in cmsgs {
-                if let ControlMessageOwned::TlsGetRecordType(t) = c {
-                    kind = match t {
-                        TlsGetRecordType::ChangeCipherSpec => 20,
-                        TlsGetRecordType::Alert => ALERT,
-                        TlsGetRecordType::Handshake => HANDSHAKE,
-                        TlsGetRecordType::ApplicationData => 23,
-                        TlsGetRecordType::Unknown(t) => t,
-                        _ => 0,
-                    };
-                }
+/// One `recvmsg` on kernel TLS socket `fd`: `(bytes, content type)`; content type 23
+/// for application data.
+fn recv(fd: RawFd, cmsg: &mut [u8], buf: &mut [u8]) -> io::Result<(usize, u8)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, TlsGetRecordType};
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let msg =
+        recvmsg::<()>(fd, &mut iov, Some(cmsg), MsgFlags::MSG_DONTWAIT).map_err(io::Error::from)?;
+    let mut kind = 23;
+    if let Ok(cmsgs) = msg.cmsgs() {
+        for c in cmsgs {
+            if let ControlMessageOwned::TlsGetRecordType(t) = c {
+                kind = match t {
+                    TlsGetRecordType::ChangeCipherSpec => 20,
+                    TlsGetRecordType::Alert => ALERT,
+                    TlsGetRecordType::Handshake => HANDSHAKE,
+                    TlsGetRecordType::ApplicationData => 23,
+                    TlsGetRecordType::Unknown(t) => t,
+                    _ => 0,
+                };
             }
         }
-        Ok((msg.bytes, kind))
     }
+    Ok((msg.bytes, kind))
 }
 
 impl Drop for KtlsStream<'_> {
@@ -589,7 +616,10 @@ impl AsyncRead for KtlsStream<'_> {
             }
             ready!(this.tcp.poll_read_ready(cx))?;
             let unfilled = out.initialize_unfilled();
-            let got = this.tcp.try_io(Interest::READABLE, || this.recv(unfilled));
+            let (fd, cmsg) = (this.tcp.as_raw_fd(), &mut this.cmsg);
+            let got = this
+                .tcp
+                .try_io(Interest::READABLE, || recv(fd, cmsg, unfilled));
             match got {
                 Ok((n, 23)) => {
                     out.advance(n);
@@ -652,12 +682,9 @@ impl AsyncWrite for KtlsStream<'_> {
 }
 
 impl crate::copy::ReleaseBuffers for KtlsStream<'_> {
-    fn release_buffers(&mut self) {
-        // The kernel holds the records; only a partial control message is ours.
-        if self.control.handshake.is_empty() {
-            self.control.handshake = Vec::new();
-        }
-    }
+    /// Nothing to give back: the kernel holds the records, and [`Control`] frees what it
+    /// kept as soon as a message is whole.
+    fn release_buffers(&mut self) {}
 }
 
 /// The one system call `nix` does not wrap for kernel TLS.

@@ -108,6 +108,13 @@ fn start(args: Invocation) -> Result<(), String> {
         // clap requires each with the other; said again here for any other caller.
         _ => return Err("--client-cert and --client-key go together".into()),
     };
+    let kernel_tls = match cmd.kernel_tls {
+        // FIPS: the validated module does all the crypto.
+        Some(KernelTls::Auto) if !cmd.fips => efs_tunnel::ktls::Mode::Auto,
+        Some(KernelTls::On) if !cmd.fips => efs_tunnel::ktls::Mode::On,
+        // Absent: a command line of a version before kernel TLS.
+        _ => efs_tunnel::ktls::Mode::Off,
+    };
     let config = TunnelConfig {
         target: Target {
             host,
@@ -123,8 +130,7 @@ fn start(args: Invocation) -> Result<(), String> {
                 HostnameCheck::Required
             },
             fips: cmd.fips,
-            kernel_tls: matches!(cmd.kernel_tls, Some(KernelTls::Auto | KernelTls::On))
-                && !cmd.fips,
+            kernel_tls: kernel_tls != efs_tunnel::ktls::Mode::Off,
         },
         client_cert,
         control_socket: cmd.control,
@@ -143,13 +149,7 @@ fn start(args: Invocation) -> Result<(), String> {
             // bind call.
             Some(Multiplexing::Off) | None => efs_tunnel::mux::Mode::Off,
         },
-        kernel_tls: match cmd.kernel_tls {
-            // FIPS: the validated module does all the crypto.
-            Some(KernelTls::Auto) if !cmd.fips => efs_tunnel::ktls::Mode::Auto,
-            Some(KernelTls::On) if !cmd.fips => efs_tunnel::ktls::Mode::On,
-            // Absent: a command line of a version before kernel TLS.
-            _ => efs_tunnel::ktls::Mode::Off,
-        },
+        kernel_tls,
     };
     // Before any socket is made or thread started: namespaces are per thread, and the
     // runtime's threads inherit this one's.

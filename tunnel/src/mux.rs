@@ -134,7 +134,8 @@ impl MuxState {
         }
     }
 
-    fn should_bind(&self) -> bool {
+    /// Whether a new kernel connection's first upstream connection will be bound.
+    pub fn should_bind(&self) -> bool {
         self.mode == Mode::Auto && self.server.load(Ordering::Relaxed) != DOES_NOT
     }
 

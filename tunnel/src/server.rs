@@ -132,8 +132,6 @@ struct Shared {
     silent: RepeatLog<()>,
     mux: MuxState,
     ktls: KtlsState,
-    /// Kernel TLS connections closed because the kernel could not follow, for the log.
-    ktls_closed: RepeatLog<()>,
 }
 
 impl mux::Host for Shared {
@@ -172,9 +170,7 @@ impl Shared {
     /// A kernel connection's first upstream connection: read record by record if it may
     /// go to kernel TLS (a connection that will be bound to a partition stays on rustls).
     async fn dial_first(&self) -> Result<upstream::TlsStream, UpstreamError> {
-        let mux = self.mux.snapshot();
-        let will_bind = mux.on && mux.server_speaks != Some(false);
-        let reads = if self.ktls.may_offload() && !will_bind {
+        let reads = if self.ktls.may_offload() && !self.mux.should_bind() {
             HandshakeReads::RecordByRecord
         } else {
             HandshakeReads::Buffered
@@ -281,7 +277,6 @@ pub async fn run(config: TunnelConfig, listener: std::net::TcpListener) -> Resul
         silent: RepeatLog::default(),
         mux: MuxState::new(config.multiplexing),
         ktls: KtlsState::new(config.kernel_tls),
-        ktls_closed: RepeatLog::default(),
     });
     let trigger = ShutdownTrigger::default();
 
@@ -511,10 +506,7 @@ async fn serve_connection(
 
     match ktls::offload(tls, &shared.ktls) {
         Offload::Kernel(kernel) => pump(&shared, client, kernel, shutdown).await,
-        Offload::Rustls(mut tls) => {
-            upstream::uncork(&mut tls);
-            pump(&shared, client, tls, shutdown).await
-        }
+        Offload::Rustls(tls) => pump(&shared, client, tls, shutdown).await,
         Offload::Failed(e) => warn!(
             "{}: {e}; closed the NFS client's connection (the next one uses TLS in user space)",
             shared.target
@@ -588,14 +580,7 @@ async fn copy_ended<U: Upstream>(shared: &Shared, tls: &mut U, ended: Result<(),
         if k.is_clean_close() {
             // Our sending keys still hold: say goodbye properly.
             let _ = tokio::time::timeout(CLOSE_NOTIFY_DEADLINE, tls.shutdown()).await;
-            shared.ktls.count_clean_close();
-            if let Some(repeats) = shared.ktls_closed.occurred(()) {
-                info!(
-                    "{}: {k}; closed the connection cleanly, the NFS client reconnects{}",
-                    shared.target,
-                    repeats_suffix(repeats)
-                );
-            }
+            shared.ktls.closed_cleanly(&shared.target, k);
             return;
         }
     }
