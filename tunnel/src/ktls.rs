@@ -291,6 +291,7 @@ pub fn offload(mut tls: TlsStream, state: &KtlsState) -> Offload<'_> {
     let secrets = match conn.dangerous_extract_secrets() {
         Ok(s) => s,
         Err(e) => {
+            state.give_up(format!("rustls would not hand over the keys: {e}"));
             return Offload::Failed(io::Error::other(format!("cannot take the TLS keys: {e}")));
         }
     };
