@@ -208,6 +208,16 @@ works() {
     timeout -k 5 30 sh -c 'echo "$1" >"$2/probe" && sync "$2/probe"' sh "$word" "$mp" &&
         grep -qx "$word" "/srv/efs/$sub/probe"
 }
+# mount_again MOUNTPOINT MOUNT-ARGS...: runs a mount command that has already mounted
+# MOUNTPOINT once more and checks what a user expects: exit 0, still one mount there.
+mount_again() {
+    local mp=$1 out rc
+    shift
+    out=$(mount "$@" 2>&1); rc=$?
+    info "same command twice: rc=$rc: $out"
+    check "the same mount command twice: exit 0, one mount" \
+        test "$rc" = 0 -a "$(grep -c " $mp " /proc/self/mountinfo)" = 1
+}
 sha() { sha256sum "$1" | cut -d' ' -f1; }
 
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
