@@ -11,12 +11,22 @@
 //!   multiplexing (after one plain reconnect if the call left the stream out of step),
 //!   and the tunnel remembers that the server does not speak the program, so later
 //!   connections make no call.
-//! * A bound connection is served by [`serve`], record by record: the kernel's records go
-//!   whole to the least loaded ready connection, the servers' records whole to the
-//!   kernel, in whatever order they complete (NFS matches replies to calls by XID). The
-//!   kernel's replies to server callbacks go back on the connection the callback came
-//!   from. While it has one connection, it moves bytes like the plain path (a record
-//!   pump instead of a byte pump).
+//! * A bound connection is served by [`serve`]. While it has one upstream connection (the
+//!   normal case, below the scale-up threshold) that is `copy.rs`'s byte pump, in place,
+//!   with its buffers, half-closes, idle release, counters and dead-upstream watch: both
+//!   streams are wrapped in a tap that follows the record marking in what is read
+//!   ([`RecordCursor`], header bytes only, no copy). When scale-up has more connections
+//!   ready, the kernel side stops reading at its next record boundary; once all it sent
+//!   is written upstream, the server side stops at its next one (reading on until then,
+//!   so a server waiting for its replies to be taken is never stuck); with nothing read
+//!   left unwritten either way, the pump is dropped and the same streams go on record
+//!   by record.
+//! * Record dispatch: the kernel's records go whole to the least loaded ready
+//!   connection, the servers' records whole to the kernel, in whatever order they
+//!   complete (NFS matches replies to calls by XID), so the kernel stream is only ever
+//!   interleaved at record boundaries. The kernel's replies to server callbacks go back
+//!   on the connection the callback came from (the first, for a callback that came
+//!   before the switch).
 //! * When throughput stays at or above the server's threshold for its window, more
 //!   connections are opened, each bound with the same client id and incarnation, and
 //!   kept only if READY on the same partition; others are closed, and the search is
@@ -28,22 +38,25 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use log::{debug, info};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::copy::{self, CopyError, ReleaseBuffers};
 use crate::partition::{
-    self, Bind, BindError, BindReply, ClientId, PartitionId, RecordReader, ScaleUp, CALL,
-    MAX_BIND_REPLY, MAX_RECORD, REPLY,
+    self, Bind, BindError, BindReply, ClientId, PartitionId, RecordCursor, RecordReader, ScaleUp,
+    CALL, MAX_BIND_REPLY, MAX_RECORD, REPLY,
 };
 use crate::stats::Stats;
 use crate::upstream::{TlsStream, UpstreamError};
@@ -387,10 +400,351 @@ enum Found {
 /// Keeps the bound-connections count right however a lane ends.
 struct BoundGuard<H: Host>(Arc<H>);
 
+impl<H: Host> BoundGuard<H> {
+    /// Counts one more bound connection, until the guard is dropped.
+    fn new(host: Arc<H>) -> BoundGuard<H> {
+        host.mux().bound.fetch_add(1, Ordering::Relaxed);
+        BoundGuard(host)
+    }
+}
+
 impl<H: Host> Drop for BoundGuard<H> {
     fn drop(&mut self) {
         self.0.mux().bound.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// The scale-up decision, over both phases of a kernel connection.
+struct Monitor {
+    scale_up: ScaleUp,
+    searching: Option<tokio::task::JoinHandle<()>>,
+    next_search: Instant,
+    /// The last tick, and the bytes moved by then.
+    last: (Instant, u64),
+    breached: Duration,
+}
+
+impl Monitor {
+    fn new(scale_up: ScaleUp) -> Monitor {
+        Monitor {
+            scale_up,
+            searching: None,
+            next_search: Instant::now(),
+            last: (Instant::now(), 0),
+            breached: Duration::ZERO,
+        }
+    }
+
+    /// At a tick, with `moved` bytes both ways so far over `lanes` connections: how many
+    /// more connections to look for now, if any. `open`: the kernel side has not ended.
+    fn tick(&mut self, moved: u64, lanes: usize, open: bool) -> Option<usize> {
+        let elapsed = self.last.0.elapsed();
+        let rate =
+            u128::from(moved.saturating_sub(self.last.1)) * 1000 / elapsed.as_millis().max(1);
+        self.last = (Instant::now(), moved);
+        if rate >= u128::from(self.scale_up.threshold_bytes_per_sec) {
+            self.breached += elapsed;
+        } else {
+            self.breached = Duration::ZERO;
+        }
+        let want = (self.scale_up.max_connections as usize).saturating_sub(lanes);
+        let go = self.breached >= self.scale_up.breached
+            && want > 0
+            && self.searching.is_none()
+            && open
+            && Instant::now() >= self.next_search;
+        if go {
+            debug!("{rate} B/s: looking for {want} more connections");
+        }
+        go.then_some(want)
+    }
+
+    fn search_done(&mut self, complete: bool) {
+        self.searching = None;
+        if !complete {
+            self.next_search = Instant::now() + SCALE_UP_BACKOFF;
+        }
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        if let Some(s) = self.searching.take() {
+            s.abort();
+        }
+    }
+}
+
+/// One side of a lone bound connection's byte pump, as seen by the switch to records.
+#[derive(Debug)]
+struct Tap {
+    /// Bytes read from this side.
+    read: AtomicU64,
+    /// Bytes written to this side.
+    written: AtomicU64,
+    /// What was read so far ends between two records.
+    between: AtomicBool,
+    /// This side sent its end of stream.
+    eof: AtomicBool,
+    /// A read or write on this side failed.
+    failed: AtomicBool,
+}
+
+impl Default for Tap {
+    fn default() -> Self {
+        Tap {
+            read: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            between: AtomicBool::new(true),
+            eof: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
+        }
+    }
+}
+
+/// Both sides of a lone bound connection's byte pump, and the request to hand it over
+/// to record dispatch. (Atomics only so that the connection's future is `Send`: one task
+/// touches them.)
+#[derive(Debug, Default)]
+struct Taps {
+    kernel: Tap,
+    server: Tap,
+    /// More connections are ready: stop both directions at a record boundary.
+    switch: AtomicBool,
+}
+
+impl Taps {
+    fn moved(&self) -> u64 {
+        self.kernel.read.load(Ordering::Relaxed) + self.server.read.load(Ordering::Relaxed)
+    }
+
+    /// Neither side has ended: more connections can still take part.
+    fn open(&self) -> bool {
+        !self.kernel.eof.load(Ordering::Relaxed) && !self.server.eof.load(Ordering::Relaxed)
+    }
+
+    /// The kernel side is stopped between two records, and all it sent reached the
+    /// upstream connection.
+    fn kernel_stopped(&self) -> bool {
+        self.switch.load(Ordering::Relaxed)
+            && self.open()
+            && self.kernel.between.load(Ordering::Relaxed)
+            && self.kernel.read.load(Ordering::Relaxed)
+                == self.server.written.load(Ordering::Relaxed)
+    }
+
+    /// Both directions stand between two records with nothing read left to write.
+    fn ready_to_switch(&self) -> bool {
+        self.kernel_stopped()
+            && self.server.between.load(Ordering::Relaxed)
+            && self.server.read.load(Ordering::Relaxed)
+                == self.kernel.written.load(Ordering::Relaxed)
+    }
+
+    /// The lone connection's copy error, as the multiplexer says it.
+    fn blame(&self, e: CopyError) -> MuxError {
+        match e {
+            CopyError::Silent(s) => MuxError::Silent(0, s.waited),
+            CopyError::Io(e) if self.kernel.failed.load(Ordering::Relaxed) => MuxError::Kernel(e),
+            CopyError::Io(e) => MuxError::Upstream(0, e),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Kernel,
+    Server,
+}
+
+/// A stream of the byte pump, with a [`RecordCursor`] over what is read from it: it
+/// counts, finds record boundaries in place, and once a switch is asked for, reads no
+/// byte past the end of the current record. The kernel side stops at its first record
+/// boundary; the server side keeps reading (so that a server waiting for its replies to
+/// be taken is never stuck) until the kernel side has stopped and all of it was written
+/// upstream, then stops at its own next boundary.
+struct Tapped<'t, S> {
+    inner: S,
+    side: Side,
+    taps: &'t Taps,
+    cursor: RecordCursor,
+    /// Bytes read from `inner` before the pump began (past the bind reply), read first.
+    prefix: Vec<u8>,
+    prefix_at: usize,
+}
+
+impl<'t, S> Tapped<'t, S> {
+    fn new(inner: S, side: Side, taps: &'t Taps, prefix: Vec<u8>) -> Self {
+        Tapped {
+            inner,
+            side,
+            taps,
+            cursor: RecordCursor::default(),
+            prefix,
+            prefix_at: 0,
+        }
+    }
+
+    fn tap(&self) -> &'t Tap {
+        match self.side {
+            Side::Kernel => &self.taps.kernel,
+            Side::Server => &self.taps.server,
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        match self.side {
+            Side::Kernel => self.taps.switch.load(Ordering::Relaxed) && self.taps.open(),
+            Side::Server => self.taps.kernel_stopped(),
+        }
+    }
+
+    /// The stream and the bytes read ahead of it that were not read from this wrapper.
+    fn into_parts(mut self) -> (S, Vec<u8>) {
+        self.prefix.drain(..self.prefix_at);
+        (self.inner, self.prefix)
+    }
+
+    /// An end or a failure can lift the other side's stop: poll again.
+    fn ended(&self, cx: &mut Context<'_>) {
+        if self.taps.switch.load(Ordering::Relaxed) {
+            cx.waker().wake_by_ref();
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tapped<'_, S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let room = if this.stopping() {
+            match this.cursor.left_in_record() {
+                // Stopped at a boundary; the pump's owner sees it after this poll.
+                0 => return Poll::Pending,
+                n => n,
+            }
+        } else {
+            usize::MAX
+        };
+        let want = buf.remaining().min(room);
+        if want == 0 {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        let dst = buf.initialize_unfilled_to(want);
+        let n = if this.prefix_at < this.prefix.len() {
+            let n = want.min(this.prefix.len() - this.prefix_at);
+            dst[..n].copy_from_slice(&this.prefix[this.prefix_at..this.prefix_at + n]);
+            this.prefix_at += n;
+            if this.prefix_at == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.prefix_at = 0;
+            }
+            n
+        } else {
+            let mut rb = ReadBuf::new(dst);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => {
+                    this.tap().failed.store(true, Ordering::Relaxed);
+                    this.ended(cx);
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Ready(Ok(())) => rb.filled().len(),
+            }
+        };
+        let tap = this.tap();
+        if n == 0 {
+            tap.eof.store(true, Ordering::Relaxed);
+            this.ended(cx);
+        } else {
+            this.cursor.feed(&dst[..n]);
+            tap.read.fetch_add(n as u64, Ordering::Relaxed);
+            tap.between
+                .store(this.cursor.between_records(), Ordering::Relaxed);
+        }
+        buf.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tapped<'_, S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = ready!(Pin::new(&mut this.inner).poll_write(cx, data));
+        match &r {
+            Ok(n) => {
+                this.tap().written.fetch_add(*n as u64, Ordering::Relaxed);
+            }
+            Err(_) => this.tap().failed.store(true, Ordering::Relaxed),
+        }
+        Poll::Ready(r)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = ready!(Pin::new(&mut this.inner).poll_flush(cx));
+        if r.is_err() {
+            this.tap().failed.store(true, Ordering::Relaxed);
+        }
+        Poll::Ready(r)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = ready!(Pin::new(&mut this.inner).poll_shutdown(cx));
+        if r.is_err() {
+            this.tap().failed.store(true, Ordering::Relaxed);
+        }
+        Poll::Ready(r)
+    }
+}
+
+impl<S: ReleaseBuffers> ReleaseBuffers for Tapped<'_, S> {
+    fn release_buffers(&mut self) {
+        self.inner.release_buffers();
+    }
+}
+
+/// A lone bound connection: `copy.rs`'s byte pump, in place, until the taps stand
+/// between records both ways after a switch was asked for (`None`: hand over to record
+/// dispatch, nothing read is left unwritten), or until the copy ends.
+async fn single_lane<K, U>(
+    kernel: &mut Tapped<'_, K>,
+    upstream: &mut Tapped<'_, U>,
+    taps: &Taps,
+    to_server: &AtomicU64,
+    from_server: &AtomicU64,
+    dead_upstream: Option<Duration>,
+) -> Option<Result<(), CopyError>>
+where
+    K: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + ReleaseBuffers + Unpin,
+{
+    let mut copy = std::pin::pin!(copy::bidirectional(
+        kernel,
+        upstream,
+        to_server,
+        from_server,
+        dead_upstream
+    ));
+    poll_fn(|cx| {
+        if let Poll::Ready(r) = copy.as_mut().poll(cx) {
+            return Poll::Ready(Some(r));
+        }
+        if taps.ready_to_switch() {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
 }
 
 /// Serves the kernel connection `client` over `bound` and the connections scale-up
@@ -407,11 +761,69 @@ pub async fn serve<H: Host>(
         partition,
         scale_up,
     } = bound;
+    let first_guard = Arc::new(BoundGuard::new(host.clone()));
+    let (found_tx, mut found) = mpsc::unbounded_channel::<Found>();
+    let mut monitor = Monitor::new(scale_up);
+    let tick = scale_up.lookback.min(Duration::from_secs(1));
+    let mut ticker = tokio::time::interval_at(Instant::now() + tick, tick);
+    let max = scale_up.max_connections as usize;
+
+    // One connection: the byte pump, in place, watching for record boundaries.
+    let taps = Taps::default();
+    let mut kernel = Tapped::new(client, Side::Kernel, &taps, Vec::new());
+    let mut upstream = Tapped::new(tls, Side::Server, &taps, buffered);
+    let mut ready: Vec<(TlsStream, Vec<u8>)> = Vec::new();
+    let stats = host.stats();
+    let single = {
+        let mut pump = std::pin::pin!(single_lane(
+            &mut kernel,
+            &mut upstream,
+            &taps,
+            &stats.bytes_to_server,
+            &stats.bytes_from_server,
+            host.dead_upstream(),
+        ));
+        loop {
+            tokio::select! {
+                ended = &mut pump => break ended,
+                event = found.recv() => match event {
+                    Some(Found::Connection(c)) if taps.open() && 1 + ready.len() < max => {
+                        ready.push(*c);
+                        taps.switch.store(true, Ordering::Relaxed);
+                    }
+                    Some(Found::Done { complete }) => monitor.search_done(complete),
+                    // Not needed after all (or too late): closed.
+                    Some(Found::Connection(_)) | None => {}
+                },
+                _ = ticker.tick() => {
+                    if let Some(want) = monitor.tick(taps.moved(), 1 + ready.len(), taps.open()) {
+                        monitor.searching = Some(tokio::spawn(search(
+                            host.clone(),
+                            client_id,
+                            partition,
+                            want,
+                            found_tx.clone(),
+                        )));
+                    }
+                }
+            }
+        }
+    };
+    match single {
+        Some(Ok(())) => return Ok(()),
+        Some(Err(e)) => return Err(taps.blame(e)),
+        None => {}
+    }
+
+    // More connections: record dispatch, from a record boundary both ways.
+    let outstanding = kernel.cursor.calls.saturating_sub(upstream.cursor.replies);
+    let (client, _) = kernel.into_parts();
+    let (tls, buffered) = upstream.into_parts();
     let conn = Arc::new(Conn {
         host: host.clone(),
         started: Instant::now(),
         kernel_done: AtomicBool::new(false),
-        moved: AtomicU64::new(0),
+        moved: AtomicU64::new(taps.moved()),
         callbacks: Mutex::new(HashMap::new()),
     });
     let (kernel_read, kernel_write) = client.into_split();
@@ -424,18 +836,18 @@ pub async fn serve<H: Host>(
         new_lanes: new_lanes_tx,
         to_kernel: Some(to_kernel),
     };
-    lanes.add(&mut tasks, &conn, tls, buffered);
+    lanes.add(&mut tasks, &conn, tls, buffered, first_guard, outstanding);
     tasks.spawn(kernel_reader(conn.clone(), kernel_read, new_lanes));
+    for (tls, buffered) in ready {
+        let guard = Arc::new(BoundGuard::new(host.clone()));
+        lanes.add(&mut tasks, &conn, tls, buffered, guard, 0);
+    }
+    info!(
+        "{} connections bound to partition {partition}",
+        lanes.loads.len()
+    );
 
-    let (found_tx, mut found) = mpsc::unbounded_channel::<Found>();
-    let mut searching: Option<tokio::task::JoinHandle<()>> = None;
-    let mut next_search = Instant::now();
-    let tick = scale_up.lookback.min(Duration::from_secs(1));
-    let mut ticker = tokio::time::interval_at(Instant::now() + tick, tick);
-    let mut last = (Instant::now(), 0u64);
-    let mut breached = Duration::ZERO;
-
-    let ended = loop {
+    loop {
         tokio::select! {
             joined = tasks.join_next() => match joined {
                 None => break Ok(()),
@@ -452,20 +864,16 @@ pub async fn serve<H: Host>(
             event = found.recv() => match event {
                 Some(Found::Connection(c)) => {
                     let (tls, buffered) = *c;
-                    if lanes.loads.len() < scale_up.max_connections as usize {
-                        lanes.add(&mut tasks, &conn, tls, buffered);
+                    if lanes.loads.len() < max {
+                        let guard = Arc::new(BoundGuard::new(host.clone()));
+                        lanes.add(&mut tasks, &conn, tls, buffered, guard, 0);
                         info!(
                             "{} connections bound to partition {partition}",
                             lanes.loads.len()
                         );
                     }
                 }
-                Some(Found::Done { complete }) => {
-                    searching = None;
-                    if !complete {
-                        next_search = Instant::now() + SCALE_UP_BACKOFF;
-                    }
-                }
+                Some(Found::Done { complete }) => monitor.search_done(complete),
                 None => {}
             },
             _ = ticker.tick() => {
@@ -473,23 +881,9 @@ pub async fn serve<H: Host>(
                     break Err(silent);
                 }
                 let moved = conn.moved.load(Ordering::Relaxed);
-                let elapsed = last.0.elapsed();
-                let rate = u128::from(moved - last.1) * 1000 / elapsed.as_millis().max(1);
-                last = (Instant::now(), moved);
-                if rate >= u128::from(scale_up.threshold_bytes_per_sec) {
-                    breached += elapsed;
-                } else {
-                    breached = Duration::ZERO;
-                }
-                let want = (scale_up.max_connections as usize).saturating_sub(lanes.loads.len());
-                if breached >= scale_up.breached
-                    && want > 0
-                    && searching.is_none()
-                    && lanes.to_kernel.is_some()
-                    && Instant::now() >= next_search
-                {
-                    debug!("{rate} B/s: looking for {want} more connections to partition {partition}");
-                    searching = Some(tokio::spawn(search(
+                let open = lanes.to_kernel.is_some();
+                if let Some(want) = monitor.tick(moved, lanes.loads.len(), open) {
+                    monitor.searching = Some(tokio::spawn(search(
                         host.clone(),
                         client_id,
                         partition,
@@ -499,12 +893,8 @@ pub async fn serve<H: Host>(
                 }
             }
         }
-    };
-    if let Some(s) = searching {
-        s.abort();
     }
-    tasks.abort_all();
-    ended
+    // Dropping `tasks` aborts the lanes; dropping `monitor`, a search.
 }
 
 /// The upstream connections of one kernel connection.
@@ -516,13 +906,16 @@ struct Lanes {
 }
 
 impl Lanes {
-    /// Starts a lane's writer and reader on `tls` and hands it to the kernel side.
+    /// Starts a lane's writer and reader on `tls` (with `outstanding` calls sent and not
+    /// yet answered on it) and hands it to the kernel side.
     fn add<H: Host>(
         &mut self,
         tasks: &mut JoinSet<Result<(), MuxError>>,
         conn: &Arc<Conn<H>>,
         tls: TlsStream,
         buffered: Vec<u8>,
+        guard: Arc<BoundGuard<H>>,
+        outstanding: u64,
     ) {
         let Some(to_kernel) = &self.to_kernel else {
             return;
@@ -531,10 +924,9 @@ impl Lanes {
         let (tx, rx) = mpsc::channel(LANE_QUEUE);
         let load = Arc::new(LaneLoad {
             since_ms: AtomicU64::new(conn.now_ms()),
+            outstanding: AtomicU64::new(outstanding),
             ..LaneLoad::default()
         });
-        conn.host.mux().bound.fetch_add(1, Ordering::Relaxed);
-        let guard = Arc::new(BoundGuard(conn.host.clone()));
         let (r, w) = tokio::io::split(tls);
         tasks.spawn(lane_writer(
             n,
@@ -685,6 +1077,9 @@ async fn lane_writer<H: Host, W: AsyncWrite + Unpin>(
     _bound: Arc<BoundGuard<H>>,
 ) -> Result<(), MuxError> {
     let fail = |e| MuxError::Upstream(n, e);
+    // The byte pump that served the first connection alone may have left bytes in the
+    // TLS stream's buffer.
+    w.flush().await.map_err(fail)?;
     while let Some(record) = rx.recv().await {
         w.write_all(&record).await.map_err(fail)?;
         let len = record.len();
@@ -764,4 +1159,155 @@ async fn kernel_writer<H: Host>(
     }
     w.shutdown().await.map_err(MuxError::Kernel)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::watch::record;
+    use std::task::Waker;
+    use tokio::io::DuplexStream;
+
+    fn cx() -> Context<'static> {
+        Context::from_waker(Waker::noop())
+    }
+
+    /// Polls the pump a few times (each poll moves what is ready): its end, if it ended.
+    fn run<F: Future>(mut f: Pin<&mut F>) -> Option<F::Output> {
+        (0..8).find_map(|_| match f.as_mut().poll(&mut cx()) {
+            Poll::Ready(r) => Some(r),
+            Poll::Pending => None,
+        })
+    }
+
+    /// Everything readable from `s` now.
+    fn available(s: &mut DuplexStream) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let mut rb = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut *s).poll_read(&mut cx(), &mut rb) {
+                Poll::Ready(Ok(())) if !rb.filled().is_empty() => {
+                    got.extend_from_slice(rb.filled())
+                }
+                _ => return got,
+            }
+        }
+    }
+
+    fn write(s: &mut DuplexStream, data: &[u8]) {
+        match Pin::new(s).poll_write(&mut cx(), data) {
+            Poll::Ready(Ok(n)) => assert_eq!(n, data.len()),
+            other => panic!("the test's stream took {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_scale_up_in_the_middle_of_records_switches_at_their_ends_with_every_byte_in_order() {
+        let (mut nfs, kernel_end) = tokio::io::duplex(1 << 20);
+        let (upstream_end, mut server) = tokio::io::duplex(1 << 20);
+        let (call1, call2) = (record(1, CALL, 1000), record(2, CALL, 50));
+        let (reply1, reply2) = (record(1, REPLY, 300), record(2, REPLY, 10));
+        let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+        let taps = Taps::default();
+        let mut kernel = Tapped::new(kernel_end, Side::Kernel, &taps, Vec::new());
+        // The first bytes of the server's reply came with the bind reply.
+        let mut upstream = Tapped::new(upstream_end, Side::Server, &taps, reply1[..3].to_vec());
+        {
+            let mut pump = std::pin::pin!(single_lane(
+                &mut kernel,
+                &mut upstream,
+                &taps,
+                &up,
+                &down,
+                None
+            ));
+            // One connection: bytes go through as they come, records cut anywhere.
+            write(&mut nfs, &call1[..100]);
+            write(&mut server, &reply1[3..20]);
+            assert!(run(pump.as_mut()).is_none());
+            assert_eq!(available(&mut server), call1[..100]);
+            assert_eq!(available(&mut nfs), reply1[..20]);
+
+            // Scale-up: more connections are ready while both records are cut.
+            taps.switch.store(true, Ordering::Relaxed);
+            assert!(run(pump.as_mut()).is_none());
+            // The rest of the kernel's record comes with the next one in one write, the
+            // rest of the server's with the start of its next one.
+            write(&mut nfs, &[&call1[100..], &call2[..]].concat());
+            assert!(
+                run(pump.as_mut()).is_none(),
+                "switched before the reply ended"
+            );
+            write(&mut server, &[&reply1[20..], &reply2[..5]].concat());
+            assert!(matches!(run(pump.as_mut()), Some(None)), "no switch");
+        }
+        // The byte pump stopped exactly at the end of each record ...
+        assert_eq!(available(&mut server), call1[100..]);
+        assert_eq!(available(&mut nfs), reply1[20..]);
+        assert_eq!(up.load(Ordering::Relaxed), call1.len() as u64);
+        assert_eq!(down.load(Ordering::Relaxed), reply1.len() as u64);
+        assert_eq!((kernel.cursor.calls, upstream.cursor.replies), (1, 1));
+        // ... and record dispatch starts at the next ones, each whole.
+        let (kernel_end, rest) = kernel.into_parts();
+        assert!(rest.is_empty());
+        let mut calls = RecordReader::with_buffered(kernel_end, rest, MAX_RECORD);
+        assert_eq!(calls.next().await.unwrap().unwrap(), call2);
+        let (upstream_end, rest) = upstream.into_parts();
+        let mut replies = RecordReader::with_buffered(upstream_end, rest, MAX_RECORD);
+        write(&mut server, &reply2[5..]);
+        assert_eq!(replies.next().await.unwrap().unwrap(), reply2);
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_switches_at_once_and_an_ended_one_never() {
+        let (mut nfs, kernel_end) = tokio::io::duplex(1 << 16);
+        let (upstream_end, mut server) = tokio::io::duplex(1 << 16);
+        let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+        let taps = Taps::default();
+        let mut kernel = Tapped::new(kernel_end, Side::Kernel, &taps, Vec::new());
+        let mut upstream = Tapped::new(upstream_end, Side::Server, &taps, Vec::new());
+        let mut pump = std::pin::pin!(single_lane(
+            &mut kernel,
+            &mut upstream,
+            &taps,
+            &up,
+            &down,
+            None
+        ));
+        let call = record(7, CALL, 20);
+        write(&mut nfs, &call);
+        write(&mut server, &record(7, REPLY, 4));
+        assert!(run(pump.as_mut()).is_none());
+        assert_eq!(available(&mut server), call);
+        taps.switch.store(true, Ordering::Relaxed);
+        assert!(matches!(run(pump.as_mut()), Some(None)));
+
+        // The server ends in the middle of a record while a switch waits: the pump
+        // keeps going and ends like the plain one, both sides closed.
+        let (mut nfs, kernel_end) = tokio::io::duplex(1 << 16);
+        let (upstream_end, mut server) = tokio::io::duplex(1 << 16);
+        let taps = Taps::default();
+        let mut kernel = Tapped::new(kernel_end, Side::Kernel, &taps, Vec::new());
+        let mut upstream = Tapped::new(upstream_end, Side::Server, &taps, Vec::new());
+        let mut pump = std::pin::pin!(single_lane(
+            &mut kernel,
+            &mut upstream,
+            &taps,
+            &up,
+            &down,
+            None
+        ));
+        write(&mut server, &record(9, CALL, 40)[..10]);
+        assert!(run(pump.as_mut()).is_none());
+        taps.switch.store(true, Ordering::Relaxed);
+        assert!(run(pump.as_mut()).is_none());
+        drop(server);
+        assert!(run(pump.as_mut()).is_none());
+        assert_eq!(available(&mut nfs).len(), 10);
+        // The kernel's end comes through although a switch was asked for.
+        assert!(Pin::new(&mut nfs).poll_shutdown(&mut cx()).is_ready());
+        assert!(matches!(run(pump.as_mut()), Some(Some(Ok(())))));
+        assert!(!taps.ready_to_switch());
+    }
 }

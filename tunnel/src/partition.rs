@@ -381,6 +381,104 @@ pub fn record_head(record: &[u8]) -> Option<(u32, u32)> {
     ))
 }
 
+/// Where a byte stream stands in ONC RPC record marking, fed the stream in pieces of any
+/// size as it is forwarded: it reads fragment headers and the first eight body bytes
+/// (xid, message type) and skips the rest by length, never copying a record (as
+/// [`crate::watch::RpcScanner`] does). It tells whether the bytes fed so far end between
+/// two records, and how many more belong to the current one, so that a byte pump can stop
+/// exactly at a record boundary. Never panics, whatever the bytes.
+#[derive(Debug, Clone, Default)]
+pub struct RecordCursor {
+    /// Fragment header bytes gathered so far (while `frag_left` is 0).
+    mark: [u8; 4],
+    mark_len: u8,
+    /// Body bytes of the current fragment not yet seen.
+    frag_left: u32,
+    /// The current fragment is the record's last.
+    last: bool,
+    /// Some byte of a record has been fed and its last fragment has not ended.
+    in_record: bool,
+    head: [u8; 8],
+    head_len: u8,
+    /// Records whose message type is a call, and a reply.
+    pub calls: u64,
+    pub replies: u64,
+}
+
+impl RecordCursor {
+    pub fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            self.in_record = true;
+            if self.frag_left == 0 {
+                let take = data.len().min(4 - usize::from(self.mark_len));
+                let at = usize::from(self.mark_len);
+                self.mark[at..at + take].copy_from_slice(&data[..take]);
+                self.mark_len += take as u8;
+                data = &data[take..];
+                if self.mark_len < 4 {
+                    return;
+                }
+                let mark = u32::from_be_bytes(self.mark);
+                self.last = mark & LAST_FRAGMENT != 0;
+                self.frag_left = mark & !LAST_FRAGMENT;
+                if self.frag_left == 0 {
+                    self.fragment_done();
+                }
+                continue;
+            }
+            let take = data.len().min(self.frag_left as usize);
+            if self.head_len < 8 {
+                let n = take.min(8 - usize::from(self.head_len));
+                let at = usize::from(self.head_len);
+                self.head[at..at + n].copy_from_slice(&data[..n]);
+                self.head_len += n as u8;
+                if self.head_len == 8 {
+                    match u32::from_be_bytes([
+                        self.head[4],
+                        self.head[5],
+                        self.head[6],
+                        self.head[7],
+                    ]) {
+                        CALL => self.calls += 1,
+                        REPLY => self.replies += 1,
+                        _ => {}
+                    }
+                }
+            }
+            self.frag_left -= take as u32;
+            data = &data[take..];
+            if self.frag_left == 0 {
+                self.fragment_done();
+            }
+        }
+    }
+
+    fn fragment_done(&mut self) {
+        self.mark_len = 0;
+        if self.last {
+            self.head_len = 0;
+            self.in_record = false;
+        }
+    }
+
+    /// True when the bytes fed so far end between two records (or none was fed).
+    pub fn between_records(&self) -> bool {
+        !self.in_record
+    }
+
+    /// How many of the next bytes certainly belong to the current record: the rest of
+    /// its fragment, or of a fragment header; 0 between records.
+    pub fn left_in_record(&self) -> usize {
+        if !self.in_record {
+            0
+        } else if self.frag_left > 0 {
+            self.frag_left as usize
+        } else {
+            4 - usize::from(self.mark_len)
+        }
+    }
+}
+
 /// Reads whole records from a byte stream. Bytes read past a record stay buffered for
 /// the next one, so a stream can be read as records first and then handed on
 /// ([`RecordReader::into_parts`]) with nothing lost.
@@ -623,5 +721,52 @@ mod tests {
         assert!(rest.len() <= stream.len() - 12);
         let mut empty = RecordReader::new(&[][..], MAX_RECORD);
         assert!(empty.next().await.unwrap().is_none());
+    }
+
+    #[test]
+    fn the_cursor_finds_record_boundaries_in_pieces_of_any_size() {
+        let mut rec = frag(false, &[0, 0, 0, 5]);
+        rec.extend(frag(false, &[]));
+        rec.extend(frag(true, &[0, 0, 0, 1, 9, 9]));
+        let mut stream = rec.clone();
+        stream.extend(frag(true, &[0, 0, 0, 6, 0, 0, 0, 0]));
+        stream.extend(frag(true, &[]));
+        let ends = [rec.len(), rec.len() + 12, rec.len() + 16];
+        // Byte by byte: between records exactly at the ends, and never told to read
+        // past one.
+        let mut c = RecordCursor::default();
+        assert!(c.between_records());
+        assert_eq!(c.left_in_record(), 0);
+        let mut pos = 0;
+        while pos < stream.len() {
+            c.feed(&stream[pos..pos + 1]);
+            pos += 1;
+            assert_eq!(c.between_records(), ends.contains(&pos), "at {pos}");
+            let next_end = ends.iter().find(|&&e| e >= pos).copied().unwrap_or(pos);
+            assert!(pos + c.left_in_record() <= next_end, "at {pos}");
+        }
+        assert_eq!((c.calls, c.replies), (1, 1));
+        // Reading as far as it allows each time lands on every boundary.
+        let mut c = RecordCursor::default();
+        let mut pos = 0;
+        let mut stops = Vec::new();
+        while pos < stream.len() {
+            let n = match c.left_in_record() {
+                0 => 1,
+                n => n,
+            };
+            c.feed(&stream[pos..pos + n]);
+            pos += n;
+            if c.between_records() {
+                stops.push(pos);
+            }
+        }
+        assert_eq!(stops, ends);
+        // Whole, in one piece, or garbage: no panic.
+        let mut c = RecordCursor::default();
+        c.feed(&stream);
+        assert!(c.between_records());
+        c.feed(&[0xff; 9]);
+        assert!(!c.between_records());
     }
 }
