@@ -418,6 +418,9 @@ impl<H: Host> Drop for BoundGuard<H> {
 struct Monitor {
     scale_up: ScaleUp,
     searching: Option<tokio::task::JoinHandle<()>>,
+    /// What searches found; made by the first search (a connection that never scales
+    /// up holds no channel).
+    found: Option<(mpsc::UnboundedSender<Found>, mpsc::UnboundedReceiver<Found>)>,
     next_search: Instant,
     /// The last tick, and the bytes moved by then.
     last: (Instant, u64),
@@ -429,6 +432,7 @@ impl Monitor {
         Monitor {
             scale_up,
             searching: None,
+            found: None,
             next_search: Instant::now(),
             last: (Instant::now(), 0),
             breached: Duration::ZERO,
@@ -457,6 +461,33 @@ impl Monitor {
             debug!("{rate} B/s: looking for {want} more connections");
         }
         go.then_some(want)
+    }
+
+    /// Starts looking for `want` more connections to `partition`.
+    fn search<H: Host>(
+        &mut self,
+        host: &Arc<H>,
+        client: ClientId,
+        partition: PartitionId,
+        want: usize,
+    ) {
+        let (tx, _) = self.found.get_or_insert_with(mpsc::unbounded_channel);
+        let found = tx.clone();
+        self.searching = Some(tokio::spawn(search(
+            host.clone(),
+            client,
+            partition,
+            want,
+            found,
+        )));
+    }
+
+    /// The next thing a search found; never, before the first search.
+    async fn found(&mut self) -> Option<Found> {
+        match &mut self.found {
+            Some((_, rx)) => rx.recv().await,
+            None => std::future::pending().await,
+        }
     }
 
     fn search_done(&mut self, complete: bool) {
@@ -762,7 +793,6 @@ pub async fn serve<H: Host>(
         scale_up,
     } = bound;
     let first_guard = Arc::new(BoundGuard::new(host.clone()));
-    let (found_tx, mut found) = mpsc::unbounded_channel::<Found>();
     let mut monitor = Monitor::new(scale_up);
     let tick = scale_up.lookback.min(Duration::from_secs(1));
     let mut ticker = tokio::time::interval_at(Instant::now() + tick, tick);
@@ -786,7 +816,7 @@ pub async fn serve<H: Host>(
         loop {
             tokio::select! {
                 ended = &mut pump => break ended,
-                event = found.recv() => match event {
+                event = monitor.found() => match event {
                     Some(Found::Connection(c)) if taps.open() && 1 + ready.len() < max => {
                         ready.push(*c);
                         taps.switch.store(true, Ordering::Relaxed);
@@ -797,13 +827,7 @@ pub async fn serve<H: Host>(
                 },
                 _ = ticker.tick() => {
                     if let Some(want) = monitor.tick(taps.moved(), 1 + ready.len(), taps.open()) {
-                        monitor.searching = Some(tokio::spawn(search(
-                            host.clone(),
-                            client_id,
-                            partition,
-                            want,
-                            found_tx.clone(),
-                        )));
+                        monitor.search(&host, client_id, partition, want);
                     }
                 }
             }
@@ -861,7 +885,7 @@ pub async fn serve<H: Host>(
                 Some(Ok(Err(e))) => break Err(e),
                 Some(Err(_)) => break Err(MuxError::Task),
             },
-            event = found.recv() => match event {
+            event = monitor.found() => match event {
                 Some(Found::Connection(c)) => {
                     let (tls, buffered) = *c;
                     if lanes.loads.len() < max {
@@ -883,13 +907,7 @@ pub async fn serve<H: Host>(
                 let moved = conn.moved.load(Ordering::Relaxed);
                 let open = lanes.to_kernel.is_some();
                 if let Some(want) = monitor.tick(moved, lanes.loads.len(), open) {
-                    monitor.searching = Some(tokio::spawn(search(
-                        host.clone(),
-                        client_id,
-                        partition,
-                        want,
-                        found_tx.clone(),
-                    )));
+                    monitor.search(&host, client_id, partition, want);
                 }
             }
         }
