@@ -226,8 +226,15 @@ impl KtlsState {
 /// the kernel loads a ULP's module on first use only for a caller with `CAP_NET_ADMIN`,
 /// which the tunnel gives up before it serves ([`crate::privilege`]). One throwaway
 /// loopback connection with the ULP attached does it; any failure is left for the first
-/// real connection to find and report.
-pub fn load_module() {
+/// real connection to find and report. Not done where the mode will never use the
+/// kernel: `off`, or `auto` on a kernel with no hardware cipher ([`KtlsState::new`] reads
+/// /proc/crypto again to say so; it is a few KiB, once).
+pub fn load_module(mode: Mode) {
+    if mode == Mode::Off
+        || (mode == Mode::Auto && KernelCiphers::read() == KernelCiphers::default())
+    {
+        return;
+    }
     let Ok(listener) = std::net::TcpListener::bind("127.0.0.1:0") else {
         return;
     };

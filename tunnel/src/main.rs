@@ -11,7 +11,7 @@ use efs_tunnel::fds;
 use efs_tunnel::policy::{self, HostnameCheck, TlsPolicy, Trust};
 use efs_tunnel::upstream::Target;
 use efs_tunnel::TunnelConfig;
-use efs_tunnel_contract::command::{first_non_utf8, KernelTls, Multiplexing};
+use efs_tunnel_contract::command::{first_non_utf8, KernelTls, PartitionMultiplexing};
 use efs_tunnel_contract::{Invocation, Listen};
 use rustls::pki_types::ServerName;
 
@@ -144,10 +144,10 @@ fn start(args: Invocation) -> Result<(), String> {
             .then(|| std::time::Duration::from_secs(cmd.dead_upstream_sec)),
         probe_retry: std::time::Duration::from_secs(cmd.probe_retry_sec),
         multiplexing: match cmd.partition_multiplexing {
-            Some(Multiplexing::Auto) => efs_tunnel::mux::Mode::Auto,
+            Some(PartitionMultiplexing::Auto) => efs_tunnel::mux::Mode::Auto,
             // Absent: a command line of a version before multiplexing, which made no
             // bind call.
-            Some(Multiplexing::Off) | None => efs_tunnel::mux::Mode::Off,
+            Some(PartitionMultiplexing::Off) | None => efs_tunnel::mux::Mode::Off,
         },
         kernel_tls,
     };
@@ -165,9 +165,7 @@ fn start(args: Invocation) -> Result<(), String> {
             TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?
         }
     };
-    if config.kernel_tls != efs_tunnel::ktls::Mode::Off {
-        efs_tunnel::ktls::load_module();
-    }
+    efs_tunnel::ktls::load_module(config.kernel_tls);
     // Nothing from here on needs a privilege; drop them all before the runtime starts
     // threads, which inherit the dropped sets (see `privilege`).
     efs_tunnel::privilege::drop_all().map_err(|e| format!("cannot drop privileges: {e}"))?;

@@ -26,6 +26,7 @@ info "auto: $ktls"
 check "auto with software AES only: user space, and the status says why" sh -c \
     "echo '$ktls' | grep -q '\"available\":false' && echo '$ktls' | grep -q 'nohardwareimplementation'"
 check "auto: the upstream socket is not kernel TLS" sh -c "! ss -tni state established '( dport = :2049 )' | grep -q tcp-ulp-tls"
+check "auto with no hardware cipher did not even load the tls module" sh -c "! grep -q '^tls ' /proc/modules"
 check "umount works" umount /mnt/efs
 wait_for 30 no_nfs_client
 check "the watchdog stopped the auto tunnel after its umount" wait_for 30 sh -c "! pgrep -x efs-tunnel"
