@@ -543,6 +543,22 @@ const WATCHDOG: Effect = Effect::ReadBy(&[Watchdog]);
 const MOUNT_AND_WATCHDOG: Effect = Effect::ReadBy(&[MountEfs, Watchdog]);
 
 /// Every key, in the order of the file, the man page and `config check`.
+/// The words of the choice key `name` ([`Kind::Choice`]); none for any other name (a
+/// test checks every flag that asks).
+pub fn choices(name: &str) -> &'static [&'static str] {
+    KEYS.iter()
+        .find(|k| k.name == name)
+        .and_then(|k| match k.at {
+            At::Top(Kind::Choice { choices, .. })
+            | At::Mount(Kind::Choice { choices, .. })
+            | At::Watchdog(Kind::Choice { choices, .. })
+            | At::ClientInfo(Kind::Choice { choices, .. })
+            | At::Paths(Kind::Choice { choices, .. }) => Some(choices),
+            _ => None,
+        })
+        .unwrap_or(&[])
+}
+
 pub static KEYS: &[Key] = &[
     // Top level: the incumbent's [DEFAULT].
     Key {

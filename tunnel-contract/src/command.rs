@@ -142,67 +142,29 @@ pub struct TunnelCommand {
     /// EFS partition multiplexing: `auto` binds each connection to a server partition
     /// (ONC RPC program 400123) and opens up to the server's count of connections under
     /// load; `off` (also when absent) makes no bind call.
-    #[arg(long = flag::PARTITION_MULTIPLEXING, value_name = "auto|off")]
-    pub partition_multiplexing: Option<Multiplexing>,
+    #[arg(long = flag::PARTITION_MULTIPLEXING,
+          value_parser = choice("partition_multiplexing", PartitionMultiplexing::from_word))]
+    pub partition_multiplexing: Option<PartitionMultiplexing>,
     /// Kernel TLS: `auto` moves each plain connection's record layer into the kernel
     /// after the handshake when the kernel has the tls module and does the cipher in
     /// hardware; `on` also with the kernel's software ciphers; `off` (also when absent)
     /// keeps TLS in user space.
-    #[arg(long = flag::KERNEL_TLS, value_name = "auto|on|off")]
+    #[arg(long = flag::KERNEL_TLS, value_parser = choice("kernel_tls", KernelTls::from_word))]
     pub kernel_tls: Option<KernelTls>,
 }
 
-/// `--kernel-tls`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum KernelTls {
-    Auto,
-    On,
-    Off,
-}
+pub use efs_config::config::{KernelTls, PartitionMultiplexing};
 
-impl KernelTls {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KernelTls::Auto => "auto",
-            KernelTls::On => "on",
-            KernelTls::Off => "off",
-        }
-    }
-}
-
-impl From<efs_config::config::KernelTls> for KernelTls {
-    fn from(m: efs_config::config::KernelTls) -> Self {
-        match m {
-            efs_config::config::KernelTls::Auto => KernelTls::Auto,
-            efs_config::config::KernelTls::On => KernelTls::On,
-            efs_config::config::KernelTls::Off => KernelTls::Off,
-        }
-    }
-}
-
-/// `--partition-multiplexing`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Multiplexing {
-    Auto,
-    Off,
-}
-
-impl Multiplexing {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Multiplexing::Auto => "auto",
-            Multiplexing::Off => "off",
-        }
-    }
-}
-
-impl From<efs_config::config::PartitionMultiplexing> for Multiplexing {
-    fn from(m: efs_config::config::PartitionMultiplexing) -> Self {
-        match m {
-            efs_config::config::PartitionMultiplexing::Auto => Multiplexing::Auto,
-            efs_config::config::PartitionMultiplexing::Off => Multiplexing::Off,
-        }
-    }
+/// The parser of a flag that takes a choice key's words: the words are the key table's
+/// (`efs_config::keys`), the value is the config's own type, so a flag and its key have
+/// one list of words and one enum between them.
+fn choice<T: Clone + Send + Sync + 'static>(
+    key: &'static str,
+    from_word: fn(&str) -> T,
+) -> impl clap::builder::TypedValueParser<Value = T> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(efs_config::keys::choices(key).iter().copied())
+        .map(move |word: String| from_word(&word))
 }
 
 /// What differs from one mount's tunnel to the next; everything else a tunnel's command
@@ -253,8 +215,8 @@ impl TunnelCommand {
             client_cert,
             client_key,
             // Always written, so that a restarted tunnel keeps the mount's choice.
-            partition_multiplexing: Some(cfg.mount.partition_multiplexing.into()),
-            kernel_tls: Some(cfg.mount.kernel_tls.into()),
+            partition_multiplexing: Some(cfg.mount.partition_multiplexing),
+            kernel_tls: Some(cfg.mount.kernel_tls),
         }
     }
 }
@@ -740,12 +702,18 @@ mod tests {
         let value_after = |args: &[String]| value_after(args, "--partition-multiplexing");
         let mut cfg = efs_config::Config::default();
         let default = TunnelCommand::for_mount(&cfg, target.clone());
-        assert_eq!(default.partition_multiplexing, Some(Multiplexing::Off));
-        cfg.mount.partition_multiplexing = efs_config::config::PartitionMultiplexing::Auto;
+        assert_eq!(
+            default.partition_multiplexing,
+            Some(PartitionMultiplexing::Off)
+        );
+        cfg.mount.partition_multiplexing = PartitionMultiplexing::Auto;
         let auto = TunnelCommand::for_mount(&cfg, target.clone());
-        assert_eq!(auto.partition_multiplexing, Some(Multiplexing::Auto));
+        assert_eq!(
+            auto.partition_multiplexing,
+            Some(PartitionMultiplexing::Auto)
+        );
         assert_eq!(value_after(&auto.to_args()).as_deref(), Some("auto"));
-        cfg.mount.partition_multiplexing = efs_config::config::PartitionMultiplexing::Off;
+        cfg.mount.partition_multiplexing = PartitionMultiplexing::Off;
         let off = TunnelCommand::for_mount(&cfg, target);
         let args = off.to_args();
         assert_eq!(value_after(&args).as_deref(), Some("off"));
@@ -753,7 +721,7 @@ mod tests {
         let parsed = Invocation::parse(with_fds(&off, 3, None), "test").unwrap();
         assert_eq!(
             parsed.command.partition_multiplexing,
-            Some(Multiplexing::Off)
+            Some(PartitionMultiplexing::Off)
         );
         assert_eq!(TunnelCommand::from_recorded(&args).unwrap(), off);
         // Absent (an older state file's command line): the tunnel makes no bind call.
@@ -770,7 +738,7 @@ mod tests {
         let default = TunnelCommand::for_mount(&cfg, target.clone());
         assert_eq!(default.kernel_tls, Some(KernelTls::Auto));
         assert_eq!(value_after(&default.to_args()).as_deref(), Some("auto"));
-        cfg.mount.kernel_tls = efs_config::config::KernelTls::Off;
+        cfg.mount.kernel_tls = KernelTls::Off;
         let off = TunnelCommand::for_mount(&cfg, target.clone());
         let args = off.to_args();
         assert_eq!(value_after(&args).as_deref(), Some("off"));
@@ -779,11 +747,37 @@ mod tests {
         assert_eq!(TunnelCommand::from_recorded(&args).unwrap(), off);
         // Absent (an older state file's command line): TLS stays in user space.
         assert!(!full().to_args().iter().any(|a| a.contains("kernel-tls")));
-        cfg.mount.kernel_tls = efs_config::config::KernelTls::On;
+        cfg.mount.kernel_tls = KernelTls::On;
         let on = TunnelCommand::for_mount(&cfg, target.clone());
         assert_eq!(value_after(&on.to_args()).as_deref(), Some("on"));
         let bad = [&args[..], &["--kernel-tls".into(), "yes".into()]].concat();
         assert!(TunnelCommand::from_recorded(&bad).is_err());
+    }
+
+    #[test]
+    fn a_choice_flag_takes_every_word_of_its_key_and_no_other() {
+        for (key, flag) in [
+            ("kernel_tls", "--kernel-tls"),
+            ("partition_multiplexing", "--partition-multiplexing"),
+        ] {
+            let words = efs_config::keys::choices(key);
+            assert!(words.len() >= 2, "{key} is not a choice key");
+            let args = full().to_args();
+            for word in words.iter().chain(&["yes", "Auto", ""]) {
+                let line = [&args[..], &[flag.into(), word.to_string()]].concat();
+                let parsed = TunnelCommand::from_recorded(&line);
+                let taken = match &parsed {
+                    Ok(c) if key == "kernel_tls" => c.kernel_tls.map(|k| k.as_str()),
+                    Ok(c) => c.partition_multiplexing.map(|m| m.as_str()),
+                    Err(_) => None,
+                };
+                if words.contains(word) {
+                    assert_eq!(taken, Some(*word), "{flag} {word}");
+                } else {
+                    assert!(parsed.is_err(), "{flag} {word:?} was taken");
+                }
+            }
+        }
     }
 
     #[test]
