@@ -16,7 +16,8 @@ use libfuzzer_sys::fuzz_target;
 fn valid(c: &Credentials) {
     let id = c.access_key_id.as_str();
     assert!(
-        (16..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+        (16..=128).contains(&id.len())
+            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
         "access key id {id:?}"
     );
 }
@@ -42,7 +43,12 @@ fuzz_target!(|data: &[u8]| {
             if let Ok(role) = parse::parse_role_name(text) {
                 // It goes into the next request's path: one segment, nothing to escape.
                 assert!(
-                    !role.is_empty() && role.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b'?' && b != b'#' && b != b'%'),
+                    !role.is_empty()
+                        && role.bytes().all(|b| b.is_ascii_graphic()
+                            && b != b'/'
+                            && b != b'?'
+                            && b != b'#'
+                            && b != b'%'),
                     "role {role:?}"
                 );
             }

@@ -25,12 +25,19 @@ fuzz_target!(|data: &[u8]| {
         rest = after;
         match control.feed(*kind, chunk) {
             Ok(ControlEvent::Nothing) => {
-                assert!(control.held() <= 4 + MAX_POST_HANDSHAKE + 255, "{}", control.held());
+                assert!(
+                    control.held() <= 4 + MAX_POST_HANDSHAKE + 255,
+                    "{}",
+                    control.held()
+                );
             }
             Ok(ControlEvent::Closed) => return,
             Err(e) => {
                 let line = e.to_string();
-                assert!(!line.is_empty() && !line.contains('\n') && line.len() < 300, "{line:?}");
+                assert!(
+                    !line.is_empty() && !line.contains('\n') && line.len() < 300,
+                    "{line:?}"
+                );
                 return;
             }
         }

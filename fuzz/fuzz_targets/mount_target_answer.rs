@@ -45,7 +45,12 @@ fuzz_target!(|data: &[u8]| {
                     }
                     Err(why) => one_line(&why.0),
                 }
-                match choose(&page.targets, "fs-12345678", &ClientAz::Unknown, AzId::Unknown) {
+                match choose(
+                    &page.targets,
+                    "fs-12345678",
+                    &ClientAz::Unknown,
+                    AzId::Unknown,
+                ) {
                     Ok(t) => assert_eq!(t.state, "available"),
                     Err(why) => one_line(&why.0),
                 }

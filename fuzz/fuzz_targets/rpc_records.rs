@@ -9,7 +9,10 @@
 //! bounded memory: `RecordReader` returns exactly the records `record_len` delimits, in
 //! order, and fails exactly where they stop (a record cut short, or over the limit); a
 //! record is never longer than the limit, its body never longer than the record; a
-//! parsed reply never asks for more than `MAX_CONNECTIONS_CAP` connections or none.
+//! parsed reply never asks for more than `MAX_CONNECTIONS_CAP` connections or none; and
+//! `watch::RpcScanner`, fed the stream as far as `left_in_record` allows each time (as a
+//! lone bound connection's byte pump stops for a scale-up, mux.rs), stands between
+//! records exactly at the ends of the records `record_len` delimits, never inside one.
 
 #![no_main]
 
@@ -19,6 +22,7 @@ use efs_tunnel::partition::{
     parse_bind_reply, record_body, record_head, record_len, RecordReader, MAX_CONNECTIONS_CAP,
     MAX_RECORD,
 };
+use efs_tunnel::watch::RpcScanner;
 use libfuzzer_sys::fuzz_target;
 
 fn runtime() -> &'static tokio::runtime::Runtime {
@@ -42,7 +46,11 @@ fuzz_target!(|data: &[u8]| {
     let ends_cleanly = loop {
         match record_len(rest, max) {
             Ok(Some(n)) => {
-                assert!(n >= 4 && n <= rest.len() && n <= max, "{n} of {}", rest.len());
+                assert!(
+                    n >= 4 && n <= rest.len() && n <= max,
+                    "{n} of {}",
+                    rest.len()
+                );
                 let (record, after) = rest.split_at(n);
                 let body = record_body(record);
                 assert!(body.len() + 4 <= record.len());
@@ -60,6 +68,28 @@ fuzz_target!(|data: &[u8]| {
         }
     };
     let _ = parse_bind_reply(stream, 0);
+
+    // The byte pump's stops.
+    let ends: Vec<usize> = framed
+        .iter()
+        .scan(0, |at, r| {
+            *at += r.len();
+            Some(*at)
+        })
+        .collect();
+    let covered = ends.last().copied().unwrap_or(0);
+    let mut scanner = RpcScanner::default();
+    let mut pos = 0;
+    while pos < covered {
+        let n = scanner.left_in_record().max(1);
+        assert!(
+            pos + n <= covered,
+            "told to read past a record's end at {pos}"
+        );
+        scanner.feed(&stream[pos..pos + n]);
+        pos += n;
+        assert_eq!(scanner.between_records(), ends.contains(&pos), "at {pos}");
+    }
 
     // The same bytes through the reader the data path uses.
     runtime().block_on(async {

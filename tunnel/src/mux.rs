@@ -15,7 +15,7 @@
 //!   normal case, below the scale-up threshold) that is `copy.rs`'s byte pump, in place,
 //!   with its buffers, half-closes, idle release, counters and dead-upstream watch: both
 //!   streams are wrapped in a tap that follows the record marking in what is read
-//!   ([`RecordCursor`], header bytes only, no copy). When scale-up has more connections
+//!   ([`RpcScanner`], header bytes only, no copy). When scale-up has more connections
 //!   ready, the kernel side stops reading at its next record boundary; once all it sent
 //!   is written upstream, the server side stops at its next one (reading on until then,
 //!   so a server waiting for its replies to be taken is never stuck); with nothing read
@@ -55,11 +55,12 @@ use tokio::time::Instant;
 
 use crate::copy::{self, CopyError, ReleaseBuffers};
 use crate::partition::{
-    self, Bind, BindError, BindReply, ClientId, PartitionId, RecordCursor, RecordReader, ScaleUp,
-    CALL, MAX_BIND_REPLY, MAX_RECORD, REPLY,
+    self, Bind, BindError, BindReply, ClientId, PartitionId, RecordReader, ScaleUp, CALL,
+    MAX_BIND_REPLY, MAX_RECORD, REPLY,
 };
 use crate::stats::Stats;
 use crate::upstream::{TlsStream, UpstreamError};
+use crate::watch::RpcScanner;
 
 /// How long the server gets to answer a bind call.
 pub const BIND_TIMEOUT: Duration = Duration::from_secs(3);
@@ -588,7 +589,7 @@ enum Side {
     Server,
 }
 
-/// A stream of the byte pump, with a [`RecordCursor`] over what is read from it: it
+/// A stream of the byte pump, with an [`RpcScanner`] over what is read from it: it
 /// counts, finds record boundaries in place, and once a switch is asked for, reads no
 /// byte past the end of the current record. The kernel side stops at its first record
 /// boundary; the server side keeps reading (so that a server waiting for its replies to
@@ -598,7 +599,7 @@ struct Tapped<'t, S> {
     inner: S,
     side: Side,
     taps: &'t Taps,
-    cursor: RecordCursor,
+    cursor: RpcScanner,
     /// Bytes read from `inner` before the pump began (past the bind reply), read first.
     prefix: Vec<u8>,
     prefix_at: usize,
@@ -610,7 +611,7 @@ impl<'t, S> Tapped<'t, S> {
             inner,
             side,
             taps,
-            cursor: RecordCursor::default(),
+            cursor: RpcScanner::default(),
             prefix,
             prefix_at: 0,
         }

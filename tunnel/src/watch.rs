@@ -31,7 +31,9 @@ use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
 /// Counts the RPC calls and replies in one direction of a byte stream, fed in pieces of
-/// any size. Never panics, whatever the bytes.
+/// any size, and tells whether what was fed ends between two records and how many more
+/// bytes belong to the current one (so a byte pump can stop exactly at a record
+/// boundary: `mux.rs`). It never copies a record. Never panics, whatever the bytes.
 #[derive(Debug, Default, Clone)]
 pub struct RpcScanner {
     /// Fragment header bytes gathered so far (while `frag_left` is 0).
@@ -41,6 +43,8 @@ pub struct RpcScanner {
     frag_left: u32,
     /// The current fragment is the record's last.
     last_frag: bool,
+    /// Some byte of a record has been fed and its last fragment has not ended.
+    in_record: bool,
     /// The record's first 8 body bytes (xid, message type), gathered across fragments.
     head: [u8; 8],
     head_len: u8,
@@ -57,6 +61,7 @@ impl RpcScanner {
     pub fn feed(&mut self, mut data: &[u8]) {
         self.bytes += data.len() as u64;
         while !data.is_empty() {
+            self.in_record = true;
             if self.frag_left == 0 && self.mark_len < 4 {
                 let take = data.len().min(4 - self.mark_len as usize);
                 let at = self.mark_len as usize;
@@ -105,6 +110,24 @@ impl RpcScanner {
         self.mark_len = 0;
         if self.last_frag {
             self.head_len = 0;
+            self.in_record = false;
+        }
+    }
+
+    /// True when the bytes fed so far end between two records (or none was fed).
+    pub fn between_records(&self) -> bool {
+        !self.in_record
+    }
+
+    /// How many of the next bytes certainly belong to the current record: the rest of
+    /// its fragment, or of a fragment header; 0 between records.
+    pub fn left_in_record(&self) -> usize {
+        if !self.in_record {
+            0
+        } else if self.frag_left > 0 {
+            self.frag_left as usize
+        } else {
+            4 - usize::from(self.mark_len)
         }
     }
 }
@@ -445,5 +468,60 @@ mod tests {
             );
         }
         assert!(w.armed);
+    }
+
+    fn frag(last: bool, body: &[u8]) -> Vec<u8> {
+        let mut v = ((body.len() as u32) | if last { 0x8000_0000 } else { 0 })
+            .to_be_bytes()
+            .to_vec();
+        v.extend_from_slice(body);
+        v
+    }
+
+    #[test]
+    fn the_scanner_finds_record_boundaries_in_pieces_of_any_size() {
+        let mut rec = frag(false, &[0, 0, 0, 5]);
+        rec.extend(frag(false, &[]));
+        rec.extend(frag(true, &[0, 0, 0, 1, 9, 9]));
+        let mut stream = rec.clone();
+        stream.extend(frag(true, &[0, 0, 0, 6, 0, 0, 0, 0]));
+        stream.extend(frag(true, &[]));
+        let ends = [rec.len(), rec.len() + 12, rec.len() + 16];
+        // Byte by byte: between records exactly at the ends, and never told to read
+        // past one.
+        let mut c = RpcScanner::default();
+        assert!(c.between_records());
+        assert_eq!(c.left_in_record(), 0);
+        let mut pos = 0;
+        while pos < stream.len() {
+            c.feed(&stream[pos..pos + 1]);
+            pos += 1;
+            assert_eq!(c.between_records(), ends.contains(&pos), "at {pos}");
+            let next_end = ends.iter().find(|&&e| e >= pos).copied().unwrap_or(pos);
+            assert!(pos + c.left_in_record() <= next_end, "at {pos}");
+        }
+        assert_eq!((c.calls, c.replies), (1, 1));
+        // Reading as far as it allows each time lands on every boundary.
+        let mut c = RpcScanner::default();
+        let mut pos = 0;
+        let mut stops = Vec::new();
+        while pos < stream.len() {
+            let n = match c.left_in_record() {
+                0 => 1,
+                n => n,
+            };
+            c.feed(&stream[pos..pos + n]);
+            pos += n;
+            if c.between_records() {
+                stops.push(pos);
+            }
+        }
+        assert_eq!(stops, ends);
+        // Whole, in one piece, or garbage: no panic.
+        let mut c = RpcScanner::default();
+        c.feed(&stream);
+        assert!(c.between_records());
+        c.feed(&[0xff; 9]);
+        assert!(!c.between_records());
     }
 }
