@@ -637,6 +637,14 @@ impl<'t, S> Tapped<'t, S> {
         (self.inner, self.prefix)
     }
 
+    /// `r`, with a failure noted for [`Taps::blame`].
+    fn noted<T>(&self, r: io::Result<T>) -> io::Result<T> {
+        if r.is_err() {
+            self.tap().failed.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+
     /// An end or a failure can lift the other side's stop: poll again.
     fn ended(&self, cx: &mut Context<'_>) {
         if self.taps.switch.load(Ordering::Relaxed) {
@@ -710,31 +718,22 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tapped<'_, S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = ready!(Pin::new(&mut this.inner).poll_write(cx, data));
-        match &r {
-            Ok(n) => {
-                this.tap().written.fetch_add(*n as u64, Ordering::Relaxed);
-            }
-            Err(_) => this.tap().failed.store(true, Ordering::Relaxed),
+        if let Ok(n) = &r {
+            this.tap().written.fetch_add(*n as u64, Ordering::Relaxed);
         }
-        Poll::Ready(r)
+        Poll::Ready(this.noted(r))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let r = ready!(Pin::new(&mut this.inner).poll_flush(cx));
-        if r.is_err() {
-            this.tap().failed.store(true, Ordering::Relaxed);
-        }
-        Poll::Ready(r)
+        Poll::Ready(this.noted(r))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let r = ready!(Pin::new(&mut this.inner).poll_shutdown(cx));
-        if r.is_err() {
-            this.tap().failed.store(true, Ordering::Relaxed);
-        }
-        Poll::Ready(r)
+        Poll::Ready(this.noted(r))
     }
 }
 
