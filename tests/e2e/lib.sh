@@ -260,6 +260,13 @@ tunnel_pid() {
     pgrep -f "tunnel-$1.sock" | head -1
 }
 
+# Kernel TLS (issue #15): an established connection to port 2049 is the kernel's TLS
+# socket (ss: tcp-ulp-tls); the first tunnel's kernel_tls status, as JSON on one line;
+# the kernel NFS client holds no server any more (after a umount).
+kernel_tls_socket() { ss -tni state established '( dport = :2049 )' | grep -q tcp-ulp-tls; }
+ktls_status() { efs-utils status --json | tr -d ' \n' | grep -o '"kernel_tls":{[^}]*}' | head -1; }
+no_nfs_client() { ! grep -q '^v4' /proc/fs/nfsfs/servers 2>/dev/null; }
+
 # The boot number of a multi-boot case (1, 2, ...).
 boot_number() {
     cat /e2e/run/boot 2>/dev/null || echo 1

@@ -11,9 +11,6 @@
 . /opt/efs/lib.sh
 efs_side_up
 mkdir -p /mnt/efs
-ktls_status() { efs-utils status --json | tr -d ' \n' | grep -o '"kernel_tls":{[^}]*}' | head -1; }
-no_nfs_client() { ! grep -q '^v4' /proc/fs/nfsfs/servers 2>/dev/null; }
-kernel_tls_socket() { ss -tni state established '( dport = :2049 )' | grep -q tcp-ulp-tls; }
 # The watchdog stops a tunnel after its umount and restarts a killed one.
 amazon-efs-mount-watchdog 2>/dev/null &
 wait_for 10 pgrep -x amazon-efs-moun

@@ -9,7 +9,6 @@
 # server's own close_notify.
 . /opt/efs/lib.sh
 efs_side_up
-kernel_tls_socket() { ss -tni state established '( dport = :2049 )' | grep -q tcp-ulp-tls; }
 amazon-efs-mount-watchdog 2>/dev/null &
 wait_for 10 pgrep -x amazon-efs-moun
 sed -i 's|^#\?kernel_tls = .*|kernel_tls = "on"|' /etc/amazon/efs/efs-utils.toml
