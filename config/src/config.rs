@@ -112,11 +112,10 @@ pub struct MountConfig {
 /// partition (ONC RPC program 400123) and spreads requests over several connections.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum PartitionMultiplexing {
-    /// Bind, and multiplex if the server answers READY.
-    Auto,
-    /// No bind call: one TLS connection per NFS connection (the built-in default, the
-    /// key table's: see its doc for why).
+    /// Bind, and multiplex if the server answers READY (the key table's default).
     #[default]
+    Auto,
+    /// No bind call: one TLS connection per NFS connection.
     Off,
 }
 

@@ -812,12 +812,12 @@ pub static KEYS: &[Key] = &[
     Key {
         name: "partition_multiplexing",
         at: At::Mount(Kind::Choice {
-            default: "off",
+            default: "auto",
             choices: &["auto", "off"],
             get: |c| c.mount.partition_multiplexing.as_str(),
             set: |c, v| c.mount.partition_multiplexing = PartitionMultiplexing::from_word(v),
         }),
-        doc: "EFS partition multiplexing, as efs-proxy does it: auto binds each tunnel connection to a server partition and, under load, spreads NFS requests over up to 5 TLS connections to it (a server that does not answer the bind keeps one connection); off: one connection, no bind call. Off by default until its data path is measured against the plain one (docs/tunnel.md).",
+        doc: "EFS partition multiplexing, as efs-proxy does it: auto binds each tunnel connection to a server partition and, under load, spreads NFS requests over up to 5 TLS connections to it (a server that does not answer the bind keeps one connection); off: one connection, no bind call. A connection bound to a partition keeps TLS in user space (kernel_tls applies to the others); one that is not scaled up costs what an unbound one costs (docs/performance.md).",
         effect: MOUNT_AND_TUNNEL,
         shipped: Shipped::CommentedDefault,
     },
@@ -1464,7 +1464,7 @@ mod tests {
         };
         assert_eq!(
             Config::default().mount.partition_multiplexing,
-            PartitionMultiplexing::Off
+            PartitionMultiplexing::Auto
         );
         let auto = parse("\"auto\"").unwrap();
         assert_eq!(

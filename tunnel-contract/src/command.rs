@@ -701,12 +701,6 @@ mod tests {
         let target = plain_target();
         let value_after = |args: &[String]| value_after(args, "--partition-multiplexing");
         let mut cfg = efs_config::Config::default();
-        let default = TunnelCommand::for_mount(&cfg, target.clone());
-        assert_eq!(
-            default.partition_multiplexing,
-            Some(PartitionMultiplexing::Off)
-        );
-        cfg.mount.partition_multiplexing = PartitionMultiplexing::Auto;
         let auto = TunnelCommand::for_mount(&cfg, target.clone());
         assert_eq!(
             auto.partition_multiplexing,

@@ -149,7 +149,7 @@ impl MuxState {
     }
 
     /// Whether a new kernel connection's first upstream connection will be bound.
-    pub fn should_bind(&self) -> bool {
+    fn should_bind(&self) -> bool {
         self.mode == Mode::Auto && self.server.load(Ordering::Relaxed) != DOES_NOT
     }
 
@@ -237,8 +237,17 @@ where
         }
         Ok(Ok((Some(record), rest))) => (record, rest),
     };
-    let reply = partition::parse_bind_reply(&partition::record_body(&record), xid)
-        .map_err(BindFailure::Rpc)?;
+    let reply = match partition::parse_bind_reply(&partition::record_body(&record), xid) {
+        Ok(reply) => reply,
+        // An RPC error leaves the stream in step only if nothing came after it.
+        Err(e) if rest.is_empty() => return Err(BindFailure::Rpc(e)),
+        Err(e) => {
+            return Err(BindFailure::Io(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{e}, and bytes after it"),
+            )))
+        }
+    };
     Ok((reply, rest))
 }
 
@@ -276,6 +285,9 @@ pub async fn first_connection<H: Host>(host: &H, mut tls: TlsStream) -> First {
             state.server.store(SPEAKS, Ordering::Relaxed);
             match reply.bind {
                 Bind::Ready(partition) => {
+                    // Bound connections stay on rustls: its reads need no longer stop at
+                    // each TLS record (kernel TLS, `ktls.rs`).
+                    crate::upstream::uncork(&mut tls);
                     if let Ok(mut p) = state.partition.lock() {
                         *p = Some(partition);
                     }
@@ -1327,5 +1339,40 @@ mod tests {
         assert!(Pin::new(&mut nfs).poll_shutdown(&mut cx()).is_ready());
         assert!(matches!(run(pump.as_mut()), Some(Some(Ok(())))));
         assert!(!taps.ready_to_switch());
+    }
+
+    /// A fake knfsd's answer to the bind call: `PROG_UNAVAIL` for its xid, then `after`.
+    async fn answer_prog_unavail(server: DuplexStream, after: &'static [u8]) {
+        let mut calls = RecordReader::new(server, MAX_RECORD);
+        let call = calls.next().await.unwrap().unwrap();
+        let (mut server, _) = calls.into_parts();
+        // Accepted (0), AUTH_NONE verifier (0, 0), PROG_UNAVAIL (1).
+        let mut reply = (0x8000_0000u32 | 24).to_be_bytes().to_vec();
+        reply.extend_from_slice(&call[4..8]);
+        for w in [REPLY, 0, 0, 0, 1] {
+            reply.extend_from_slice(&w.to_be_bytes());
+        }
+        reply.extend_from_slice(after);
+        server.write_all(&reply).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_rpc_error_leaves_the_stream_in_step_only_with_nothing_after_it() {
+        let client = ClientId {
+            id: [7; 16],
+            incarnation: 1,
+        };
+        let (mut ours, server) = tokio::io::duplex(1 << 16);
+        tokio::spawn(answer_prog_unavail(server, b""));
+        let clean = bind(&mut ours, &client).await.unwrap_err();
+        assert!(
+            matches!(clean, BindFailure::Rpc(BindError::Refused(_))),
+            "{clean}"
+        );
+        let (mut ours, server) = tokio::io::duplex(1 << 16);
+        tokio::spawn(answer_prog_unavail(server, b"more"));
+        let after = bind(&mut ours, &client).await.unwrap_err();
+        assert!(matches!(after, BindFailure::Io(_)), "{after}");
+        assert!(after.to_string().contains("bytes after it"), "{after}");
     }
 }

@@ -729,7 +729,9 @@ mod tests {
         );
         let t0 = Instant::now();
         let e = s.run(b"{}", Duration::from_secs(1)).unwrap_err();
-        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        // Far from the script's 600 s; the slack is for a machine busy with other tests
+        // (a run of the whole workspace once took over 5 s here).
+        assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
         assert!(e.contains("did not finish within 1 s; killed it"), "{e}");
         let (me, child) = (s.pid("self.pid"), s.pid("child.pid"));
         assert!(!alive(me), "the renewer is reaped");

@@ -1,6 +1,6 @@
 # e2e-mode: fast
 # e2e-timeout: 600
-# Partition multiplexing on (#15), against knfsd, which does not speak it: three mounts
+# Partition multiplexing on (#15; the default, and set here so the case says so), against knfsd, which does not speak it: three mounts
 # of one file system unmounted last-first, the same mount command twice, kill -9 of the
 # tunnel in the middle of a write (the restarted one binds again and falls back again),
 # an option value nobody expects, and nothing left after the last unmount.

@@ -4,9 +4,8 @@
 # kernel NFS client and server; data bit-identical both ways; logged.
 . /opt/efs/lib.sh
 efs_side_up
-# Partition multiplexing on (it is off by default), so that this mount also shows a
-# server without it (knfsd) served exactly as with it off.
-sed -i 's|^#partition_multiplexing = .*|partition_multiplexing = "auto"|' /etc/amazon/efs/efs-utils.toml
+# Partition multiplexing is on by default (auto), so this mount also shows a server
+# without it (knfsd) served exactly as with it off.
 
 mkdir -p /mnt/efs
 check "mount -t efs -o tls exits 0" mount -t efs -o tls $FS:/ /mnt/efs
@@ -37,7 +36,7 @@ check "a file written on the server is readable through the mount" grep -q "writ
 check "mount.log says Successfully mounted" grep -q "Successfully mounted $DNS at /mnt/efs" /var/log/amazon/efs/mount.log
 # knfsd (behind the TLS terminator) answers the partition bind call PROG_UNAVAIL, and the
 # tunnel stays on one plain connection: the writes above.
-check "the tunnel runs with --partition-multiplexing auto (as configured)" sh -c \
+check "the tunnel runs with --partition-multiplexing auto (the default)" sh -c \
     "tr '\\0' ' ' </proc/\$(pgrep -x efs-tunnel | head -1)/cmdline | grep -q -- '--partition-multiplexing auto'"
 check "knfsd's PROG_UNAVAIL to the partition bind left one plain connection" grep -q \
     "does not multiplex (the server answered PROG_UNAVAIL)" /var/log/amazon/efs/efs-tunnel.log
