@@ -1210,6 +1210,18 @@ mod tests {
         })
     }
 
+    /// The lone connection's byte pump between the two tapped ends, with no
+    /// dead-upstream watch.
+    fn lone_pump<'a, 't: 'a>(
+        kernel: &'a mut Tapped<'t, DuplexStream>,
+        upstream: &'a mut Tapped<'t, DuplexStream>,
+        taps: &'a Taps,
+        up: &'a AtomicU64,
+        down: &'a AtomicU64,
+    ) -> impl Future<Output = Option<Result<(), CopyError>>> + use<'a, 't> {
+        single_lane(kernel, upstream, taps, up, down, None)
+    }
+
     /// Everything readable from `s` now.
     fn available(s: &mut DuplexStream) -> Vec<u8> {
         let mut got = Vec::new();
@@ -1244,14 +1256,7 @@ mod tests {
         // The first bytes of the server's reply came with the bind reply.
         let mut upstream = Tapped::new(upstream_end, Side::Server, &taps, reply1[..3].to_vec());
         {
-            let mut pump = std::pin::pin!(single_lane(
-                &mut kernel,
-                &mut upstream,
-                &taps,
-                &up,
-                &down,
-                None
-            ));
+            let mut pump = std::pin::pin!(lone_pump(&mut kernel, &mut upstream, &taps, &up, &down));
             // One connection: bytes go through as they come, records cut anywhere.
             write(&mut nfs, &call1[..100]);
             write(&mut server, &reply1[3..20]);
@@ -1297,14 +1302,7 @@ mod tests {
         let taps = Taps::default();
         let mut kernel = Tapped::new(kernel_end, Side::Kernel, &taps, Vec::new());
         let mut upstream = Tapped::new(upstream_end, Side::Server, &taps, Vec::new());
-        let mut pump = std::pin::pin!(single_lane(
-            &mut kernel,
-            &mut upstream,
-            &taps,
-            &up,
-            &down,
-            None
-        ));
+        let mut pump = std::pin::pin!(lone_pump(&mut kernel, &mut upstream, &taps, &up, &down));
         let call = record(7, CALL, 20);
         write(&mut nfs, &call);
         write(&mut server, &record(7, REPLY, 4));
@@ -1320,14 +1318,7 @@ mod tests {
         let taps = Taps::default();
         let mut kernel = Tapped::new(kernel_end, Side::Kernel, &taps, Vec::new());
         let mut upstream = Tapped::new(upstream_end, Side::Server, &taps, Vec::new());
-        let mut pump = std::pin::pin!(single_lane(
-            &mut kernel,
-            &mut upstream,
-            &taps,
-            &up,
-            &down,
-            None
-        ));
+        let mut pump = std::pin::pin!(lone_pump(&mut kernel, &mut upstream, &taps, &up, &down));
         write(&mut server, &record(9, CALL, 40)[..10]);
         assert!(run(pump.as_mut()).is_none());
         taps.switch.store(true, Ordering::Relaxed);

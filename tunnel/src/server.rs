@@ -168,10 +168,10 @@ impl Shared {
     }
 
     /// A kernel connection's first upstream connection: read record by record if it may
-    /// go to kernel TLS (a connection that will be bound to a partition stays on rustls).
+    /// go to kernel TLS. Also one about to be bound: a server that does not speak the
+    /// partition program leaves it in step, as plain as any other, and it can still go
+    /// to the kernel (one bound READY is uncorked for rustls, `mux::first_connection`).
     async fn dial_first(&self) -> Result<upstream::TlsStream, UpstreamError> {
-        // Also a connection about to be bound: a server that does not speak the program
-        // leaves it in step, as plain as any other, and it can still go to the kernel.
         let reads = if self.ktls.may_offload() {
             HandshakeReads::RecordByRecord
         } else {
