@@ -711,18 +711,16 @@ fn kernel_adds_mounts(root: &Root) {
     let text = std::fs::read_to_string(&root.config).unwrap();
     let orig = root.dir.path("bin").join("mount.nfs4-stand-in");
     let wrapper = root.dir.path("bin").join("mount.nfs4-kernel");
-    std::fs::write(
+    efs_testkit::write_executable(
         &wrapper,
-        format!(
+        &format!(
             "#!/bin/sh\nport=$(printf '%s\\n' \"$4\" | tr , '\\n' | sed -n 's/^port=//p')\n\
              echo \"99 22 0:99 / $2 rw - nfs4 $1 rw,vers=4.1,port=$port,addr=127.0.0.1\" >> {d}/mountinfo\n\
              exec {} \"$@\"\n",
             orig.display()
         ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        0o755,
+    );
     let from = format!("mount_nfs = \"{}\"", orig.display());
     assert!(text.contains(&from));
     let to = format!("mount_nfs = \"{}\"", wrapper.display());

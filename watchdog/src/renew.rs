@@ -658,14 +658,13 @@ mod tests {
 
     impl Script {
         fn new(name: &str, body: &str) -> Script {
-            use std::os::unix::fs::PermissionsExt;
             let dir =
                 std::env::temp_dir().join(format!("efs-renewer-{}-{name}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).unwrap();
             let path = dir.join("renewer");
-            std::fs::write(&path, format!("#!/bin/sh\ncd {}\n{body}\n", dir.display())).unwrap();
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let script = format!("#!/bin/sh\ncd {}\n{body}\n", dir.display());
+            efs_testkit::write_executable(&path, &script, 0o755);
             Script { dir, path }
         }
 

@@ -547,18 +547,16 @@ async fn the_tunnel_presents_the_renewed_certificate_to_new_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_renewer_that_hangs_is_killed_at_the_deadline_and_the_watchdog_carries_on() {
-    use std::os::unix::fs::PermissionsExt;
     let scene = Scene::on(root()).await;
     let root = &scene.root;
     // A renewer that never answers, and starts a process that would outlive it.
     let d = root.dir.0.display();
     let hang = root.dir.path("bin").join("renewer-that-hangs");
-    std::fs::write(
+    efs_testkit::write_executable(
         &hang,
-        format!("#!/bin/sh\nsleep 600 &\necho $! > {d}/renewer-child.pid\necho $$ > {d}/renewer.pid\nwait\n"),
-    )
-    .unwrap();
-    std::fs::set_permissions(&hang, std::fs::Permissions::from_mode(0o755)).unwrap();
+        &format!("#!/bin/sh\nsleep 600 &\necho $! > {d}/renewer-child.pid\necho $$ > {d}/renewer.pid\nwait\n"),
+        0o755,
+    );
     let text = std::fs::read_to_string(&root.config).unwrap();
     let real = format!("renew_cert = \"{}\"", renew_cert_bin().display());
     assert!(text.contains(&real), "{text}");
@@ -639,21 +637,19 @@ async fn a_renewer_that_hangs_is_killed_at_the_deadline_and_the_watchdog_carries
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_renewal_that_outlives_its_mount_leaves_the_next_mount_of_that_name_alone() {
-    use std::os::unix::fs::PermissionsExt;
     let scene = Scene::on(root()).await;
     let root = &scene.root;
     // The real renewer, after a wait long enough for an unmount and a new mount.
     let d = root.dir.0.display();
     let slow = root.dir.path("bin").join("slow-renewer");
-    std::fs::write(
+    efs_testkit::write_executable(
         &slow,
-        format!(
+        &format!(
             "#!/bin/sh\ntouch {d}/renewer.started\nsleep 6\n{}\nrc=$?\ntouch {d}/renewer.done\nexit $rc\n",
             renew_cert_bin().display()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&slow, std::fs::Permissions::from_mode(0o755)).unwrap();
+        0o755,
+    );
     let text = std::fs::read_to_string(&root.config).unwrap();
     let real = format!("renew_cert = \"{}\"", renew_cert_bin().display());
     assert!(text.contains(&real), "{text}");

@@ -112,12 +112,7 @@ impl IncumbentMount {
         )
         .unwrap();
         let stand_in = root.dir.path("bin").join(program.name());
-        std::fs::write(&stand_in, STUNNEL_STAND_IN).unwrap();
-        std::fs::set_permissions(
-            &stand_in,
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .unwrap();
+        efs_testkit::write_executable(&stand_in, STUNNEL_STAND_IN, 0o755);
         let tunnel = KillOnDrop(
             Command::new(&stand_in)
                 .arg(&config_path)
@@ -343,16 +338,11 @@ async fn nothing_is_taken_over_while_amazon_efs_utils_watchdog_runs_and_a_gone_m
     set_mounts(root, &[]);
     // A stand-in for amazon-efs-utils' watchdog (a Python process of that name).
     let stand_in = root.dir.path("bin").join("amazon-efs-mount-watchdog");
-    std::fs::write(
+    efs_testkit::write_executable(
         &stand_in,
         "#!/usr/bin/python3\nimport time\ntime.sleep(600)\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        &stand_in,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+        0o755,
+    );
     let mut theirs = KillOnDrop(Command::new(&stand_in).spawn().unwrap());
     assert!(wait_until(Duration::from_secs(5), || {
         std::fs::read_to_string(format!("/proc/{}/comm", theirs.id()))

@@ -30,6 +30,33 @@ pub const FS_ID: &str = "fs-12345678";
 pub const CHECK_HOST: &str = "fs-12345678.efs.us-east-1.amazonaws.com";
 pub const WILDCARD: &str = "*.efs.us-east-1.amazonaws.com";
 
+/// Writes an executable script (a stand-in program) with `mode`, so that it can be run at
+/// once. The file is written by a `sh` child, not by this process: a test binary's other
+/// threads fork children all the time, and a child forked while this process held the
+/// file open for writing keeps it open until it execs, so running the script then fails
+/// with "Text file busy" (ETXTBSY). A watchdog unit test failed that way under load.
+pub fn write_executable(path: &Path, body: &str, mode: u32) {
+    use std::io::Write;
+    let mut sh = Command::new("sh")
+        .args(["-c", "cat > \"$1\" && chmod \"$2\" \"$1\"", "sh"])
+        .arg(path)
+        .arg(format!("{mode:o}"))
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("sh runs");
+    let mut stdin = sh.stdin.take().expect("a pipe to sh");
+    stdin
+        .write_all(body.as_bytes())
+        .expect("sh reads the script");
+    drop(stdin);
+    let status = sh.wait().expect("sh ends");
+    assert!(
+        status.success(),
+        "cannot write {}: {status}",
+        path.display()
+    );
+}
+
 /// A directory under the system temp dir, removed on drop.
 pub struct TempDir(pub PathBuf);
 

@@ -85,8 +85,7 @@ impl Root {
         std::fs::write(dir.path("ca.pem"), &ca.pem).unwrap();
         let stand_in = |name: &str, body: &str| {
             let p = dir.path("bin").join(name);
-            std::fs::write(&p, body).unwrap();
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+            crate::write_executable(&p, body, 0o755);
             p
         };
         let d = dir.0.display();
