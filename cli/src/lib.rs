@@ -405,9 +405,11 @@ fn records_line(t: &Status) -> Option<String> {
             (Some(false), Some(why)) => format!("user space (kernel TLS unavailable: {why})"),
             (Some(false), None) => "user space (kernel TLS unavailable)".into(),
             _ => {
+                // Counted in upstream connections: with partition multiplexing one NFS
+                // connection may have several.
                 let mut s = format!(
-                    "kernel TLS on {} of {} open connection(s), {} in all",
-                    k.connections_open, t.connections_open, k.connections_total
+                    "kernel TLS on {} upstream connection(s) open, {} in all",
+                    k.connections_open, k.connections_total
                 );
                 if k.connections_closed_for_rekey > 0 {
                     s.push_str(&format!(
@@ -680,7 +682,7 @@ mod records_tests {
         });
         assert_eq!(
             records_line(&t).unwrap(),
-            "  records     kernel TLS on 2 of 2 open connection(s), 5 in all, 1 closed for a key update\n"
+            "  records     kernel TLS on 2 upstream connection(s) open, 5 in all, 1 closed for a key update\n"
         );
         t.kernel_tls = Some(KernelTlsStatus {
             enabled: true,

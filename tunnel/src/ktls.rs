@@ -1,7 +1,8 @@
-//! Kernel TLS: after rustls has made and verified the handshake, the record layer of a
-//! plain (not multiplexed) upstream connection moves into the kernel (`TCP_ULP "tls"`,
-//! `TLS_TX`, `TLS_RX`), and the byte pump reads and writes plaintext on the socket. No
-//! record is framed, encrypted or copied through rustls' buffers in user space.
+//! Kernel TLS: after rustls has made and verified the handshake (and, on EFS, the
+//! partition bind), the record layer of an upstream connection moves into the kernel
+//! (`TCP_ULP "tls"`, `TLS_TX`, `TLS_RX`), and the byte pump or multiplexing's lanes
+//! read and write plaintext on the socket ([`Link`]). No record is framed, encrypted or
+//! copied through rustls' buffers in user space.
 //!
 //! Why this shape:
 //! * **Decided per connection, never at the cost of one.** [`offload`] takes the
@@ -40,7 +41,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
 use log::{info, warn};
@@ -226,13 +227,11 @@ impl KtlsState {
 /// the kernel loads a ULP's module on first use only for a caller with `CAP_NET_ADMIN`,
 /// which the tunnel gives up before it serves ([`crate::privilege`]). One throwaway
 /// loopback connection with the ULP attached does it; any failure is left for the first
-/// real connection to find and report. Not done where the mode will never use the
-/// kernel: `off`, or `auto` on a kernel with no hardware cipher ([`KtlsState::new`] reads
-/// /proc/crypto again to say so; it is a few KiB, once).
-pub fn load_module(mode: Mode) {
-    if mode == Mode::Off
-        || (mode == Mode::Auto && KernelCiphers::read() == KernelCiphers::default())
-    {
+/// real connection to find and report. Not done where no connection will be offered to
+/// the kernel ([`KtlsState::may_offload`]): `off`, or `auto` on a kernel with no
+/// hardware cipher.
+pub fn load_module(state: &KtlsState) {
+    if !state.may_offload() {
         return;
     }
     let Ok(listener) = std::net::TcpListener::bind("127.0.0.1:0") else {
@@ -246,28 +245,36 @@ pub fn load_module(mode: Mode) {
     }
 }
 
-/// What [`offload`] made of a connection. (Returned once per connection and taken
-/// apart at once: the size of the stream in it costs nothing.)
+/// An upstream connection after its handshake, as [`offload`] left it: its records in
+/// rustls or in the kernel. What the byte pump and multiplexing's lanes move bytes over.
+/// (One per connection: the size of the rustls stream in it costs nothing.)
 #[allow(clippy::large_enum_variant)]
-pub enum Offload<'s> {
-    Kernel(KtlsStream<'s>),
-    /// Not offloaded: serve it with rustls as before.
+pub enum Link {
     Rustls(TlsStream),
-    /// The kernel took part of the connection and then refused the rest: it cannot be
-    /// used, by either.
-    Failed(io::Error),
+    Kernel(KtlsStream),
+}
+
+impl Link {
+    /// Whether its handshake resumed a session.
+    pub fn resumed(&self) -> bool {
+        match self {
+            Link::Rustls(tls) => crate::upstream::resumed(tls),
+            Link::Kernel(k) => k.resumed,
+        }
+    }
 }
 
 /// Moves `tls`'s record layer into the kernel if it can be done safely (see the module
-/// documentation).
-pub fn offload(mut tls: TlsStream, state: &KtlsState) -> Offload<'_> {
+/// documentation); otherwise it stays on rustls. An error: the kernel took part of the
+/// connection and then refused the rest, so it cannot be used, by either.
+pub fn offload(mut tls: TlsStream, state: &Arc<KtlsState>) -> io::Result<Link> {
     if !state.may_offload() || !tls.get_ref().0.at_record_boundary() {
-        return Offload::Rustls(uncorked(tls));
+        return Ok(Link::Rustls(uncorked(tls)));
     }
     let (_, conn) = tls.get_mut();
     let (Some(version), Some(suite)) = (conn.protocol_version(), conn.negotiated_cipher_suite())
     else {
-        return Offload::Rustls(uncorked(tls));
+        return Ok(Link::Rustls(uncorked(tls)));
     };
     let held = conn
         .process_new_packets()
@@ -277,21 +284,21 @@ pub fn offload(mut tls: TlsStream, state: &KtlsState) -> Offload<'_> {
         || conn.is_handshaking()
         || !matches!(version, ProtocolVersion::TLSv1_2 | ProtocolVersion::TLSv1_3)
     {
-        return Offload::Rustls(uncorked(tls));
+        return Ok(Link::Rustls(uncorked(tls)));
     }
     if state.mode == Mode::Auto && !state.ciphers.accelerates(suite) {
         state.give_up(format!(
             "the kernel has no hardware implementation of {:?} in /proc/crypto, and its software one is slower than ours; {ON_ANYWAY}",
             suite.suite()
         ));
-        return Offload::Rustls(uncorked(tls));
+        return Ok(Link::Rustls(uncorked(tls)));
     }
     let resumed = matches!(conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
     let tx_budget = confidentiality_limit(suite).saturating_sub(LIMIT_MARGIN);
     if let Err(e) = setsockopt(tls.get_ref().0.io(), sockopt::TcpUlp::default(), b"tls") {
         // ENOENT: no `tls` module, and none could be loaded.
         state.give_up(format!("the kernel refused the tls ULP: {e}"));
-        return Offload::Rustls(uncorked(tls));
+        return Ok(Link::Rustls(uncorked(tls)));
     }
     let (read_ahead, conn) = tls.into_inner();
     let tcp = read_ahead.into_inner();
@@ -299,7 +306,7 @@ pub fn offload(mut tls: TlsStream, state: &KtlsState) -> Offload<'_> {
         Ok(s) => s,
         Err(e) => {
             state.give_up(format!("rustls would not hand over the keys: {e}"));
-            return Offload::Failed(io::Error::other(format!("cannot take the TLS keys: {e}")));
+            return Err(io::Error::other(format!("cannot take the TLS keys: {e}")));
         }
     };
     let tls13 = version == ProtocolVersion::TLSv1_3;
@@ -308,13 +315,13 @@ pub fn offload(mut tls: TlsStream, state: &KtlsState) -> Offload<'_> {
         crypto_info(tls13, secrets.rx.0, &secrets.rx.1),
     ) else {
         state.give_up(format!("no kernel form for {suite:?}"));
-        return Offload::Failed(io::Error::other("kernel TLS cannot take this cipher suite"));
+        return Err(io::Error::other("kernel TLS cannot take this cipher suite"));
     };
     let installed = setsockopt(&tcp, sockopt::TcpTlsTx, &tx)
         .and_then(|()| setsockopt(&tcp, sockopt::TcpTlsRx, &rx));
     if let Err(e) = installed {
         state.give_up(format!("the kernel refused the {suite:?} keys: {e}"));
-        return Offload::Failed(io::Error::other(format!(
+        return Err(io::Error::other(format!(
             "kernel TLS refused the keys: {e}"
         )));
     }
@@ -323,16 +330,16 @@ pub fn offload(mut tls: TlsStream, state: &KtlsState) -> Offload<'_> {
     }
     state.open.fetch_add(1, Ordering::Relaxed);
     state.total.fetch_add(1, Ordering::Relaxed);
-    Offload::Kernel(KtlsStream {
+    Ok(Link::Kernel(KtlsStream {
         tcp,
-        state,
+        state: state.clone(),
         control: Control::new(tls13),
         cmsg: nix::cmsg_space!(u8),
         read_closed: false,
         write_closed: false,
         tx_budget,
         resumed,
-    })
+    }))
 }
 
 /// `tls` with the handshake's record-by-record reads ended, for rustls to serve.
@@ -559,9 +566,9 @@ impl Control {
 }
 
 /// An upstream connection whose records the kernel encrypts and decrypts.
-pub struct KtlsStream<'s> {
+pub struct KtlsStream {
     tcp: TcpStream,
-    state: &'s KtlsState,
+    state: Arc<KtlsState>,
     control: Control,
     /// Room for the record-type control message of each `recvmsg` (allocated once).
     cmsg: Vec<u8>,
@@ -571,13 +578,6 @@ pub struct KtlsStream<'s> {
     /// Records that may still be sent under the current key.
     tx_budget: u64,
     resumed: bool,
-}
-
-impl KtlsStream<'_> {
-    /// Whether the handshake resumed a session.
-    pub fn resumed(&self) -> bool {
-        self.resumed
-    }
 }
 
 /// One `recvmsg` on kernel TLS socket `fd`: `(bytes, content type)`; content type 23
@@ -605,13 +605,13 @@ fn recv(fd: RawFd, cmsg: &mut [u8], buf: &mut [u8]) -> io::Result<(usize, u8)> {
     Ok((msg.bytes, kind))
 }
 
-impl Drop for KtlsStream<'_> {
+impl Drop for KtlsStream {
     fn drop(&mut self) {
         self.state.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-impl AsyncRead for KtlsStream<'_> {
+impl AsyncRead for KtlsStream {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -646,7 +646,7 @@ impl AsyncRead for KtlsStream<'_> {
     }
 }
 
-impl AsyncWrite for KtlsStream<'_> {
+impl AsyncWrite for KtlsStream {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -689,10 +689,66 @@ impl AsyncWrite for KtlsStream<'_> {
     }
 }
 
-impl crate::copy::ReleaseBuffers for KtlsStream<'_> {
+impl crate::copy::ReleaseBuffers for KtlsStream {
     /// Nothing to give back: the kernel holds the records, and [`Control`] frees what it
     /// kept as soon as a message is whole.
     fn release_buffers(&mut self) {}
+}
+
+/// One body for each of [`Link`]'s stream methods: the same call on either stream.
+macro_rules! on_link {
+    ($link:expr, $s:ident => $call:expr) => {
+        match $link {
+            Link::Rustls($s) => $call,
+            Link::Kernel($s) => $call,
+        }
+    };
+}
+
+impl AsyncRead for Link {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        on_link!(self.get_mut(), s => Pin::new(s).poll_read(cx, out))
+    }
+}
+
+impl AsyncWrite for Link {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        on_link!(self.get_mut(), s => Pin::new(s).poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        on_link!(self.get_mut(), s => Pin::new(s).poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        on_link!(self, s => s.is_write_vectored())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        on_link!(self.get_mut(), s => Pin::new(s).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        on_link!(self.get_mut(), s => Pin::new(s).poll_shutdown(cx))
+    }
+}
+
+impl crate::copy::ReleaseBuffers for Link {
+    fn release_buffers(&mut self) {
+        on_link!(self, s => s.release_buffers())
+    }
 }
 
 /// The one system call `nix` does not wrap for kernel TLS.

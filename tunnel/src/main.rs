@@ -149,7 +149,8 @@ fn start(args: Invocation) -> Result<(), String> {
             // bind call.
             Some(PartitionMultiplexing::Off) | None => efs_tunnel::mux::Mode::Off,
         },
-        kernel_tls,
+        // Reads /proc/crypto (for `auto`) once, here.
+        kernel_tls: efs_tunnel::ktls::KtlsState::new(kernel_tls),
     };
     // Before any socket is made or thread started: namespaces are per thread, and the
     // runtime's threads inherit this one's.
@@ -165,7 +166,7 @@ fn start(args: Invocation) -> Result<(), String> {
             TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?
         }
     };
-    efs_tunnel::ktls::load_module(config.kernel_tls);
+    efs_tunnel::ktls::load_module(&config.kernel_tls);
     // Nothing from here on needs a privilege; drop them all before the runtime starts
     // threads, which inherit the dropped sets (see `privilege`).
     efs_tunnel::privilege::drop_all().map_err(|e| format!("cannot drop privileges: {e}"))?;

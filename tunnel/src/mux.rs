@@ -54,6 +54,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::copy::{self, CopyError, ReleaseBuffers};
+use crate::ktls::Link;
 use crate::partition::{
     self, Bind, BindError, BindReply, ClientId, PartitionId, RecordReader, ScaleUp, CALL,
     MAX_BIND_REPLY, MAX_RECORD, REPLY,
@@ -183,6 +184,9 @@ pub trait Host: Send + Sync + 'static {
     /// A new verified TLS connection to the mount target, with the current TLS
     /// configuration.
     fn dial(&self) -> impl Future<Output = Result<TlsStream, UpstreamError>> + Send;
+    /// A bound connection's records to the kernel's TLS if it may take them
+    /// ([`crate::ktls::offload`]); an error: the connection is unusable.
+    fn offload(&self, tls: TlsStream) -> io::Result<Link>;
     fn dead_upstream(&self) -> Option<Duration>;
     /// Accounts for a connection the mount target refused after the handshake (TLS 1.3:
     /// the client certificate is judged then, and the refusal is the answer to the
@@ -263,11 +267,13 @@ pub enum First {
     Lost(UpstreamError),
     /// The mount target refused the client (accounted for by [`Host::refused`]).
     Refused,
+    /// Bound, but the kernel took part of its TLS and refused the rest ([`Host::offload`]).
+    Unusable(io::Error),
 }
 
 pub struct BoundConnection {
     client: ClientId,
-    tls: TlsStream,
+    tls: Link,
     buffered: Vec<u8>,
     partition: PartitionId,
     scale_up: ScaleUp,
@@ -285,9 +291,12 @@ pub async fn first_connection<H: Host>(host: &H, mut tls: TlsStream) -> First {
             state.server.store(SPEAKS, Ordering::Relaxed);
             match reply.bind {
                 Bind::Ready(partition) => {
-                    // Bound connections stay on rustls: its reads need no longer stop at
-                    // each TLS record (kernel TLS, `ktls.rs`).
-                    crate::upstream::uncork(&mut tls);
+                    // The bind's reply was read record by record if kernel TLS may take
+                    // the connection: it can, now.
+                    let tls = match host.offload(tls) {
+                        Ok(link) => link,
+                        Err(e) => return First::Unusable(e),
+                    };
                     if let Ok(mut p) = state.partition.lock() {
                         *p = Some(partition);
                     }
@@ -403,7 +412,7 @@ impl<H> Conn<H> {
 }
 
 enum Found {
-    Connection(Box<(TlsStream, Vec<u8>)>),
+    Connection(Box<(Link, Vec<u8>)>),
     /// The search ended; `complete` when it found every connection it looked for.
     Done {
         complete: bool,
@@ -700,9 +709,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tapped<'_, S> {
             match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => {
-                    this.tap().failed.store(true, Ordering::Relaxed);
+                    let failed = this.noted(Err(e));
                     this.ended(cx);
-                    return Poll::Ready(Err(e));
+                    return Poll::Ready(failed);
                 }
                 Poll::Ready(Ok(())) => rb.filled().len(),
             }
@@ -814,7 +823,7 @@ pub async fn serve<H: Host>(
     let taps = Taps::default();
     let mut kernel = Tapped::new(client, Side::Kernel, &taps, Vec::new());
     let mut upstream = Tapped::new(tls, Side::Server, &taps, buffered);
-    let mut ready: Vec<(TlsStream, Vec<u8>)> = Vec::new();
+    let mut ready: Vec<(Link, Vec<u8>)> = Vec::new();
     let stats = host.stats();
     let single = {
         let mut pump = std::pin::pin!(single_lane(
@@ -942,7 +951,7 @@ impl Lanes {
         &mut self,
         tasks: &mut JoinSet<Result<(), MuxError>>,
         conn: &Arc<Conn<H>>,
-        tls: TlsStream,
+        tls: Link,
         buffered: Vec<u8>,
         guard: Arc<BoundGuard<H>>,
         outstanding: u64,
@@ -1014,10 +1023,13 @@ async fn search<H: Host>(
         while let Some(joined) = attempts.join_next().await {
             match joined {
                 Ok(Ok((tls, (reply, buffered)))) => match reply.bind {
-                    Bind::Ready(p) if p == partition => {
-                        want -= 1;
-                        let _ = found.send(Found::Connection(Box::new((tls, buffered))));
-                    }
+                    Bind::Ready(p) if p == partition => match host.offload(tls) {
+                        Ok(link) => {
+                            want -= 1;
+                            let _ = found.send(Found::Connection(Box::new((link, buffered))));
+                        }
+                        Err(e) => debug!("scale-up: {e}"),
+                    },
                     Bind::RetryLater(_) | Bind::Error(_) => {
                         debug!("scale-up: the mount target answered {:?}", reply.bind);
                         stop = true;

@@ -5,8 +5,8 @@
 //!
 //! A kernel connection's first upstream connection may be bound to an EFS partition and
 //! then served by [`crate::mux`] instead of the byte pump (`--partition-multiplexing`);
-//! one that is not may have its record layer moved into the kernel ([`crate::ktls`],
-//! `--kernel-tls`) before the byte pump serves it.
+//! bound or not, it may have its record layer moved into the kernel ([`crate::ktls`],
+//! `--kernel-tls`) before it is served.
 //!
 //! The TLS configuration new connections use (trust anchors, the client certificate)
 //! is [`crate::tls_config`]'s, rebuilt on SIGHUP; open connections keep theirs.
@@ -25,7 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::client_cert::{ClientCertError, ClientCertFiles};
 use crate::control::{ControlSocket, Status};
 use crate::copy::CopyError;
-use crate::ktls::{self, KtlsError, KtlsState, Offload};
+use crate::ktls::{self, KtlsError, KtlsState, Link};
 use crate::mux::{self, MuxError, MuxState};
 use crate::peer::{self, Endpoints, Refusal};
 use crate::policy::{HostnameCheck, PolicyError, TlsPolicy};
@@ -77,8 +77,9 @@ pub struct TunnelConfig {
     pub probe_retry: Duration,
     /// Whether connections are bound to an EFS partition and multiplexed under load.
     pub multiplexing: mux::Mode,
-    /// Whether plain connections may move their record layer into the kernel.
-    pub kernel_tls: ktls::Mode,
+    /// Whether connections may move their record layer into the kernel, and what the
+    /// kernel offers for it.
+    pub kernel_tls: KtlsState,
 }
 
 /// Why a tunnel could not start (once serving, a tunnel only stops on a signal).
@@ -131,7 +132,7 @@ struct Shared {
     /// Mount targets that went silent, for the log.
     silent: RepeatLog<()>,
     mux: MuxState,
-    ktls: KtlsState,
+    ktls: Arc<KtlsState>,
 }
 
 impl mux::Host for Shared {
@@ -144,7 +145,11 @@ impl mux::Host for Shared {
     }
 
     async fn dial(&self) -> Result<upstream::TlsStream, UpstreamError> {
-        self.dial_with(HandshakeReads::Buffered).await
+        self.dial_upstream().await
+    }
+
+    fn offload(&self, tls: upstream::TlsStream) -> std::io::Result<Link> {
+        ktls::offload(tls, &self.ktls)
     }
 
     fn dead_upstream(&self) -> Option<Duration> {
@@ -157,27 +162,23 @@ impl mux::Host for Shared {
 }
 
 impl Shared {
-    /// Connects upstream and records the handshake.
-    async fn dial_with(&self, reads: HandshakeReads) -> Result<upstream::TlsStream, UpstreamError> {
+    /// Connects upstream and records the handshake. Its reads go record by record if
+    /// the connection may go to kernel TLS, bound or not: the partition bind's reply is
+    /// read that way too, so the connection is still at a record boundary after it, and
+    /// [`ktls::offload`] (which ends the record-by-record reads if it stays on rustls)
+    /// can take it then.
+    async fn dial_upstream(&self) -> Result<upstream::TlsStream, UpstreamError> {
+        let reads = if self.ktls.may_offload() {
+            HandshakeReads::RecordByRecord
+        } else {
+            HandshakeReads::Buffered
+        };
         let tls =
             upstream::connect(&self.target, self.tls.current(), self.dead_upstream, reads).await;
         if let Ok(tls) = &tls {
             record_handshake(self, tls);
         }
         tls
-    }
-
-    /// A kernel connection's first upstream connection: read record by record if it may
-    /// go to kernel TLS. Also one about to be bound: a server that does not speak the
-    /// partition program leaves it in step, as plain as any other, and it can still go
-    /// to the kernel (one bound READY is uncorked for rustls, `mux::first_connection`).
-    async fn dial_first(&self) -> Result<upstream::TlsStream, UpstreamError> {
-        let reads = if self.ktls.may_offload() {
-            HandshakeReads::RecordByRecord
-        } else {
-            HandshakeReads::Buffered
-        };
-        self.dial_with(reads).await
     }
 
     /// The mount target refused the handshake (in TLS 1.3, after our side of it):
@@ -278,7 +279,7 @@ pub async fn run(config: TunnelConfig, listener: std::net::TcpListener) -> Resul
         refused: RepeatLog::default(),
         silent: RepeatLog::default(),
         mux: MuxState::new(config.multiplexing),
-        ktls: KtlsState::new(config.kernel_tls),
+        ktls: Arc::new(config.kernel_tls),
     });
     let trigger = ShutdownTrigger::default();
 
@@ -468,7 +469,7 @@ async fn serve_connection(
     }
 
     let connected = tokio::select! {
-        r = shared.dial_first() => r,
+        r = shared.dial_upstream() => r,
         _ = shutdown.recv() => return,
     };
     let connected = match connected {
@@ -486,6 +487,7 @@ async fn serve_connection(
                     }
                     mux::First::Lost(e) => Err(e),
                     mux::First::Refused => return,
+                    mux::First::Unusable(e) => return unusable(&shared, &e),
                 },
                 _ = shutdown.recv() => return,
             }
@@ -507,41 +509,22 @@ async fn serve_connection(
     };
 
     match ktls::offload(tls, &shared.ktls) {
-        Offload::Kernel(kernel) => pump(&shared, client, kernel, shutdown).await,
-        Offload::Rustls(tls) => pump(&shared, client, tls, shutdown).await,
-        Offload::Failed(e) => warn!(
-            "{}: {e}; closed the NFS client's connection (the next one uses TLS in user space)",
-            shared.target
-        ),
+        Ok(link) => pump(&shared, client, link, shutdown).await,
+        Err(e) => unusable(&shared, &e),
     }
 }
 
-/// An upstream connection the byte pump can serve: rustls' or the kernel's TLS.
-trait Upstream: tokio::io::AsyncRead + tokio::io::AsyncWrite + copy::ReleaseBuffers + Unpin {
-    /// Whether its handshake resumed a session.
-    fn resumed(&self) -> bool;
-}
-
-impl Upstream for upstream::TlsStream {
-    fn resumed(&self) -> bool {
-        upstream::resumed(self)
-    }
-}
-
-impl Upstream for ktls::KtlsStream<'_> {
-    fn resumed(&self) -> bool {
-        ktls::KtlsStream::resumed(self)
-    }
+/// Says that kernel TLS took part of a connection and refused the rest ([`ktls::offload`]).
+fn unusable(shared: &Shared, e: &std::io::Error) {
+    warn!(
+        "{}: {e}; closed the NFS client's connection (the next one uses TLS in user space)",
+        shared.target
+    );
 }
 
 /// The byte pump between the NFS client and the mount target, until either ends or
 /// the tunnel stops.
-async fn pump<U: Upstream>(
-    shared: &Shared,
-    mut client: TcpStream,
-    mut tls: U,
-    mut shutdown: Shutdown,
-) {
+async fn pump(shared: &Shared, mut client: TcpStream, mut tls: Link, mut shutdown: Shutdown) {
     let stats = &shared.stats;
     tokio::select! {
         r = copy::bidirectional(&mut client, &mut tls, &stats.bytes_to_server, &stats.bytes_from_server, shared.dead_upstream) => {
@@ -563,28 +546,33 @@ fn mux_ended(shared: &Shared, ended: Result<(), MuxError>) {
             "multiplexed connection {n} sent nothing for {} s with calls outstanding",
             waited.as_secs()
         )),
-        Err(e @ MuxError::Upstream(..)) => shared.stats.upstream_error(
-            crate::stats::FailedStep::Connect,
-            format!("{}: {e}; closed the NFS client's connection", shared.target),
-        ),
+        Err(MuxError::Upstream(n, e)) => match ktls_clean_close(&e) {
+            Some(k) => shared.ktls.closed_cleanly(&shared.target, k),
+            None => shared.stats.upstream_error(
+                crate::stats::FailedStep::Connect,
+                format!(
+                    "{}: {}; closed the NFS client's connection",
+                    shared.target,
+                    MuxError::Upstream(n, e)
+                ),
+            ),
+        },
         Err(e) => debug!("multiplexed connection closed: {e}"),
     }
 }
 
 /// Says why a connection's copy ended, where that is worth saying.
-async fn copy_ended<U: Upstream>(shared: &Shared, tls: &mut U, ended: Result<(), CopyError>) {
+async fn copy_ended(shared: &Shared, tls: &mut Link, ended: Result<(), CopyError>) {
     let e = match ended {
         Ok(()) => return,
         Err(CopyError::Silent(s)) => return shared.upstream_silent(&s),
         Err(CopyError::Io(e)) => e,
     };
-    if let Some(k) = e.get_ref().and_then(|i| i.downcast_ref::<KtlsError>()) {
-        if k.is_clean_close() {
-            // Our sending keys still hold: say goodbye properly.
-            let _ = tokio::time::timeout(CLOSE_NOTIFY_DEADLINE, tls.shutdown()).await;
-            shared.ktls.closed_cleanly(&shared.target, k);
-            return;
-        }
+    if let Some(k) = ktls_clean_close(&e) {
+        // Our sending keys still hold: say goodbye properly.
+        let _ = tokio::time::timeout(CLOSE_NOTIFY_DEADLINE, tls.shutdown()).await;
+        shared.ktls.closed_cleanly(&shared.target, k);
+        return;
     }
     let refused = match UpstreamError::refused_after_handshake(&e) {
         Some(refused) => Some(refused),
@@ -602,11 +590,19 @@ async fn copy_ended<U: Upstream>(shared: &Shared, tls: &mut U, ended: Result<(),
     }
 }
 
+/// The kernel TLS stream's reason, when it ended a connection cleanly because the kernel
+/// could not follow it (a KeyUpdate, the key limit): not an error of the mount target's.
+fn ktls_clean_close(e: &std::io::Error) -> Option<&KtlsError> {
+    e.get_ref()
+        .and_then(|i| i.downcast_ref::<KtlsError>())
+        .filter(|k| k.is_clean_close())
+}
+
 /// When a write to the mount target failed because it had closed the connection, the
 /// alert it sent before closing may still be unread: in TLS 1.3 a refused client
 /// certificate is answered right after the handshake, and the client's first request
 /// then meets a closed socket. One short read finds it.
-async fn unread_refusal<U: Upstream>(tls: &mut U, e: &std::io::Error) -> Option<UpstreamError> {
+async fn unread_refusal(tls: &mut Link, e: &std::io::Error) -> Option<UpstreamError> {
     use std::io::ErrorKind::{BrokenPipe, ConnectionReset};
     if !matches!(e.kind(), BrokenPipe | ConnectionReset) {
         return None;

@@ -335,7 +335,15 @@ async fn one_nfs_connection_is_spread_over_five_bound_connections_for_over_4x_th
     );
     drop(off);
 
-    let auto = Tunnel::start(port, &ca.pem, &["--partition-multiplexing", "auto"]);
+    // With `--kernel-tls on` the bind replies are read record by record, for kernel TLS
+    // to take the bound connections after them; where the kernel has no `tls` module
+    // (this host, usually) they go on in rustls, as fast. (Bound connections on kernel
+    // TLS: tests/e2e/cases/kernel_tls_mux.sh.)
+    let auto = Tunnel::start(
+        port,
+        &ca.pem,
+        &["--partition-multiplexing", "auto", "--kernel-tls", "on"],
+    );
     let control = auto.control.clone();
     let bound = move || {
         efs_tunnel::control::query_status(&control, Duration::from_secs(2))
