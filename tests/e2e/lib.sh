@@ -260,6 +260,30 @@ tunnel_pid() {
     pgrep -f "tunnel-$1.sock" | head -1
 }
 
+# kill_tunnel_mid_write PORT SRC DEST EXPORTED: copies SRC to DEST (a file in a mount
+# whose tunnel serves PORT) with dd conv=fsync in the background, and kill -9s that
+# tunnel once the write has reached EXPORTED (DEST's file in the export) while the
+# writer still runs: a write can finish within a second here, and a tunnel killed after
+# it would be restarted with no traffic to carry. Then waits up to 30 s for the
+# watchdog's new tunnel and up to 120 s for the writer. Sets KILLED_TUNNEL (the pid
+# killed) and WRITE_RC (dd's exit code, "none" if it never ended).
+kill_tunnel_mid_write() {
+    local port=$1 src=$2 dest=$3 exported=$4 writer
+    rm -f /tmp/mid-write.rc
+    KILLED_TUNNEL=$(tunnel_pid "$port")
+    (dd if="$src" of="$dest" bs=1M conv=fsync status=none; echo $? >/tmp/mid-write.rc) &
+    writer=$!
+    wait_for 30 sh -c '[ "$(stat -c %s "$1" 2>/dev/null || echo 0)" -gt 0 ]' _ "$exported"
+    [ -f /tmp/mid-write.rc ] && info "the write had already finished when the tunnel was killed"
+    kill -9 "$KILLED_TUNNEL"
+    wait_for 30 tunnel_restarted "$port"
+    wait_for 120 test -f /tmp/mid-write.rc
+    wait "$writer" 2>/dev/null # not a bare wait: the watchdog is a job too
+    WRITE_RC=$(cat /tmp/mid-write.rc 2>/dev/null || echo none)
+}
+# tunnel_restarted PORT: a tunnel serves PORT, and not the one kill_tunnel_mid_write killed.
+tunnel_restarted() { local p; p=$(tunnel_pid "$1"); [ -n "$p" ] && [ "$p" != "$KILLED_TUNNEL" ]; }
+
 # Kernel TLS (issue #15): an established connection to port 2049 is the kernel's TLS
 # socket (ss: tcp-ulp-tls); the first tunnel's kernel_tls status, as JSON on one line;
 # the kernel NFS client holds no server any more (after a umount).

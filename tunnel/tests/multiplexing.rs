@@ -4,8 +4,9 @@
 //! `PROG_UNAVAIL` as knfsd does, caps each connection's rate, and answers every other
 //! record with a reply that carries a checksum of its call.
 //!
-//! The fake's XDR is written here from the protocol description, not with the tunnel's
-//! own encoder, so that the two check each other.
+//! The fake's side of program 400123 is `efs_testkit::partition`, written from the
+//! protocol description, not with the tunnel's own encoder, so that the two check each
+//! other.
 
 mod common;
 
@@ -15,14 +16,20 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
+use efs_testkit::partition::{self, record, words, ScaleUpFigures, LAST_FRAGMENT as LAST};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const PROGRAM: u32 = 400123;
-const LAST: u32 = 0x8000_0000;
 /// Each fake connection's rate cap.
 const RATE: f64 = 3.0 * 1024.0 * 1024.0;
 const PARTITION: [u8; 64] = [0x5a; 64];
+/// 5 connections; 1 byte/ms for 100 ms over a 100 ms window: scale-up comes quickly.
+const QUICK_SCALE_UP: ScaleUpFigures = ScaleUpFigures {
+    max_multiplexed_connections: 5,
+    scale_up_bytes_per_ms_threshold: 1,
+    scale_up_threshold_breached_duration_ms: 100,
+    scale_up_lookback_window_size_ms: 100,
+};
 
 /// How the fake answers `bind_client_to_partition`.
 #[derive(Clone, Copy, Debug)]
@@ -96,16 +103,6 @@ impl FakePartitionedEfs {
     }
 }
 
-fn words(ws: &[u32]) -> Vec<u8> {
-    ws.iter().flat_map(|w| w.to_be_bytes()).collect()
-}
-
-fn record(body: &[u8]) -> Vec<u8> {
-    let mut r = (LAST | body.len() as u32).to_be_bytes().to_vec();
-    r.extend_from_slice(body);
-    r
-}
-
 fn fnv(data: &[u8]) -> u64 {
     data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
@@ -164,17 +161,15 @@ async fn serve_fake(
                 .map_or(0, |b| u32::from_be_bytes(b.try_into().unwrap()))
         };
         let xid = word(0);
-        let reply = if word(1) == 0 && word(3) == PROGRAM {
+        let reply = if let Some((xid, _, _)) = partition::program_call(&body) {
             binds.fetch_add(1, Ordering::Relaxed);
-            match speaks {
-                Speaks::ProgUnavail => words(&[xid, 1, 0, 0, 0, 1]),
-                Speaks::Ready => {
-                    let mut b = words(&[xid, 1, 0, 0, 0, 0, 3]);
-                    b.extend_from_slice(&PARTITION);
-                    // 5 connections; 1 byte/ms for 100 ms over a 100 ms window.
-                    b.extend_from_slice(&words(&[5, 1, 100, 100]));
-                    b
+            match (speaks, partition::parse_bind_call(&body)) {
+                (Speaks::Ready, Some(call)) => {
+                    partition::ready_reply(call.xid, &PARTITION, QUICK_SCALE_UP)
                 }
+                // Not the documented bind call (the tunnel's encoder and the protocol
+                // description disagree), or a server without the program.
+                _ => partition::prog_unavail_reply(xid),
             }
         } else {
             if answer_only.is_some_and(|n| answered >= n) {

@@ -56,22 +56,10 @@ check "efs-utils status shows the access point" sh -c "efs-utils status | grep -
 
 # --- the tunnel dies mid-write: it comes back with the certificate -------------------
 port=$(port_of /mnt/iam)
-tunnel=$(tunnel_pid "$port")
 dd if=/dev/urandom of=/tmp/src bs=1M count=64 status=none
-(dd if=/tmp/src of=/mnt/iam/big bs=1M conv=fsync status=none; echo $? >/tmp/dd.rc) &
-writer=$!
-# Kill it once the write has reached the export, while the writer still runs: a 64 MiB
-# write can finish within a second here, and a tunnel killed after it would be restarted
-# with no traffic to carry.
-wait_for 30 sh -c "[ \$(stat -c %s /srv/efs/big 2>/dev/null || echo 0) -gt 0 ]"
-[ -f /tmp/dd.rc ] && info "the write had already finished when the tunnel was killed"
-kill -9 "$tunnel"
-restarted() { local p; p=$(tunnel_pid "$port"); [ -n "$p" ] && [ "$p" != "$tunnel" ]; }
-wait_for 30 restarted
-check "the watchdog restarted the tunnel on port $port" restarted
-wait_for 120 test -f /tmp/dd.rc
-wait $writer 2>/dev/null # not a bare wait: the watchdog is a job too
-check "the write finished" test "$(cat /tmp/dd.rc 2>/dev/null)" = 0
+kill_tunnel_mid_write "$port" /tmp/src /mnt/iam/big /srv/efs/big
+check "the watchdog restarted the tunnel on port $port" tunnel_restarted "$port"
+check "the write finished" test "$WRITE_RC" = 0
 check "64 MiB arrived bit-identical" test "$(sha /tmp/src)" = "$(sha /srv/efs/big)"
 # Whatever was left to write, a read of what the page cache no longer holds goes to the
 # server through the restarted tunnel.

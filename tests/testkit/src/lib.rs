@@ -6,6 +6,7 @@
 pub mod aws_api;
 pub mod efs;
 pub mod netns;
+pub mod partition;
 pub mod root;
 
 use std::io::{BufRead, BufReader, Read};
