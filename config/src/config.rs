@@ -96,7 +96,7 @@ pub struct MountConfig {
     pub tunnel_dead_upstream_timeout_sec: u64,
     /// Whether tunnels bind to an EFS partition and multiplex under load.
     pub partition_multiplexing: PartitionMultiplexing,
-    /// Whether tunnels hand each plain connection's TLS records to the kernel.
+    /// Whether tunnels hand each upstream connection's TLS records to the kernel.
     pub kernel_tls: KernelTls,
     /// Base URL of the ECS credential endpoint (tests point it at a local fake).
     pub ecs_credentials_url: String,

@@ -145,7 +145,7 @@ pub struct TunnelCommand {
     #[arg(long = flag::PARTITION_MULTIPLEXING,
           value_parser = choice("partition_multiplexing", PartitionMultiplexing::from_word))]
     pub partition_multiplexing: Option<PartitionMultiplexing>,
-    /// Kernel TLS: `auto` moves each plain connection's record layer into the kernel
+    /// Kernel TLS: `auto` moves each upstream connection's record layer into the kernel
     /// after the handshake when the kernel has the tls module and does the cipher in
     /// hardware; `on` also with the kernel's software ciphers; `off` (also when absent)
     /// keeps TLS in user space.

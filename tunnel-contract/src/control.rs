@@ -91,7 +91,8 @@ pub struct MultiplexStatus {
 /// A tunnel's kernel TLS: which connections' records the kernel encrypts.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KernelTlsStatus {
-    /// `--kernel-tls auto`: plain connections go to kernel TLS when the kernel offers it.
+    /// `--kernel-tls auto` or `on`: upstream connections (bound or not) go to kernel TLS
+    /// when the kernel offers it.
     pub enabled: bool,
     /// Whether the kernel took a connection's keys; absent until one was offered.
     pub available: Option<bool>,

@@ -53,7 +53,8 @@ use tokio::net::TcpStream;
 
 use crate::upstream::TlsStream;
 
-/// `kernel_tls`: whether plain connections may move their record layer into the kernel.
+/// `kernel_tls`: whether upstream connections (bound to an EFS partition or not) may move
+/// their record layer into the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// When the kernel has the `tls` module and does the connection's cipher in
@@ -325,7 +326,13 @@ pub fn offload(mut tls: TlsStream, state: &Arc<KtlsState>) -> io::Result<Link> {
             "kernel TLS refused the keys: {e}"
         )));
     }
-    if state.kernel.swap(AVAILABLE, Ordering::Relaxed) == UNKNOWN {
+    // Only from UNKNOWN: a connection offloaded at the same time as another one whose
+    // keys the kernel refused must not turn kernel TLS back on.
+    let first =
+        state
+            .kernel
+            .compare_exchange(UNKNOWN, AVAILABLE, Ordering::Relaxed, Ordering::Relaxed);
+    if first.is_ok() {
         info!("kernel TLS in use: records are encrypted and decrypted by the kernel");
     }
     state.open.fetch_add(1, Ordering::Relaxed);

@@ -13,8 +13,6 @@
 # 3. kill -9 of the tunnel mid-write while bound: the watchdog's new tunnel binds again
 #    and the write completes bit-identical;
 # 4. unmount leaves no tunnel and no state file.
-# The kernel-TLS-on-a-bound-connection checks say so in their names: they pass once
-# bound connections (and the scale-up ones) are handed to the kernel's TLS.
 . /opt/efs/lib.sh
 P1=$(printf 'a1%.0s' $(seq 64))
 P2=$(printf 'b2%.0s' $(seq 64))
@@ -69,7 +67,7 @@ check "and bit-identical read back through it" test "$(sha /tmp/src)" = "$(sha /
 info "upstream: $(upstream) connection(s), $(upstream_ktls) on kernel TLS; kernel_tls: $(ktls_status)"
 check "EFS's figures are never reached here: still one bound connection, one bind" \
     test "$(bound_connections)" = 1 -a "$(binds "$P1")" = 1 -a "$(upstream)" = 1
-check "the bound upstream connection is kernel TLS (ss: tcp-ulp-tls) [needs bound connections on kernel TLS]" \
+check "the bound upstream connection is kernel TLS (ss: tcp-ulp-tls)" \
     all_upstream_ktls
 rm -f /tmp/src /srv/efs/big
 check "umount works" umount /mnt/efs
@@ -93,7 +91,7 @@ check "the tunnel has that many connections to the mount target" test "$(upstrea
 check "the scaled-up write is bit-identical in the export" test "$(sha /tmp/src2)" = "$(sha /srv/efs/big2)"
 drop_caches
 check "and bit-identical read back over the bound connections" test "$(sha /tmp/src2)" = "$(sha /mnt/efs/big2)"
-check "every upstream connection of the tunnel is kernel TLS [needs bound connections on kernel TLS]" \
+check "every upstream connection of the tunnel is kernel TLS" \
     all_upstream_ktls
 
 rm -f /tmp/src2 /srv/efs/big2
@@ -112,6 +110,7 @@ check "the mount works through the restarted tunnel" works /mnt/efs .
 check "the restarted tunnel bound again" wait_for 10 sh -c "[ \$(grep -c '^bound partition=$P2 ' $LOG) -gt $before ]"
 check "status of the restarted tunnel: bound on partition 2" sh -c \
     "s=\$(efs-utils status --json | tr -d ' \n'); echo \"\$s\" | grep -q '\"partition_id\":\"$P2\"' && ! echo \"\$s\" | grep -q '\"bound_connections\":0'"
+check "and its bound connections are kernel TLS again" wait_for 10 all_upstream_ktls
 
 # --- 4. unmount --------------------------------------------------------------------
 check "umount works" umount /mnt/efs
